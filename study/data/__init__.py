@@ -1,0 +1,18 @@
+"""Data for flow matching: built-in toy distributions, data files, splits, augmentations.
+
+The `augment` function is not re-exported: `study.data.augment` stays the module.
+"""
+
+from study.data.augment import AUGMENTATIONS
+from study.data.dataset import DataSplits, FlowDataset, resolve_dataset
+from study.data.toy import TOY_DATASETS, gaussian_mixture, sample_source
+
+__all__ = [
+    "AUGMENTATIONS",
+    "TOY_DATASETS",
+    "DataSplits",
+    "FlowDataset",
+    "gaussian_mixture",
+    "resolve_dataset",
+    "sample_source",
+]

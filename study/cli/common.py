@@ -1,0 +1,45 @@
+"""What every command shares: one-line errors, exit codes, the --debug switch.
+
+Imports neither torch nor wandb: `flowctl --help` and `list-runs` must start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+import typer
+
+from study.errors import FlowctlError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("FLOWCTL_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print `error: message` as one line on stderr and return the Exit to raise."""
+    first_line = " ".join(str(message).split())
+    typer.echo(f"error: {first_line}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn flowctl's own errors into one line + exit code; keep tracebacks for --debug."""
+    try:
+        yield
+    except FlowctlError as err:
+        if debug_enabled():
+            raise
+        raise fail(str(err), err.exit_code) from None
+
+
+def warn(message: str) -> None:
+    """One line on stderr, for a value that wins over another or a degraded feature."""
+    print(f"warning: {message}", file=sys.stderr)

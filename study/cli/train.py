@@ -1,0 +1,147 @@
+"""flowctl train: train one flow-matching run (or continue one with --resume)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from study.cli.common import user_errors, warn
+
+# Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
+CONFIG_FLAGS = ("arch", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
+                "run_name", "epochs", "batch_size", "lr", "warmup_steps", "patience", "seed",
+                "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
+                "width", "depth", "activation", "save_every")
+
+
+def train(
+    config: Path | None = typer.Option(None, "--config", help="YAML file of TrainingConfig keys; flags override it."),
+    arch: str | None = typer.Option(None, help="Velocity network: mlp | resmlp.  [default: mlp]"),
+    flow: str | None = typer.Option(None, help="Flow matcher: icfm | otcfm | fm | vp | sbcfm | reflow.  [default: icfm]"),
+    dataset: str | None = typer.Option(None, help="Built-in (moons, 8gaussians, checkerboard, scurve), split name (1k), folder or file.  [default: moons]"),
+    aug: str | None = typer.Option(None, help="Augmentation of x_1: none | noise.  [default: none]"),
+    aug_std: float | None = typer.Option(None, help="Std of --aug noise.  [default: 0.01]"),
+    source: str | None = typer.Option(None, help="x_0 distribution: gaussian or a 2-D built-in.  [default: gaussian]"),
+    teacher: str | None = typer.Option(None, help="Teacher checkpoint for --flow reflow."),
+    group: str | None = typer.Option(None, help="wandb group.  [default: default]"),
+    run_name: str | None = typer.Option(None, help="Run folder/wandb name.  [default: {arch}-{flow}-{dataset}-{aug}]"),
+    epochs: int | None = typer.Option(None, help="Total epochs (the target, also on resume).  [default: 20]"),
+    batch_size: int | None = typer.Option(None, help="[default: 256]"),
+    lr: float | None = typer.Option(None, help="Peak AdamW learning rate.  [default: 1e-3]"),
+    warmup_steps: int | None = typer.Option(None, help="Linear warmup steps.  [default: 100]"),
+    patience: int | None = typer.Option(None, help="Epochs without val improvement before stopping (0: never).  [default: 5]"),
+    seed: int | None = typer.Option(None, help="[default: 0]"),
+    weight_decay: float | None = typer.Option(None, help="[default: 0]"),
+    grad_clip: float | None = typer.Option(None, help="Max grad norm (0: off).  [default: 1.0]"),
+    ema_decay: float | None = typer.Option(None, help="[default: 0.999]"),
+    sigma: float | None = typer.Option(None, help="Flow noise level.  [default: 0.1]"),
+    log_every: int | None = typer.Option(None, help="Optimizer steps per log row.  [default: 10]"),
+    val_fraction: float | None = typer.Option(None, help="Val share when a dataset has no val split.  [default: 0.1]"),
+    width: int | None = typer.Option(None, help="Hidden width.  [default: 64]"),
+    depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
+    activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
+    save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
+    resume: str | None = typer.Option(None, "--resume", help="Continue from a checkpoint file or run folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over when the run already has checkpoints."),
+    ckpt_dir: str | None = typer.Option(None, "--ckpt-dir", help="Checkpoint root.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]"),
+    wandb_project: str = typer.Option("flow-matching-study", "--wandb-project"),
+    wandb_mode: str | None = typer.Option(None, "--wandb-mode", help="offline | online | disabled ($WANDB_MODE wins).  [default: offline]"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    requeue_signal: str | None = typer.Option(None, "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM)."),
+    plain: bool = typer.Option(False, "--plain", help="Plain progress lines even on a terminal."),
+) -> None:
+    """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
+
+    Example: flowctl train --flow otcfm --dataset 8gaussians --epochs 10
+    """
+    values = dict(locals())
+    overrides = {key: values[key] for key in CONFIG_FLAGS}
+    with user_errors():
+        run_from_cli(overrides, config_path=config, resume=resume, overwrite=overwrite,
+                     ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
+                     device=device, requeue_signal=requeue_signal, plain=plain)
+
+
+def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
+                 overwrite: bool, ckpt_dir: str | None, wandb_project: str,
+                 wandb_mode: str | None, device: str, requeue_signal: str | None,
+                 plain: bool) -> None:
+    """Shared by train and resume: validate, run, print the summary, map the exit code."""
+    from study.flow_matching.config import load_config
+    from study.flow_matching.tracking import WANDB_MODES
+
+    if wandb_mode is not None and wandb_mode not in WANDB_MODES:
+        from study.errors import UsageError
+
+        raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+    setup_logging()
+    from study.flow_matching.launch import AlreadyCompleted, RunOptions, prepare_resume, run_training
+    from study.flow_matching.progress import ConsoleProgress
+
+    options = RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
+                         wandb_mode=wandb_mode, overwrite=overwrite,
+                         requeue_signal=requeue_signal,
+                         progress=ConsoleProgress(force_plain=plain))
+    resume_path = None
+    if resume is not None:
+        if config_path is not None:
+            warn("--config is ignored with --resume: the checkpoint's config wins")
+        try:
+            training_config, resume_path = prepare_resume(resume, overrides, options, warn=warn)
+        except AlreadyCompleted as done:
+            typer.echo(str(done))
+            return
+    else:
+        training_config = load_config(config_path, overrides)
+    result = execute(training_config, options, resume_path)
+    print_summary(result)
+
+
+def execute(config, options, resume_path) -> dict[str, Any]:
+    """Run training; a graceful stop exits 143/130, a failure exits 1 with one line."""
+    from study.errors import FlowctlError, RunFailed
+    from study.flow_matching.launch import run_training
+    from study.signals import TrainingStopped
+
+    try:
+        return run_training(config, options, resume_path=resume_path, warn=warn)
+    except TrainingStopped as stopped:
+        typer.echo(f"{config.name}: {stopped}", err=True)
+        raise typer.Exit(stopped.exit_code) from None
+    except FlowctlError:
+        raise
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as error:
+        from study.cli.common import debug_enabled
+
+        if debug_enabled():
+            raise
+        raise RunFailed(f"run {config.name} failed: {type(error).__name__}: {error}") from error
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, title=f"run {Path(result['run_dir']).name}: {result['status']}")
+    table.add_row("epochs run", str(result["epochs_run"]))
+    table.add_row("global step", str(result["global_step"]))
+    table.add_row("best val loss", f"{result['best_val_loss']:.6g}")
+    table.add_row("best checkpoint", result["checkpoint_path"])
+    table.add_row("wall time", f"{result['elapsed_s']:.1f}s")
+    Console().print(table)
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("flowctl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("flowctl: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

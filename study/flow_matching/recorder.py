@@ -1,0 +1,118 @@
+"""RunRecorder: every byte a run writes, in one place, and only on the main process.
+
+Checkpoints, run.json, metrics.csv and wandb all go through here. Under torchrun the
+other ranks get a recorder with `enabled=False` and every method returns at once, so
+the trainer never needs an `if rank == 0`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from study.flow_matching.checkpoint import remove_stale_temp_files, serialize, write_atomic
+from study.flow_matching.device import is_main_process
+from study.flow_matching.run_files import MetricsLog, RunLock, RunStatusFile, utc_now
+from study.flow_matching.tracking import WandbTracker
+from study.secrets import mask_secrets
+
+RUN_JSON_THROTTLE_S = 2.0
+
+
+class RunRecorder:
+    def __init__(self, run_dir: Path, run_name: str, *, wandb_project: str, wandb_mode: str,
+                 enabled: bool | None = None, warn=print):
+        self.run_dir = Path(run_dir)
+        self.run_name = run_name
+        self.enabled = is_main_process() if enabled is None else enabled
+        self.wandb_project = wandb_project
+        self.tracker = WandbTracker(wandb_mode)
+        self.status = RunStatusFile(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir)
+        self.lock = RunLock(self.run_dir, run_name)
+        self.warn = warn
+        self.wandb_run_id: str | None = None
+        self._clock_start = time.perf_counter()
+        self._elapsed_before = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(self, *, config: dict[str, Any], group: str, total_epochs: int,
+             resume_step: int | None, wandb_run_id: str | None) -> None:
+        """Claim the run folder, align metrics.csv with the checkpoint, start wandb."""
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire(warn=self.warn)
+        remove_stale_temp_files(self.run_dir)
+        previous = self.status.load_previous() if resume_step is not None else {}
+        if resume_step is None:
+            self.metrics.reset()
+        else:
+            self.tracker.skip_through_step = self.metrics.truncate_after(resume_step)
+            self._elapsed_before = float(previous.get("elapsed_s") or 0.0)
+        config = mask_secrets(config)
+        self.wandb_run_id = self.tracker.start(
+            project=self.wandb_project, group=group, name=self.run_name, config=config,
+            run_dir=self.run_dir, run_id=wandb_run_id)
+        if self.tracker.status == "unavailable":
+            self.warn(f"wandb unavailable for run {self.run_name}; logging to metrics.csv only")
+        self.status.data = {
+            "run_name": self.run_name, "group": group, "status": "running", "config": config,
+            "total_epochs": total_epochs,
+            "started_at": previous.get("started_at") or utc_now(), "finished_at": None,
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "wandb_run_id": self.wandb_run_id, "wandb_mode": self.tracker.mode,
+            "wandb": self.tracker.status, "error": None,
+            "checkpoints": previous.get("checkpoints", {}), "resumed_from_step": resume_step,
+        }
+        self.status.update()
+
+    def elapsed_s(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._clock_start
+
+    def log(self, row: dict[str, Any], step: int, progress: dict[str, Any]) -> None:
+        """One log event: a metrics.csv row, a wandb history row, a (throttled) run.json."""
+        if not self.enabled:
+            return
+        elapsed = self.elapsed_s()
+        self.metrics.append({**row, "step": step, "stage_id": row.get("metrics/stage_id"),
+                             "elapsed_s": round(elapsed, 3)})
+        self.tracker.log(row, step)
+        self.status.update(throttle_s=RUN_JSON_THROTTLE_S, elapsed_s=round(elapsed, 3),
+                           wandb=self.tracker.status, **{**progress, "global_step": step})
+
+    def save_checkpoint(self, payload: dict[str, Any], paths: list[Path]) -> None:
+        """Serialise once, write each file atomically, record the paths in run.json."""
+        if not self.enabled:
+            return
+        data = serialize(payload)
+        for path in paths:
+            write_atomic(path, data)
+        checkpoints = dict(self.status.data.get("checkpoints", {}))
+        for path in paths:
+            checkpoints[path.stem] = {"path": str(path), "size": len(data),
+                                      "global_step": payload.get("global_step")}
+        self.status.update(checkpoints=checkpoints, elapsed_s=round(self.elapsed_s(), 3))
+
+    def close(self, status: str, *, exit_code: int = 0, error: BaseException | None = None,
+              summary: dict[str, Any] | None = None, progress: dict[str, Any] | None = None) -> None:
+        """Final run.json state and wandb finish; the lock is released last."""
+        if not self.enabled:
+            return
+        try:
+            error_info = None
+            if error is not None:
+                message = " ".join(str(error).split()) or type(error).__name__
+                error_info = {"type": type(error).__name__, "message": message}
+            tags = {"failed": ("failed",), "preempted": ("preempted",)}.get(status, ())
+            self.tracker.finish(exit_code=exit_code, summary=summary, tags=tags,
+                                notes=error_info["message"] if error_info else None,
+                                preempting=status == "preempted")
+            self.status.update(status=status, finished_at=utc_now(), error=error_info,
+                               elapsed_s=round(self.elapsed_s(), 3), wandb=self.tracker.status,
+                               **(progress or {}))
+        finally:
+            self.lock.release()

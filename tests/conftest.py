@@ -1,0 +1,27 @@
+"""Shared fixtures: every test gets its own checkpoint root and offline wandb folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Tests run two pytest workers on two cores: one intra-op thread each avoids
+# oversubscription (set before anything imports torch; subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the checkpoint root at tmp_path and keep wandb offline and quiet."""
+    root = tmp_path / "checkpoints"
+    monkeypatch.setenv("FLOWCTL_CKPT_DIR", str(root))
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("FLOWCTL_TEST_WANDB_MODE", "offline"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return root
