@@ -47,7 +47,7 @@ def build_checkpoint(epoch: int, model, ema, optimizer, scheduler, best_loss: fl
         "best_loss": float(best_loss),
         "config": dict(config),
         "normalization_stats": dict(stats or {}),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "flowctl_version": study.__version__,
         "host": platform.node(),
         "saved_at": datetime.now(timezone.utc).isoformat(),
@@ -57,12 +57,8 @@ def build_checkpoint(epoch: int, model, ema, optimizer, scheduler, best_loss: fl
 
 
 def _plain_scheduler_state(scheduler) -> dict[str, Any]:
-    """LambdaLR keeps callables out of its state_dict already; drop the placeholders too."""
-    if scheduler is None:
-        return {}
-    state = scheduler.state_dict()
-    state.pop("lr_lambdas", None)
-    return state
+    """LambdaLR already keeps callables out of its state_dict (as None placeholders)."""
+    return {} if scheduler is None else scheduler.state_dict()
 
 
 def serialize(payload: dict[str, Any]) -> bytes:
@@ -166,7 +162,9 @@ def restore_training_state(payload: dict, path: Path, model, ema, optimizer, sch
                        or "Unexpected" in line), first[0] if first else type(err).__name__)
         raise UsageError(f"checkpoint {path} does not fit the model: {detail}") from None
     if scheduler is not None and payload.get("scheduler_state_dict"):
-        scheduler.load_state_dict(payload["scheduler_state_dict"])
+        state = dict(payload["scheduler_state_dict"])
+        state.setdefault("lr_lambdas", [None] * len(scheduler.base_lrs))
+        scheduler.load_state_dict(state)
 
 
 def load_checkpoint(path, model, ema, optimizer, scheduler, device) -> tuple[int, float]:

@@ -46,9 +46,11 @@ def fast_adamw_options(device: torch.device) -> dict[str, Any]:
 
 
 def normalization_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-dimension mean and std of x [N, D]; a constant dimension gets std 1."""
-    std = x.std(dim=0)
-    return {"mean": x.mean(dim=0), "std": torch.where(std < 1e-8, torch.ones_like(std), std)}
+    """{"mean", "std"} of x [N, D], the same definition the data package uses."""
+    from study.data.dataset import column_stats
+
+    mean, std = column_stats(x)
+    return {"mean": mean, "std": std}
 
 
 def normalize(x: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:

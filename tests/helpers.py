@@ -1,0 +1,129 @@
+"""Test helpers: tiny datasets, the CLI in-process and as a real subprocess, wandb records."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from study.cli.app import app
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Small and fast: 640 rows at batch 64 -> 9 training steps per epoch after the val split.
+TINY = ["--batch-size", "64", "--width", "16", "--depth", "2", "--warmup-steps", "5",
+        "--wandb-mode", "disabled", "--plain"]
+
+
+def vectors_file(folder: Path, rows: int = 640, dim: int = 2, seed: int = 0) -> Path:
+    generator = torch.Generator().manual_seed(seed)
+    path = folder / f"vectors-{rows}x{dim}.pt"
+    torch.save(torch.randn(rows, dim, generator=generator) * 2 + 1, path)
+    return path
+
+
+def cli(*args: str):
+    """Run flowctl in-process; returns the CliRunner result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start `flowctl ...` as a real child process (its own interpreter and signals)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.cli.app", *map(str, args)], cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def wait_for(condition, *, timeout: float = 60.0, process: subprocess.Popen | None = None,
+             what: str = "condition") -> None:
+    """Poll `condition()` until true; fail early if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"process exited ({process.returncode}) before {what}: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bitwise equality of model, EMA and optimizer state between two checkpoints."""
+    assert a["global_step"] == b["global_step"], f"expected step {a['global_step']}, got {b['global_step']}"
+    for key in ("model_state_dict", "ema_shadow"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}[{name}] differs"
+    opt_a, opt_b = a["optimizer_state_dict"], b["optimizer_state_dict"]
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    for index, state in opt_a["state"].items():
+        for name, tensor in state.items():
+            assert torch.equal(tensor, opt_b["state"][index][name]), f"optimizer state {index}.{name} differs"
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """metrics.csv rows without wall-clock columns."""
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in csv.DictReader(handle)]
+
+
+def run_json(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+# -- wandb's offline run file -------------------------------------------------------------
+# A .wandb file is a LevelDB-style log: a 7-byte header (":W&B", magic 0xBEE1, version),
+# then 32 KiB blocks of records, each with a 7-byte header (crc32c, length, type: 1 full,
+# 2 first, 3 middle, 4 last) whose payloads join into protobuf `Record` messages.
+_BLOCK = 32 * 1024
+
+
+def wandb_records(path: Path) -> list:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"expected a wandb run file, got header {data[:7]!r}"
+    records, pending, offset = [], b"", 7
+    while offset + 7 <= len(data):
+        block_left = _BLOCK - offset % _BLOCK
+        if block_left < 7:
+            offset += block_left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
+        chunk = data[offset + 7:offset + 7 + length]
+        offset += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending += chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/*run-*/run-*.wandb"))
+
+
+def wandb_history(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "history":
+            items = {(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
+                     for item in record.history.item}
+            rows.append((record.history.step.num, items))
+    return rows
