@@ -16,10 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def isolated_run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the checkpoint root at tmp_path and keep wandb offline and quiet."""
+    """Point the checkpoint root at tmp_path; wandb never online, never prompting."""
     root = tmp_path / "checkpoints"
     monkeypatch.setenv("FLOWCTL_CKPT_DIR", str(root))
-    monkeypatch.setenv("WANDB_MODE", os.environ.get("FLOWCTL_TEST_WANDB_MODE", "offline"))
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # each test picks its mode by flag
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.delenv("WANDB_DIR", raising=False)

@@ -125,16 +125,14 @@ def execute(config, options, resume_path) -> dict[str, Any]:
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None, title=f"run {Path(result['run_dir']).name}: {result['status']}")
-    table.add_row("epochs run", str(result["epochs_run"]))
-    table.add_row("global step", str(result["global_step"]))
-    table.add_row("best val loss", f"{result['best_val_loss']:.6g}")
-    table.add_row("best checkpoint", result["checkpoint_path"])
-    table.add_row("wall time", f"{result['elapsed_s']:.1f}s")
-    Console().print(table)
+    """Plain aligned lines (never truncated, easy to grep in a job log)."""
+    lines = [f"run {Path(result['run_dir']).name}: {result['status']}",
+             f"  epochs run       {result['epochs_run']}",
+             f"  global step      {result['global_step']}",
+             f"  best val loss    {result['best_val_loss']:.6g}",
+             f"  best checkpoint  {result['checkpoint_path']}",
+             f"  wall time        {result['elapsed_s']:.1f}s"]
+    typer.echo("\n".join(lines))
 
 
 def setup_logging() -> None:

@@ -116,7 +116,7 @@ def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Pa
     from study.signals import GracefulStop, parse_signal
 
     folder = run_dir(config.name, options.ckpt_dir)
-    if resume_path is None and any((folder / n).exists() for n in (BEST_NAME, LAST_NAME)):
+    if resume_path is None and any((folder / n).is_file() for n in (BEST_NAME, LAST_NAME)):
         if not options.overwrite:
             raise UsageError(f"run {config.name} already has checkpoints in {folder}; continue it "
                              f"with `flowctl resume {config.name}` or pass --overwrite to start over")

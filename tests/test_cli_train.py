@@ -1,0 +1,129 @@
+"""flowctl train (and the app's help) through the real Typer app, in-process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.helpers import REPO_ROOT, TINY, cli, load, run_json, vectors_file, wandb_files
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["resume"], ["inspect-ckpt"], ["list-runs"]])
+def test_help(command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage" in result.stdout
+    if command:
+        assert "Example" in result.stdout
+
+
+def test_app_help_lists_every_command():
+    out = cli("--help").stdout
+    for name in ("train", "resume", "inspect-ckpt", "list-runs"):
+        assert name in out
+
+
+def test_train_writes_checkpoints_logs_and_summary(tmp_path, isolated_run_root):
+    data = vectors_file(tmp_path)
+    result = cli("train", "--dataset", data, "--epochs", "2", "--run-name", "r1", *TINY)
+    assert result.exit_code == 0, result.stderr
+    run = isolated_run_root / "r1"
+    assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "run.json", "metrics.csv"}
+    assert "best val loss" in result.stdout and str(run / "best.pt") in result.stdout
+    assert run_json(run)["status"] == "finished"
+    assert load(run / "last.pt")["epoch"] == 1
+
+
+def test_default_run_name_and_yaml_config_with_flag_override(tmp_path, isolated_run_root):
+    data = vectors_file(tmp_path)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"dataset": str(data), "epochs": 1, "flow": "otcfm",
+                                      "arch": "resmlp", "log_every": 3}))
+    result = cli("train", "--config", config, "--epochs", "2", *TINY)
+    assert result.exit_code == 0, result.stderr
+    name = f"resmlp-otcfm-{data}-none"
+    saved = load(isolated_run_root / name / "best.pt")["config"]
+    assert saved["epochs"] == 2 and saved["flow"] == "otcfm" and saved["log_every"] == 3
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, isolated_run_root):
+    data = vectors_file(tmp_path)
+    args = ["train", "--dataset", data, "--epochs", "1", "--run-name", "again", *TINY]
+    assert cli(*args).exit_code == 0
+    refused = cli(*args)
+    assert refused.exit_code == 2
+    assert "flowctl resume again" in refused.stderr and "--overwrite" in refused.stderr
+    assert cli(*args, "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--flow", "nope"], "unknown flow 'nope'; choose one of: icfm, otcfm"),
+    (["--arch", "cnn"], "unknown arch 'cnn'; choose one of: mlp, resmlp"),
+    (["--aug", "rotate"], "unknown aug 'rotate'"),
+    (["--lr", "-1"], "lr must be > 0"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--batch-size", "0"], "batch_size must be a positive integer"),
+    (["--dataset", "no-such-data"], "unknown dataset 'no-such-data'"),
+    (["--batch-size", "4096"], "fewer than one batch"),
+    (["--wandb-mode", "sometimes"], "unknown --wandb-mode 'sometimes'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--requeue-signal", "SIGNOPE"], "unknown or uncatchable signal"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, flags, fragment):
+    data = vectors_file(tmp_path)
+    result = cli("train", "--dataset", data, "--epochs", "1", *TINY, *flags)
+    assert result.exit_code == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("epochs: 1\nlearning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    ("- 1\n- 2\n", "must be a mapping"),
+    ("epochs: [1\n", "not valid YAML"),
+    ("epochs: ten\n", "epochs must be a int"),
+])
+def test_bad_config_file_is_one_line_exit_2(tmp_path, content, fragment):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    result = cli("train", "--config", config, *TINY)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
+def test_write_failure_is_exit_1_and_marks_the_run_failed(tmp_path, isolated_run_root):
+    """A real OSError: last.pt's path is a folder, so os.replace onto it fails."""
+    data = vectors_file(tmp_path)
+    (isolated_run_root / "blocked" / "last.pt").mkdir(parents=True)
+    result = cli("train", "--dataset", data, "--epochs", "1", "--run-name", "blocked", *TINY)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "while writing last.pt" in errors[0]
+    assert "Traceback" not in result.stderr
+    status = run_json(isolated_run_root / "blocked")
+    assert status["status"] == "failed" and "last.pt" in status["error"]["message"]
+    assert not list((isolated_run_root / "blocked").glob(".*tmp*")), "temp file left behind"
+
+
+def test_module_entry_point_runs_as_a_real_process(tmp_path, isolated_run_root):
+    """`python -m study.flow_matching.train` with the original study's flags and a split name."""
+    from scripts.make_splits import main as make_splits
+
+    splits = tmp_path / "study" / "datasets" / "splits"
+    assert make_splits(["--generator", "moons", "--out", str(splits), "--sizes", "1k"]) == 0
+    process = subprocess.run(
+        [sys.executable, "-m", "study.flow_matching.train", "--arch", "mlp", "--flow", "icfm",
+         "--dataset", "1k", "--group", "test", "--epochs", "2", "--batch-size", "64",
+         "--lr", "1e-3", "--wandb-project", "P", "--wandb-mode", "offline", "--plain"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert process.returncode == 0, process.stderr
+    run = isolated_run_root / "mlp-icfm-1k-none"
+    assert load(run / "best.pt")["config"]["group"] == "test"
+    assert len(wandb_files(run)) == 1
+    assert "best val loss" in process.stdout

@@ -1,0 +1,158 @@
+"""FlowTrainer end to end on tiny CPU runs: every flow, every arch, the result contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from study.errors import RunFailed
+from study.flow_matching.config import FLOW_NAMES, TrainingConfig
+from study.flow_matching.flows import FLOWS
+from study.flow_matching.models import MODELS, build_model
+from study.flow_matching.trainer import FlowTrainer
+from study.flow_matching.utils import get_checkpoint_path
+from tests.helpers import load, metrics_rows, run_json
+
+RESULT_KEYS = {"epochs_run", "best_val_loss", "checkpoint_path", "final_epoch", "global_step",
+               "elapsed_s"}
+
+
+def tiny_config(**overrides) -> TrainingConfig:
+    base = dict(epochs=2, batch_size=64, width=16, depth=2, warmup_steps=5, log_every=4,
+                patience=0, run_name="tiny")
+    return TrainingConfig(**{**base, **overrides})
+
+
+def data(rows: int = 640, dim: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, dim, generator=generator) * 2 + 1
+    return x[: rows - 128], x[rows - 128:]
+
+
+def trainer_for(config: TrainingConfig, **kwargs) -> FlowTrainer:
+    train_x, val_x = data(dim=kwargs.pop("dim", 2))
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, train_x.shape[1], width=config.width, depth=config.depth,
+                        activation=config.activation)
+    return FlowTrainer(model, config, train_x, val_x, "cpu", wandb_mode="disabled", **kwargs)
+
+
+@pytest.mark.parametrize("flow", sorted(set(FLOW_NAMES) & set(FLOWS) - {"reflow"}))
+def test_every_flow_trains_and_writes_checkpoints(flow):
+    config = tiny_config(flow=flow, run_name=f"tiny-{flow}")
+    result = trainer_for(config).train()
+    assert RESULT_KEYS <= set(result)
+    assert result["epochs_run"] == 2 and result["final_epoch"] == 1
+    assert result["global_step"] == 2 * (512 // 64)
+    assert math.isfinite(result["best_val_loss"])
+    best = load(get_checkpoint_path(config.name))
+    assert best["config"]["flow"] == flow
+    assert str(get_checkpoint_path(config.name)) == result["checkpoint_path"]
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_every_arch_trains(arch):
+    config = tiny_config(arch=arch, run_name=f"tiny-{arch}")
+    trainer = trainer_for(config)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.train()
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "weights never changed"
+    assert math.isfinite(result["best_val_loss"])
+
+
+def test_training_reduces_validation_loss_on_real_signal():
+    from study.data.toy import moons
+
+    x = moons(1152, torch.Generator().manual_seed(0))
+    config = tiny_config(epochs=10, lr=3e-3, width=64, ema_decay=0.9)
+    torch.manual_seed(0)
+    model = build_model("mlp", 2, width=64, depth=2, activation="selu")
+    trainer = FlowTrainer(model, config, x[:1024], x[1024:], "cpu", wandb_mode="disabled")
+    initial = trainer.validate()
+    result = trainer.train()
+    assert result["best_val_loss"] < 0.92 * initial, (initial, result["best_val_loss"])
+
+
+def test_custom_model_with_any_arch_name():
+    class Velocity(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(3, 2)
+
+        def forward(self, x, t):
+            return self.net(torch.cat([x, t[:, None]], dim=1))
+
+    config = tiny_config(arch="test", run_name=None).validate(check_arch=False)
+    train_x, val_x = data()
+    result = FlowTrainer(Velocity(), config, train_x, val_x, "cpu", wandb_mode="disabled").train()
+    assert result["checkpoint_path"].endswith("test-icfm-moons-none/best.pt")
+
+
+def test_log_rows_and_validation_rows_match_the_step_axis(isolated_run_root):
+    config = tiny_config(epochs=3)
+    trainer_for(config).train()
+    rows = metrics_rows(isolated_run_root / "tiny")
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(set(steps)), "one row per step, increasing"
+    train_steps = [int(r["step"]) for r in rows if r["train/loss"]]
+    val_steps = [int(r["step"]) for r in rows if r["val/loss"]]
+    assert train_steps == list(range(4, 25, 4))
+    assert val_steps == [8, 16, 24]
+    assert {r["stage_id"] for r in rows} == {"0"}
+    status = run_json(isolated_run_root / "tiny")
+    assert status["status"] == "finished" and status["epoch"] == 3 and status["global_step"] == 24
+
+
+def test_validation_is_deterministic_and_uses_ema_weights():
+    trainer = trainer_for(tiny_config())
+    first, second = trainer.validate(), trainer.validate()
+    assert first == second, "fixed validation noise must give the same loss twice"
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)  # live weights change, EMA shadow does not
+    assert trainer.validate() == first
+
+
+def test_early_stopping_after_patience(isolated_run_root):
+    config = tiny_config(epochs=30, lr=1e-9, warmup_steps=1, patience=2)
+    result = trainer_for(config).train()
+    assert result["status"] == "early_stopped"
+    assert result["epochs_run"] < 30
+    assert run_json(isolated_run_root / "tiny")["status"] == "early_stopped"
+
+
+def test_best_checkpoint_is_the_lowest_validation_loss(isolated_run_root):
+    config = tiny_config(epochs=4, lr=3e-3)
+    result = trainer_for(config).train()
+    rows = metrics_rows(isolated_run_root / "tiny")
+    val = [float(r["val/loss"]) for r in rows if r["val/loss"]]
+    best = load(isolated_run_root / "tiny" / "best.pt")
+    assert best["best_loss"] == min(val) == result["best_val_loss"]
+    assert best["epoch"] == val.index(min(val))
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_good_checkpoints(isolated_run_root):
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(3, 2)
+            self.calls = 0
+
+        def forward(self, x, t):
+            self.calls += 1
+            out = self.net(torch.cat([x, t[:, None]], dim=1))
+            return out * math.inf if self.training and self.calls > 12 else out
+
+    config = tiny_config(arch="test", epochs=4).validate(check_arch=False)
+    train_x, val_x = data()
+    trainer = FlowTrainer(Exploding(), config, train_x, val_x, "cpu", wandb_mode="disabled")
+    with pytest.raises(RunFailed, match=r"non-finite loss at step 12"):
+        trainer.train()
+    status = run_json(isolated_run_root / "tiny")
+    assert status["status"] == "failed"
+    assert status["error"]["message"] == "non-finite loss at step 12"
+    assert load(isolated_run_root / "tiny" / "last.pt")["global_step"] == 8
