@@ -20,10 +20,12 @@ SECRET_VALUE = re.compile(
 
 
 def looks_secret(key: str, value: Any) -> bool:
-    if not isinstance(value, str) or not value:
+    if value is None or isinstance(value, bool):
         return False
     if SECRET_KEY.search(str(key)):
-        return True
+        return True  # whatever sits under a secret-looking key, numbers included
+    if not isinstance(value, str) or not value:
+        return False
     if SECRET_VALUE.match(value.strip()):
         return True
     api_key = os.environ.get("WANDB_API_KEY")
@@ -31,8 +33,13 @@ def looks_secret(key: str, value: Any) -> bool:
 
 
 def mask_secrets(data: Any, key: str = "") -> Any:
-    """A copy of `data` (dicts, lists, scalars) with secret-looking strings replaced."""
+    """A copy of `data` (dicts, lists, scalars) with secret-looking values replaced.
+
+    Everything below a secret-looking key is masked, however deeply nested.
+    """
     if isinstance(data, dict):
+        if key and SECRET_KEY.search(key):
+            return {k: MASK for k in data}
         return {k: mask_secrets(v, str(k)) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
         return [mask_secrets(v, key) for v in data]

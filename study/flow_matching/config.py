@@ -117,8 +117,9 @@ class TrainingConfig:
                 raise UsageError(f"stage {stage.name!r}: epochs must be positive, got {stage.epochs}")
             if stage.lr is not None and not stage.lr > 0:
                 raise UsageError(f"stage {stage.name!r}: lr must be > 0, got {stage.lr}")
-        if "reflow" in self.flows_used() and not (self.teacher or any(s.teacher for s in self.stages)
-                                                   or self.stages):
+        # reflow needs a teacher: a checkpoint, or (for a later stage) the previous stage.
+        first = self.stages[0] if self.stages else self
+        if (first.flow or self.flow) == "reflow" and not (first.teacher or self.teacher):
             raise UsageError("flow 'reflow' needs a teacher: pass --teacher PATH (a checkpoint)")
         return self
 

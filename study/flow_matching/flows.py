@@ -24,6 +24,10 @@ from study.errors import UsageError
 
 # Guards t (1 - t) in the Schrodinger-bridge target, whose coefficient diverges at t = 0, 1.
 _SB_EPS = 1e-8
+# Largest relative error in a Sinkhorn plan's marginals that sbcfm accepts. Sampling B pairs
+# with replacement already weights each point by Poisson(1) noise, so 10% is harmless; a
+# numerically broken plan is off by far more (or not finite).
+_SINKHORN_TOL = 0.1
 
 
 def _check_batch(x_0: Tensor, x_1: Tensor) -> None:
@@ -37,6 +41,27 @@ def _check_path_args(x_0: Tensor, x_1: Tensor, t: Tensor, eps: Tensor) -> None:
     _check_batch(x_0, x_1)
     assert t.shape == (x_0.shape[0],), f"expected t of shape [{x_0.shape[0]}], got {tuple(t.shape)}"
     assert eps.shape == x_0.shape, f"expected eps of shape {tuple(x_0.shape)}, got {tuple(eps.shape)}"
+
+
+def _exact_plan(cost: np.ndarray) -> np.ndarray:
+    """Exact OT plan [B, B] for uniform weights (`ot.emd`): a permutation matrix / B.
+
+    The cost is divided by its max first: the plan is scale-invariant, and costs of order one
+    keep the network simplex's tolerances meaningful.
+    """
+    if cost.max() > 0:
+        cost = cost / cost.max()
+    weights = ot.unif(cost.shape[0])
+    return ot.emd(weights, weights, cost, numItermax=1_000_000)
+
+
+def _marginal_error(plan: np.ndarray) -> float:
+    """max |B * marginal - 1| over both marginals of a [B, B] plan; inf if not finite."""
+    if not np.all(np.isfinite(plan)):
+        return float("inf")
+    batch = plan.shape[0]
+    rows, cols = plan.sum(axis=1) * batch, plan.sum(axis=0) * batch
+    return float(max(np.abs(rows - 1).max(), np.abs(cols - 1).max()))
 
 
 def _sq_cost(x_0: Tensor, x_1: Tensor) -> np.ndarray:
@@ -116,15 +141,9 @@ class OTCFM(ICFM):
 def exact_ot_permutation(x_0: Tensor, x_1: Tensor) -> Tensor:
     """perm [B] (CPU int64) such that x_0[i] <-> x_1[perm[i]] is the exact OT matching.
 
-    Solved on CPU in float64. The cost is divided by its max: the plan is scale-invariant and
-    costs of order one keep the network simplex's tolerances meaningful.
+    Solved on CPU in float64 by `ot.emd` on the squared Euclidean cost.
     """
-    cost = _sq_cost(x_0, x_1)
-    if cost.max() > 0:
-        cost = cost / cost.max()
-    weights = ot.unif(x_0.shape[0])
-    plan = ot.emd(weights, weights, cost, numItermax=1_000_000)
-    perm = np.argmax(plan, axis=1)
+    perm = np.argmax(_exact_plan(_sq_cost(x_0, x_1)), axis=1)
     # A vertex of the Birkhoff polytope is a permutation; anything else is a solver failure.
     assert len(np.unique(perm)) == len(perm), (
         f"expected a permutation plan from ot.emd, got {len(np.unique(perm))} distinct targets "
@@ -174,7 +193,7 @@ class SBCFM(FlowMatcher):
     """Schrodinger-bridge CFM (Tong et al. 2023): entropic-OT pairs and a Brownian-bridge path.
 
     Pairs (i, j) are drawn B times, with replacement, from the Sinkhorn plan for the squared
-    Euclidean cost with reg = 2 sigma^2 (the cost is not normalised: reg is in its units). Then
+    Euclidean cost with reg = 2 sigma^2 (the cost is not rescaled: reg is in its units). Then
     mu_t = t x_1 + (1 - t) x_0,  sigma_t = sigma sqrt(t (1 - t)),  x_t = mu_t + sigma_t eps,
     u_t = (1 - 2t) / (2 t (1 - t)) (x_t - mu_t) + x_1 - x_0,  with t (1 - t) clamped >= 1e-8.
     """
@@ -194,6 +213,8 @@ class SBCFM(FlowMatcher):
         """
         _check_batch(x_0, x_1)
         batch = x_0.shape[0]
+        if batch * batch > 2**24:  # torch.multinomial's limit on the number of categories
+            raise UsageError(f"flow 'sbcfm' needs batch_size <= 4096, got {batch}")
         plan = torch.from_numpy(self.plan(x_0, x_1)).flatten()
         if generator is not None:
             plan = plan.to(generator.device)
@@ -204,21 +225,28 @@ class SBCFM(FlowMatcher):
     def plan(self, x_0: Tensor, x_1: Tensor) -> np.ndarray:
         """The entropic OT plan [B, B] (float64, sums to 1) between the rows of x_0 and x_1.
 
-        Log-domain Sinkhorn: with small sigma, exp(-C / reg) underflows in the plain one. A plan
-        that has not converged in 1000 iterations is still a coupling close to the optimum, so
-        that warning is silenced; a non-finite plan falls back to the independent coupling.
+        Plain Sinkhorn (fast) on the cost minus its row minima, then minus the column minima:
+        the shift changes <P, C> by a constant for every P with these marginals, so the plan is
+        the same, but every row and column of exp(-C / reg) keeps an entry of 1 instead of
+        underflowing to 0 (which, at reg = 0.02, one outlier is enough to cause). An unconverged
+        plan is used as is while its marginals are within 10%; when reg is too small for Sinkhorn
+        in float64, the exact OT plan (the sigma -> 0 limit) is used, with a RuntimeWarning.
         """
         cost = _sq_cost(x_0, x_1)
+        cost = cost - cost.min(axis=1, keepdims=True)
+        cost = cost - cost.min(axis=0, keepdims=True)
         weights = ot.unif(x_0.shape[0])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*did not converge.*")
-            plan = ot.sinkhorn(weights, weights, cost, reg=2 * self.sigma**2, method="sinkhorn_log")
-        total = plan.sum()
-        if not (np.all(np.isfinite(plan)) and total > 0):
-            warnings.warn("sbcfm: Sinkhorn plan is not finite; using independent pairs for this "
-                          "batch (try a larger sigma)", RuntimeWarning, stacklevel=3)
-            return np.full_like(cost, 1.0 / cost.size)
-        return plan / total
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # POT's "did not converge" / "numerical errors"
+            plan = ot.sinkhorn(weights, weights, cost, reg=2 * self.sigma**2, method="sinkhorn")
+        if _marginal_error(plan) <= _SINKHORN_TOL:
+            return plan / plan.sum()
+        warnings.warn(
+            f"sbcfm: Sinkhorn failed for sigma={self.sigma} (reg {2 * self.sigma**2:.3g} is too "
+            "small for this batch's costs); pairing by exact OT instead",
+            RuntimeWarning, stacklevel=3,
+        )
+        return _exact_plan(cost)
 
     def path(self, x_0: Tensor, x_1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         _check_path_args(x_0, x_1, t, eps)

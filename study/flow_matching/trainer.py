@@ -134,14 +134,18 @@ class FlowTrainer:
                     row = {}
                     if self.global_step % cfg.log_every == 0:
                         row = self._train_log_row(epoch, stage)
-                    if self.batch_in_epoch == self.steps_per_epoch:
-                        row.update(self._end_epoch(epoch, stage))
-                    if row:
+                    epoch_done = self.batch_in_epoch == self.steps_per_epoch
+                    if epoch_done:
+                        row.update(self._validate_epoch(epoch, stage))
+                    if row:  # logged before the checkpoint of this step, never after
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
-                    if self.batch_in_epoch and cfg.save_every and self.global_step % cfg.save_every == 0:
+                    if epoch_done:
+                        improved = self.epochs_without_improvement == 0
+                        self._save([LAST_NAME, BEST_NAME] if improved else [LAST_NAME])
+                    elif cfg.save_every and self.global_step % cfg.save_every == 0:
                         self._save([LAST_NAME])
                     if self.stop.requested:
-                        if self.batch_in_epoch:  # an epoch end has just saved last.pt
+                        if not epoch_done:  # an epoch end has just saved last.pt
                             self._save([LAST_NAME])
                         raise TrainingStopped(self.stop.signum)
                 self.batch_in_epoch = 0
@@ -196,18 +200,16 @@ class FlowTrainer:
                 "train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch,
                 "metrics/stage_id": stage.index}
 
-    def _end_epoch(self, epoch: int, stage) -> dict[str, Any]:
-        """Validate on the EMA weights, track the best, write last.pt (and best.pt)."""
+    def _validate_epoch(self, epoch: int, stage) -> dict[str, Any]:
+        """Validate on the EMA weights, track the best and the patience counter."""
         val_loss = self.validate(stage)
         if not math.isfinite(val_loss):
             raise RunFailed(f"non-finite validation loss at step {self.global_step}")
-        improved = val_loss < self.best_loss
-        if improved:
+        if val_loss < self.best_loss:
             self.best_loss, self.epochs_without_improvement = val_loss, 0
         else:
             self.epochs_without_improvement += 1
         self.epoch, self.batch_in_epoch = epoch, 0
-        self._save([LAST_NAME, BEST_NAME] if improved else [LAST_NAME])
         self.progress.update(step=self.global_step, epoch=epoch, total_epochs=self.config.epochs,
                              loss=self.last_train_loss, val_loss=val_loss)
         return {"val/loss": val_loss, "val/best_loss": self.best_loss, "epoch": epoch,

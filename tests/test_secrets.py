@@ -1,0 +1,98 @@
+"""mask_secrets: credentials are masked by key name or value shape; ordinary values are not."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from study.secrets import MASK, mask_secrets
+
+# Shaped like real credentials, but made up.
+OPENAI_LIKE = "sk-" + "a1B2c3D4e5F6g7H8i9J0"
+GITHUB_LIKE = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2"
+AWS_LIKE = "AKIA" + "ABCDEFGHIJ234567"
+
+
+@pytest.mark.parametrize("key", ["WANDB_API_KEY", "wandb_api_key", "api-key", "github_token",
+                                 "GITHUB_TOKEN", "my_secret", "password", "db_password",
+                                 "credentials"])
+def test_masks_by_key(key: str) -> None:
+    assert mask_secrets({key: "hunter2", "lr": 0.001}) == {key: MASK, "lr": 0.001}
+
+
+@pytest.mark.parametrize("value", [OPENAI_LIKE, GITHUB_LIKE, AWS_LIKE, f"  {GITHUB_LIKE}\n"])
+def test_masks_by_value_shape(value: str) -> None:
+    assert mask_secrets({"note": value, "dataset": "moons"}) == {"note": MASK, "dataset": "moons"}
+
+
+@pytest.mark.parametrize("value", ["sk-short", "ghp_short", "AKIA123", "task-1234567890abcdefgh",
+                                   "moons", "mlp-icfm-moons-none", ""])
+def test_values_that_only_resemble_credentials_are_kept(value: str) -> None:
+    assert mask_secrets({"note": value}) == {"note": value}
+
+
+def test_masks_the_current_wandb_api_key_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    api_key = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("WANDB_API_KEY", api_key)
+    data = {"note": api_key, "cmd": f"wandb login {api_key}", "dataset": "moons"}
+    assert mask_secrets(data) == {"note": MASK, "cmd": MASK, "dataset": "moons"}
+
+
+def test_the_wandb_value_check_needs_the_env_var() -> None:
+    # The autouse fixture removes WANDB_API_KEY: the same value is then ordinary text.
+    value = "0123456789abcdef0123456789abcdef01234567"
+    assert mask_secrets({"note": value}) == {"note": value}
+
+
+def test_masks_nested_dicts_and_lists() -> None:
+    data = {
+        "config": {"lr": 0.001, "wandb": {"api_key": "abc", "project": "flows"}},
+        "env": [{"name": "HOME", "value": "/root"}, {"name": "X", "value": GITHUB_LIKE}],
+        "tokens": ["t1", "t2"],
+        "tags": ["moons", AWS_LIKE],
+    }
+    assert mask_secrets(data) == {
+        "config": {"lr": 0.001, "wandb": {"api_key": MASK, "project": "flows"}},
+        "env": [{"name": "HOME", "value": "/root"}, {"name": "X", "value": MASK}],
+        "tokens": [MASK, MASK],
+        "tags": ["moons", MASK],
+    }
+
+
+def test_leaves_ordinary_values_alone() -> None:
+    config = {"arch": "mlp", "flow": "icfm", "dataset": "moons", "lr": 0.001, "epochs": 20,
+              "ema_decay": 0.999, "teacher": None, "stages": [], "grad_clip": 1.0,
+              "val_fraction": 0.1, "run_name": "mlp-icfm-moons-none", "debug": False}
+    assert mask_secrets(config) == config
+
+
+def test_returns_a_copy_and_leaves_the_input_unchanged() -> None:
+    data = {"password": "hunter2", "nested": {"token": "abc", "items": [GITHUB_LIKE, 1]},
+            "pair": ("moons", OPENAI_LIKE)}
+    original = copy.deepcopy(data)
+    masked = mask_secrets(data)
+    assert data == original
+    assert masked is not data and masked["nested"] is not data["nested"]
+    assert masked["nested"]["items"] is not data["nested"]["items"]
+    assert masked["nested"] == {"token": MASK, "items": [MASK, 1]}
+    assert list(masked["pair"]) == ["moons", MASK]
+    masked["nested"]["token"] = "changed"
+    assert data["nested"]["token"] == "abc"
+
+
+def test_scalars_pass_through() -> None:
+    assert mask_secrets(3) == 3
+    assert mask_secrets(None) is None
+    assert mask_secrets("moons") == "moons"
+    assert mask_secrets(OPENAI_LIKE) == MASK
+
+
+def test_everything_under_a_secret_key_is_masked() -> None:
+    masked = mask_secrets({"credentials": {"aws": "hunter2"}, "lr": 0.1})
+    assert "hunter2" not in repr(masked)
+    assert masked["lr"] == 0.1
+
+
+def test_a_numeric_value_under_a_secret_key_is_masked() -> None:
+    assert mask_secrets({"password": 123456}) == {"password": MASK}
