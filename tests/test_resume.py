@@ -9,8 +9,17 @@ import signal
 import pytest
 import yaml
 
-from tests.helpers import (TINY, assert_same_state, cli, load, metrics_rows, run_json, spawn,
-                           vectors_file, wait_for)
+from tests.helpers import (
+    TINY,
+    assert_same_state,
+    cli,
+    load,
+    metrics_rows,
+    run_json,
+    spawn,
+    vectors_file,
+    wait_for,
+)
 
 EPOCHS = "30"  # long enough that the kill lands mid-run, short enough for CI (~270 steps)
 
@@ -144,7 +153,7 @@ def test_conflicting_arch_is_refused_and_harmless_override_wins_with_a_line(tmp_
 @pytest.mark.parametrize("target, fragment", [
     ("no-such-run", "no checkpoint or run named 'no-such-run'"),
     ("{tmp}/empty-folder", "holds no checkpoint"),
-    ("{tmp}/notes.txt", "is not a torch checkpoint"),
+    ("{tmp}/notes.txt", "is a text file, not a torch checkpoint"),
 ])
 def test_resume_bad_target_is_one_line_exit_2(tmp_path, target, fragment):
     (tmp_path / "empty-folder").mkdir()
@@ -152,3 +161,28 @@ def test_resume_bad_target_is_one_line_exit_2(tmp_path, target, fragment):
     result = cli("resume", target.format(tmp=tmp_path))
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
+def test_original_study_checkpoint_resumes_with_one_warning(tmp_path, isolated_run_root):
+    """tests/fixtures/legacy_study_checkpoint.pt has only the original study's keys (epoch,
+    model_state_dict, ema_shadow, optimizer_state_dict from a plain AdamW,
+    scheduler_state_dict, best_loss, config, normalization_stats): a 2-epoch mlp 16x2 on
+    moons, batch 256, whose config also holds a key flowctl does not know."""
+    import shutil
+
+    from tests.helpers import REPO_ROOT
+
+    fixture = REPO_ROOT / "tests" / "fixtures" / "legacy_study_checkpoint.pt"
+    assert set(load(fixture)) == {"epoch", "model_state_dict", "ema_shadow", "optimizer_state_dict",
+                                  "scheduler_state_dict", "best_loss", "config",
+                                  "normalization_stats"}
+    run = isolated_run_root / "mlp-icfm-moons-none"
+    run.mkdir(parents=True)
+    shutil.copy(fixture, run / "best.pt")
+    result = cli("resume", "mlp-icfm-moons-none", "--epochs", "3", "--wandb-mode", "disabled")
+    assert result.exit_code == 0, result.stderr
+    assert "ignoring config keys flowctl does not know: wandb_project" in result.stderr
+    assert result.stderr.count("exactness") + result.stderr.count("not guaranteed") >= 1
+    resumed = load(run / "last.pt")
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 3 * (20000 // 256)
+    assert resumed["optimizer_state_dict"]["state"][0]["step"].item() == 3 * (20000 // 256)

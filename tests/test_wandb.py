@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from study.flow_matching.trainer import FlowTrainer
-from tests.helpers import TINY, cli, run_json, vectors_file, wandb_files, wandb_history, wandb_records
+from tests.helpers import (
+    TINY,
+    cli,
+    run_json,
+    vectors_file,
+    wandb_files,
+    wandb_history,
+    wandb_records,
+)
 
 
 def records_of(path, kind):

@@ -79,7 +79,11 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
 
         raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
     setup_logging()
-    from study.flow_matching.launch import AlreadyCompleted, RunOptions, prepare_resume, run_training
+    from study.flow_matching.launch import (
+        AlreadyCompleted,
+        RunOptions,
+        prepare_resume,
+    )
     from study.flow_matching.progress import ConsoleProgress
 
     options = RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
@@ -135,10 +139,17 @@ def print_summary(result: dict[str, Any]) -> None:
     typer.echo("\n".join(lines))
 
 
+class _CurrentStderr(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (a test runner may swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
 def setup_logging() -> None:
     logger = logging.getLogger("flowctl")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("flowctl: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

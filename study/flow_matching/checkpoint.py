@@ -22,10 +22,10 @@ import torch
 
 import study
 from study.errors import RunFailed, UsageError
+from study.flow_matching.ckpt_load import FORMAT_VERSION, load_checkpoint_file
 
 log = logging.getLogger("flowctl")
 
-FORMAT_VERSION = 1
 TEMP_MARK = ".tmp-"
 # The keys of the original study's checkpoints; anything else is optional on load.
 LEGACY_KEYS = ("epoch", "model_state_dict", "ema_shadow", "optimizer_state_dict",
@@ -122,32 +122,11 @@ def save_checkpoint(path, epoch, model, ema, optimizer, scheduler, best_loss, co
     return path
 
 
-def read_checkpoint(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
-    """Load and sanity-check a flowctl checkpoint; every problem is a one-line UsageError."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; pass a .pt file or the run name")
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist; see `flowctl list-runs`")
-    if path.stat().st_size == 0:
-        raise UsageError(f"checkpoint {path} is empty (0 bytes)")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as err:  # torch raises many types for bad bytes; classify by message
-        text = str(err)
-        if "Unsupported global" in text or "GLOBAL " in text:  # a class to build: code
-            raise UsageError(f"refusing to load {path}: the file needs arbitrary code to "
-                             "unpickle (not a plain-tensor checkpoint)") from None
-        if mmap and "mmap" in text:
-            return read_checkpoint(path, map_location=map_location, mmap=False)
-        raise UsageError(f"{path} is not a torch checkpoint (truncated or corrupt)") from None
-    if not isinstance(payload, dict) or "model_state_dict" not in payload:
-        raise UsageError(f"{path} is not a flowctl checkpoint (no model_state_dict)")
-    version = payload.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UsageError(f"{path} was written by a newer flowctl (format {version} > "
-                         f"{FORMAT_VERSION}); upgrade flowctl")
-    return payload
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and sanity-check a flowctl checkpoint (weights_only, memory-mapped, on the CPU;
+    `load_state_dict` copies tensors to the model's device). Every problem is a one-line
+    UsageError naming the file; see ckpt_load.py."""
+    return load_checkpoint_file(path)
 
 
 def restore_training_state(payload: dict, path: Path, model, ema, optimizer, scheduler) -> None:
@@ -176,7 +155,7 @@ def load_checkpoint(path, model, ema, optimizer, scheduler, device) -> tuple[int
     warmup is not repeated.
     """
     path = Path(path)
-    payload = read_checkpoint(path, map_location=device)
+    payload = read_checkpoint(path)
     restore_training_state(payload, path, model, ema, optimizer, scheduler)
     return int(payload["epoch"]) + 1, float(payload["best_loss"])
 
@@ -205,7 +184,7 @@ def load_checkpoint_with_stats_check(path, model, ema, optimizer, scheduler, dev
                                      current_stats: dict | None = None) -> tuple[int, float]:
     """`load_checkpoint`, plus a warning when the normalization stats differ from the data's."""
     path = Path(path)
-    payload = read_checkpoint(path, map_location=device)
+    payload = read_checkpoint(path)
     difference = stats_difference(payload.get("normalization_stats"), current_stats)
     if difference is not None:
         log.warning("normalization stats of %s differ from the current data's (largest: %s)",

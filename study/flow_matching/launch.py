@@ -84,7 +84,7 @@ def prepare_resume(target: str, overrides: dict[str, Any], options: RunOptions,
     from study.flow_matching.checkpoint import read_checkpoint
 
     path = find_checkpoint(target, options.ckpt_dir)
-    payload = read_checkpoint(path, mmap=True)
+    payload = read_checkpoint(path)
     config = config_for_resume(payload, path, overrides, warn=warn)
     done = int(payload["epoch"]) + 1
     if done >= config.epochs and not payload.get("batch_in_epoch"):

@@ -151,12 +151,12 @@ class Restored:
 
 def restore(trainer: FlowTrainer, path: Path) -> Restored:
     """Load `path` into a freshly built trainer (model, EMA, optimizer, scheduler, RNG, position)."""
-    payload = read_checkpoint(path, map_location="cpu")
+    payload = read_checkpoint(path)
     restore_training_state(payload, path, trainer.model, trainer.ema, trainer.optimizer,
                            trainer.scheduler)
     # Re-derive the LR from the step: identical for an exact resume, re-planned on extension.
     factor = trainer.scheduler.lr_lambdas[0](trainer.scheduler.last_epoch)
-    for group, base_lr in zip(trainer.optimizer.param_groups, trainer.scheduler.base_lrs):
+    for group, base_lr in zip(trainer.optimizer.param_groups, trainer.scheduler.base_lrs, strict=True):
         group["lr"] = base_lr * factor
     trainer.scheduler._last_lr = [group["lr"] for group in trainer.optimizer.param_groups]
 
