@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -14,6 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from study.cli.app import app
+from study.flow_matching.wandb_records import history as wandb_history  # noqa: F401
+from study.flow_matching.wandb_records import read_records as wandb_records  # noqa: F401
+from study.flow_matching.wandb_records import run_files as wandb_files  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast: 640 rows at batch 64 -> 9 training steps per epoch after the val split.
@@ -81,49 +83,3 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 
 def run_json(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
-
-
-# -- wandb's offline run file -------------------------------------------------------------
-# A .wandb file is a LevelDB-style log: a 7-byte header (":W&B", magic 0xBEE1, version),
-# then 32 KiB blocks of records, each with a 7-byte header (crc32c, length, type: 1 full,
-# 2 first, 3 middle, 4 last) whose payloads join into protobuf `Record` messages.
-_BLOCK = 32 * 1024
-
-
-def wandb_records(path: Path) -> list:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"expected a wandb run file, got header {data[:7]!r}"
-    records, pending, offset = [], b"", 7
-    while offset + 7 <= len(data):
-        block_left = _BLOCK - offset % _BLOCK
-        if block_left < 7:
-            offset += block_left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
-        chunk = data[offset + 7:offset + 7 + length]
-        offset += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending += chunk
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
-def wandb_files(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("wandb/*run-*/run-*.wandb"))
-
-
-def wandb_history(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    for record in wandb_records(path):
-        if record.WhichOneof("record_type") == "history":
-            items = {(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                     for item in record.history.item}
-            rows.append((record.history.step.num, items))
-    return rows

@@ -19,6 +19,7 @@ def resume(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     requeue_signal: str | None = typer.Option(None, "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1)."),
     plain: bool = typer.Option(False, "--plain", help="Plain progress lines even on a terminal."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write scalars to {run}/tb/ (needs tensorboard)."),
 ) -> None:
     """Continue a run exactly where it stopped; the config comes from the checkpoint.
 
@@ -34,4 +35,5 @@ def resume(
     with user_errors():
         run_from_cli(overrides, config_path=None, resume=target, overwrite=False,
                      ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
-                     device=device, requeue_signal=requeue_signal, plain=plain)
+                     device=device, requeue_signal=requeue_signal, plain=plain,
+                     tensorboard=tensorboard)

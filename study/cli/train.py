@@ -53,6 +53,7 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     requeue_signal: str | None = typer.Option(None, "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM)."),
     plain: bool = typer.Option(False, "--plain", help="Plain progress lines even on a terminal."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write scalars to {run}/tb/ (needs tensorboard)."),
 ) -> None:
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
 
@@ -63,13 +64,14 @@ def train(
     with user_errors():
         run_from_cli(overrides, config_path=config, resume=resume, overwrite=overwrite,
                      ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
-                     device=device, requeue_signal=requeue_signal, plain=plain)
+                     device=device, requeue_signal=requeue_signal, plain=plain,
+                     tensorboard=tensorboard)
 
 
 def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
                  overwrite: bool, ckpt_dir: str | None, wandb_project: str,
                  wandb_mode: str | None, device: str, requeue_signal: str | None,
-                 plain: bool) -> None:
+                 plain: bool, tensorboard: bool = False) -> None:
     """Shared by train and resume: validate, run, print the summary, map the exit code."""
     from study.flow_matching.config import load_config
     from study.flow_matching.tracking import WANDB_MODES
@@ -88,7 +90,7 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
 
     options = RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                          wandb_mode=wandb_mode, overwrite=overwrite,
-                         requeue_signal=requeue_signal,
+                         requeue_signal=requeue_signal, tensorboard=tensorboard,
                          progress=ConsoleProgress(force_plain=plain))
     resume_path = None
     if resume is not None:

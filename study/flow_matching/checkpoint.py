@@ -68,29 +68,43 @@ def serialize(payload: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers only ever see a complete file.
+def write_atomic(path: Path, data: bytes, *, also: tuple[Path, ...] = ()) -> None:
+    """Write `data` to `path` (and to each path in `also`, same folder) so that readers only
+    ever see complete files.
 
-    An OSError (disk full, permission denied, folder deleted) removes the temp file, leaves
-    the previous `path` untouched and is raised as RunFailed naming the file.
+    The bytes are written and fsynced once; each extra name is a hard link to the new file
+    put in place with its own `os.replace` (a later rewrite of `path` replaces that name
+    only), then one fsync of the folder. An OSError (disk full, permission denied, folder
+    deleted) removes the temp files, leaves the previous files untouched and is raised as
+    RunFailed naming the file.
     """
     path = Path(path)
-    temp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    current = path
+    temps = [p.with_name(f".{p.name}{TEMP_MARK}{os.getpid()}") for p in (path, *also)]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "wb") as handle:
+        with open(temps[0], "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
+        os.replace(temps[0], path)
+        for current, temp in zip(also, temps[1:], strict=True):
+            current = Path(current)
+            try:
+                os.link(path, temp)
+            except OSError:  # a filesystem without hard links: write a copy
+                temp.write_bytes(data)
+            os.replace(temp, current)
         _fsync_dir(path.parent)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
         reason = (err.strerror or str(err)).lower()
-        raise RunFailed(f"{reason} while writing {path.name} ({path.parent})") from err
-    if not path.is_file() or path.stat().st_size == 0:
-        raise RunFailed(f"checkpoint {path} is missing or empty right after writing it")
+        raise RunFailed(f"{reason} while writing {current.name} ({current.parent})") from err
+    for written in (path, *also):
+        if not Path(written).is_file() or Path(written).stat().st_size == 0:
+            raise RunFailed(f"checkpoint {written} is missing or empty right after writing it")
 
 
 def _fsync_dir(folder: Path) -> None:

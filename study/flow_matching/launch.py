@@ -33,6 +33,7 @@ class RunOptions:
     wandb_mode: str | None = None
     overwrite: bool = False
     requeue_signal: str | None = None
+    tensorboard: bool = False
     progress: Any = None
 
 
@@ -141,5 +142,6 @@ def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Pa
         model, config, splits.train, splits.val, device, wandb_project=options.wandb_project,
         resume_path=resume_path, ckpt_root=options.ckpt_dir, wandb_mode=options.wandb_mode,
         stats=splits.normalization_stats(), dataset_checksum=splits.checksum,
-        progress=options.progress, stop=stop, train_x0=train_x0, warn=warn)
+        progress=options.progress, stop=stop, train_x0=train_x0,
+        tensorboard=options.tensorboard, warn=warn)
     return trainer.train()

@@ -16,7 +16,7 @@ from typing import Any
 from study.flow_matching.checkpoint import remove_stale_temp_files, serialize, write_atomic
 from study.flow_matching.device import is_main_process
 from study.flow_matching.run_files import MetricsLog, RunLock, RunStatusFile, utc_now
-from study.flow_matching.tracking import WandbTracker
+from study.flow_matching.tracking import TensorBoardWriter, WandbTracker
 from study.secrets import mask_secrets
 
 RUN_JSON_THROTTLE_S = 2.0
@@ -24,7 +24,7 @@ RUN_JSON_THROTTLE_S = 2.0
 
 class RunRecorder:
     def __init__(self, run_dir: Path, run_name: str, *, wandb_project: str, wandb_mode: str,
-                 enabled: bool | None = None, warn=print):
+                 enabled: bool | None = None, tensorboard: bool = False, warn=print):
         self.run_dir = Path(run_dir)
         self.run_name = run_name
         self.enabled = is_main_process() if enabled is None else enabled
@@ -34,6 +34,9 @@ class RunRecorder:
         self.metrics = MetricsLog(self.run_dir)
         self.lock = RunLock(self.run_dir, run_name)
         self.warn = warn
+        # TensorBoard continues automatically in a run that already has it.
+        self.use_tensorboard = tensorboard or (self.run_dir / "tb").is_dir()
+        self.tensorboard = None
         self.wandb_run_id: str | None = None
         self._clock_start = time.perf_counter()
         self._elapsed_before = 0.0
@@ -44,21 +47,35 @@ class RunRecorder:
         """Claim the run folder, align metrics.csv with the checkpoint, start wandb."""
         if not self.enabled:
             return
+        if self.use_tensorboard:
+            TensorBoardWriter.check_available()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire(warn=self.warn)
+        try:
+            self._open_locked(config, group, total_epochs, resume_step, wandb_run_id)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open_locked(self, config, group, total_epochs, resume_step, wandb_run_id) -> None:
         remove_stale_temp_files(self.run_dir)
         previous = self.status.load_previous() if resume_step is not None else {}
         if resume_step is None:
             self.metrics.reset()
         else:
-            self.tracker.skip_through_step = self.metrics.truncate_after(resume_step)
+            self.metrics.truncate_after(resume_step)
             self._elapsed_before = float(previous.get("elapsed_s") or 0.0)
         config = mask_secrets(config)
+        if self.use_tensorboard:
+            self.tensorboard = TensorBoardWriter(self.run_dir / "tb", resume_step)
         self.wandb_run_id = self.tracker.start(
             project=self.wandb_project, group=group, name=self.run_name, config=config,
             run_dir=self.run_dir, run_id=wandb_run_id)
-        if self.tracker.status == "unavailable":
-            self.warn(f"wandb unavailable for run {self.run_name}; logging to metrics.csv only")
+        if resume_step is not None:
+            # Rows up to the checkpoint that wandb lost when the last process died unflushed.
+            for step, metrics in self.metrics.rows_as_metrics(self.tracker.skip_through_step,
+                                                              resume_step):
+                self.tracker.log(metrics, step)
         self.status.data = {
             "run_name": self.run_name, "group": group, "status": "running", "config": config,
             "total_epochs": total_epochs,
@@ -81,6 +98,8 @@ class RunRecorder:
         self.metrics.append({**row, "step": step, "stage_id": row.get("metrics/stage_id"),
                              "elapsed_s": round(elapsed, 3)})
         self.tracker.log(row, step)
+        if self.tensorboard is not None:
+            self.tensorboard.log(row, step)
         self.status.update(throttle_s=RUN_JSON_THROTTLE_S, elapsed_s=round(elapsed, 3),
                            wandb=self.tracker.status, **{**progress, "global_step": step})
 
@@ -89,13 +108,13 @@ class RunRecorder:
         if not self.enabled:
             return
         data = serialize(payload)
-        for path in paths:
-            write_atomic(path, data)
+        write_atomic(paths[0], data, also=tuple(paths[1:]))
         checkpoints = dict(self.status.data.get("checkpoints", {}))
         for path in paths:
             checkpoints[path.stem] = {"path": str(path), "size": len(data),
                                       "global_step": payload.get("global_step")}
-        self.status.update(checkpoints=checkpoints, elapsed_s=round(self.elapsed_s(), 3))
+        self.status.update(throttle_s=RUN_JSON_THROTTLE_S, checkpoints=checkpoints,
+                           elapsed_s=round(self.elapsed_s(), 3))
 
     def close(self, status: str, *, exit_code: int = 0, error: BaseException | None = None,
               summary: dict[str, Any] | None = None, progress: dict[str, Any] | None = None) -> None:
@@ -115,4 +134,6 @@ class RunRecorder:
                                elapsed_s=round(self.elapsed_s(), 3), wandb=self.tracker.status,
                                **(progress or {}))
         finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             self.lock.release()

@@ -92,6 +92,21 @@ class MetricsLog:
             os.replace(temp, self.path)
         return last_logged
 
+    def rows_as_metrics(self, after_step: int, through_step: int) -> list[tuple[int, dict[str, Any]]]:
+        """(step, {wandb key: value}) for rows with after_step < step <= through_step."""
+        if not self.path.exists():
+            return []
+        replay = []
+        for row in read_metrics(self.path):
+            step = int(row["step"])
+            if after_step < step <= through_step:
+                metrics = {key: float(value) for key, value in row.items()
+                           if "/" in key and value != ""}
+                metrics["epoch"] = int(row["epoch"])
+                metrics["metrics/stage_id"] = int(row["stage_id"])
+                replay.append((step, metrics))
+        return replay
+
     def reset(self) -> None:
         self.path.unlink(missing_ok=True)
 

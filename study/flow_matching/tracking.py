@@ -30,7 +30,8 @@ class WandbTracker:
         self.mode = mode
         self.run = None
         self.status = "disabled" if mode == "disabled" else "ok"
-        # Steps at or below this were logged by an earlier segment of the same run.
+        # Steps at or below this were logged by an earlier segment of the same run; the
+        # resumed run recomputes them bit-identically, so skipping them loses nothing.
         self.skip_through_step = -1
 
     def _guard(self, what: str, call, *args, **kwargs) -> Any:
@@ -55,7 +56,20 @@ class WandbTracker:
             return run_id
         self._guard("define_metric", self.run.define_metric, "val/loss", summary="min")
         self._guard("define_metric", self.run.define_metric, "train/loss", summary="min")
+        if run_id and self.run is not None:
+            self.skip_through_step = self._last_step_already_logged(run_dir, run_id)
         return self.run.id if self.run is not None else run_id
+
+    def _last_step_already_logged(self, run_dir: Path, run_id: str) -> int:
+        """What an earlier segment of this run really logged (a killed process loses what
+        wandb had not flushed, so metrics.csv is no guide): online, the server's count;
+        offline, the history in the earlier segments' files."""
+        if self.mode == "online":
+            return int(getattr(self.run, "starting_step", 0) or 0) - 1
+        from study.flow_matching.wandb_records import last_logged_step
+
+        wandb_root = Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else run_dir
+        return last_logged_step(wandb_root, run_id)
 
     def _init(self, project, group, name, config, run_dir: Path, run_id):
         import wandb
@@ -89,3 +103,35 @@ class WandbTracker:
             self._guard("notes", setattr, run, "notes", notes)
         self._guard("finish", run.finish, exit_code=exit_code)
         self.run = None
+
+
+class TensorBoardWriter:
+    """Optional scalars in {run}/tb/, with explicit global_step, appending across resumes.
+
+    On resume, `purge_step` hides events a crashed segment wrote past the checkpoint, so
+    the curve continues with no duplicates. Needs the `tensorboard` package.
+    """
+
+    @staticmethod
+    def check_available() -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            from study.errors import UsageError
+
+            raise UsageError("--tensorboard needs the tensorboard package: "
+                             "pip install tensorboard (or pip install -e '.[tensorboard]')")
+
+    def __init__(self, log_dir: Path, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, global_step=step)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -49,7 +49,7 @@ class FlowTrainer:
                  wandb_project: str = "flow-matching-study", resume_path=None, *,
                  ckpt_root=None, wandb_mode: str | None = None, stats: dict | None = None,
                  dataset_checksum: str = "", progress=None, stop: GracefulStop | None = None,
-                 train_x0: torch.Tensor | None = None, warn=print):
+                 train_x0: torch.Tensor | None = None, tensorboard: bool = False, warn=print):
         self.config, self.warn = config, warn
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -89,7 +89,8 @@ class FlowTrainer:
 
         self.run_dir = run_dir(config.name, ckpt_root)
         self.recorder = RunRecorder(self.run_dir, config.name, wandb_project=wandb_project,
-                                    wandb_mode=resolve_wandb_mode(wandb_mode), warn=warn)
+                                    wandb_mode=resolve_wandb_mode(wandb_mode),
+                                    tensorboard=tensorboard, warn=warn)
         self.wandb_project = wandb_project
 
     def _stage_lr_scale(self, step: int) -> float:
