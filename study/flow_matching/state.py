@@ -79,12 +79,14 @@ def augment_batch(x_1: torch.Tensor, stage, generator: torch.Generator) -> torch
     return augment(stage.aug, x_1, std=stage.aug_std, generator=generator)
 
 
-def fixed_validation_noise(val_x: torch.Tensor, config, device) -> list[tuple[torch.Tensor, ...]]:
+def fixed_validation_noise(val_x: torch.Tensor, config, device,
+                           val_x0: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
     """(x_0, x_1, t, eps) batches drawn once from the seed, so val/loss is comparable
-    across epochs (and identical on CPU and GPU: drawn on the CPU, then moved)."""
+    across epochs (and identical on CPU and GPU: drawn on the CPU, then moved).
+    `val_x0`: pre-coupled sources (reflow) instead of fresh draws."""
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "val"))
     x_1 = val_x.cpu()
-    x_0 = sample_source(config.source, x_1, generator, generator)
+    x_0 = val_x0.cpu() if val_x0 is not None else sample_source(config.source, x_1, generator, generator)
     t = torch.rand(len(x_1), generator=generator)
     eps = torch.randn(x_1.shape, generator=generator)
     size = config.batch_size

@@ -43,13 +43,16 @@ class FlowTrainer:
 
     `train_ds`/`val_ds`: tensors [N, D] (raw values; the trainer normalises with the
     training split's mean/std, or with `stats` when given) or objects with an `x` tensor.
+    `train_x0`/`val_x0` [N, D]: pre-coupled sources for x_1 row by row (reflow); otherwise
+    x_0 is drawn from `config.source` each step.
     """
 
     def __init__(self, model, config: TrainingConfig, train_ds, val_ds, device,
                  wandb_project: str = "flow-matching-study", resume_path=None, *,
                  ckpt_root=None, wandb_mode: str | None = None, stats: dict | None = None,
                  dataset_checksum: str = "", progress=None, stop: GracefulStop | None = None,
-                 train_x0: torch.Tensor | None = None, tensorboard: bool = False, warn=print):
+                 train_x0: torch.Tensor | None = None, val_x0: torch.Tensor | None = None,
+                 tensorboard: bool = False, warn=print):
         self.config, self.warn = config, warn
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -75,7 +78,7 @@ class FlowTrainer:
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, config.warmup_steps, self.total_steps, lr_scale=self._stage_lr_scale)
         self.ema = EMAModel(self.model, decay=config.ema_decay)
-        self.val_batch = run_state.fixed_validation_noise(self.val_x, config, self.device)
+        self.val_batch = run_state.fixed_validation_noise(self.val_x, config, self.device, val_x0)
 
         # Progress counters: `epoch` is the last completed epoch (-1: none yet).
         self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
