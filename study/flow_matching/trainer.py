@@ -113,13 +113,17 @@ class FlowTrainer:
     # -- the loop ------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         cfg = self.config
-        self.recorder.open(config=cfg.to_dict(), group=cfg.group, total_epochs=cfg.epochs,
-                           resume_step=self.resumed_from, wandb_run_id=self.wandb_run_id)
+        self.stop.install()  # before wandb starts: a signal during start-up still stops cleanly
+        try:
+            self.recorder.open(config=cfg.to_dict(), group=cfg.group, total_epochs=cfg.epochs,
+                               resume_step=self.resumed_from, wandb_run_id=self.wandb_run_id)
+        except BaseException:
+            self.stop.uninstall()
+            raise
         self.wandb_run_id = self.recorder.wandb_run_id
         self.progress.start(total_steps=self.total_steps, initial_step=self.global_step,
                             run_name=cfg.name)
         started, status = time.perf_counter(), "finished"
-        self.stop.install()
         try:
             for epoch in range(self.epoch + 1, cfg.epochs):
                 if cfg.patience and self.epochs_without_improvement >= cfg.patience:
@@ -143,13 +147,14 @@ class FlowTrainer:
                         row.update(self._validate_epoch(epoch, stage))
                     if row:  # logged before the checkpoint of this step, never after
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
+                    saved = epoch_done or (cfg.save_every and self.global_step % cfg.save_every == 0)
                     if epoch_done:
                         improved = self.epochs_without_improvement == 0
                         self._save([LAST_NAME, BEST_NAME] if improved else [LAST_NAME])
-                    elif cfg.save_every and self.global_step % cfg.save_every == 0:
+                    elif saved:
                         self._save([LAST_NAME])
-                    if self.stop.requested:
-                        if not epoch_done:  # an epoch end has just saved last.pt
+                    if self.stop.requested:  # set by the signal handler; we save here, not there
+                        if not saved:
                             self._save([LAST_NAME])
                         raise TrainingStopped(self.stop.signum)
                 self.batch_in_epoch = 0
