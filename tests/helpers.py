@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from study.cli.app import app
@@ -83,3 +84,24 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 
 def run_json(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
+
+
+class LinearVelocity(nn.Module):
+    """A study-style custom velocity network v(x, t) = W [x, t] + b for 2-D data.
+
+    `fault(call, out)` runs on every training-mode forward (call counts from 1) and may
+    return a replacement output or raise, to inject a failure at a known step.
+    """
+
+    def __init__(self, fault=None):
+        super().__init__()
+        self.net = nn.Linear(3, 2)
+        self.fault = fault
+        self.calls = 0
+
+    def forward(self, x, t):
+        out = self.net(torch.cat([x, t[:, None]], dim=1))
+        if self.training and self.fault is not None:
+            self.calls += 1
+            out = self.fault(self.calls, out)
+        return out

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from study.errors import RunFailed
 from study.flow_matching.config import FLOW_NAMES, TrainingConfig
@@ -14,7 +13,7 @@ from study.flow_matching.flows import FLOWS
 from study.flow_matching.models import MODELS, build_model
 from study.flow_matching.trainer import FlowTrainer
 from study.flow_matching.utils import get_checkpoint_path
-from tests.helpers import load, metrics_rows, run_json
+from tests.helpers import LinearVelocity, load, metrics_rows, run_json
 
 RESULT_KEYS = {"epochs_run", "best_val_loss", "checkpoint_path", "final_epoch", "global_step",
                "elapsed_s"}
@@ -78,17 +77,9 @@ def test_training_reduces_validation_loss_on_real_signal():
 
 
 def test_custom_model_with_any_arch_name():
-    class Velocity(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Linear(3, 2)
-
-        def forward(self, x, t):
-            return self.net(torch.cat([x, t[:, None]], dim=1))
-
     config = tiny_config(arch="test", run_name=None).validate(check_arch=False)
     train_x, val_x = data()
-    result = FlowTrainer(Velocity(), config, train_x, val_x, "cpu", wandb_mode="disabled").train()
+    result = FlowTrainer(LinearVelocity(), config, train_x, val_x, "cpu", wandb_mode="disabled").train()
     assert result["checkpoint_path"].endswith("test-icfm-moons-none/best.pt")
 
 
@@ -136,20 +127,10 @@ def test_best_checkpoint_is_the_lowest_validation_loss(isolated_run_root):
 
 
 def test_non_finite_loss_fails_the_run_and_keeps_good_checkpoints(isolated_run_root):
-    class Exploding(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Linear(3, 2)
-            self.calls = 0
-
-        def forward(self, x, t):
-            self.calls += 1
-            out = self.net(torch.cat([x, t[:, None]], dim=1))
-            return out * math.inf if self.training and self.calls > 12 else out
-
     config = tiny_config(arch="test", epochs=4).validate(check_arch=False)
     train_x, val_x = data()
-    trainer = FlowTrainer(Exploding(), config, train_x, val_x, "cpu", wandb_mode="disabled")
+    explode_after_8 = LinearVelocity(fault=lambda call, out: out * math.inf if call > 8 else out)
+    trainer = FlowTrainer(explode_after_8, config, train_x, val_x, "cpu", wandb_mode="disabled")
     with pytest.raises(RunFailed, match=r"non-finite loss at step 12"):
         trainer.train()
     status = run_json(isolated_run_root / "tiny")

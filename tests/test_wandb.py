@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import torch
-from torch import nn
 
 from study.flow_matching.trainer import FlowTrainer
 from tests.helpers import (
     TINY,
+    LinearVelocity,
     cli,
     run_json,
     vectors_file,
@@ -75,23 +75,17 @@ def test_offline_run_logs_the_study_contract(tmp_path, isolated_run_root):
 
 
 def test_failed_run_is_tagged_failed_with_exit_code_1(tmp_path, isolated_run_root):
-    class Broken(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Linear(3, 2)
-            self.calls = 0
-
-        def forward(self, x, t):
-            self.calls += 1
-            if self.calls == 6:
-                raise RuntimeError("CUDA error: device-side assert (simulated by the test model)")
-            return self.net(torch.cat([x, t[:, None]], dim=1))
+    def device_assert_at_step_6(call, out):
+        if call == 6:
+            raise RuntimeError("CUDA error: device-side assert (simulated by the test model)")
+        return out
 
     from study.flow_matching.config import TrainingConfig
 
     config = TrainingConfig(arch="test", epochs=2, batch_size=64, run_name="broken")
     x = torch.randn(640, 2, generator=torch.Generator().manual_seed(0))
-    trainer = FlowTrainer(Broken(), config, x[:512], x[512:], "cpu", wandb_mode="offline")
+    trainer = FlowTrainer(LinearVelocity(device_assert_at_step_6), config, x[:512], x[512:], "cpu",
+                          wandb_mode="offline")
     try:
         trainer.train()
     except RuntimeError as error:

@@ -29,12 +29,16 @@ def _global_options(
 
 
 def _register() -> None:
-    from study.cli import inspect_ckpt, list_runs, resume, train
+    from study.cli import eval as eval_cmd
+    from study.cli import inspect_ckpt, list_runs, plot, resume, sample, train
 
     app.command("train")(train.train)
     app.command("resume")(resume.resume)
     app.command("inspect-ckpt")(inspect_ckpt.inspect_ckpt)
     app.command("list-runs")(list_runs.list_runs)
+    app.command("sample")(sample.sample)
+    app.command("eval")(eval_cmd.eval_command)
+    app.command("plot")(plot.plot)
 
 
 _register()

@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 
@@ -43,3 +44,17 @@ def user_errors() -> Iterator[None]:
 def warn(message: str) -> None:
     """One line on stderr, for a value that wins over another or a degraded feature."""
     print(f"warning: {message}", file=sys.stderr)
+
+
+# How-to-run options shared by `train` and `resume` (not part of the run's config).
+CkptDir = Annotated[str | None, typer.Option(
+    "--ckpt-dir", help="Checkpoint root.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]")]
+WandbProject = Annotated[str, typer.Option("--wandb-project")]
+WandbMode = Annotated[str | None, typer.Option(
+    "--wandb-mode", help="offline | online | disabled ($WANDB_MODE wins).  [default: offline]")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+RequeueSignal = Annotated[str | None, typer.Option(
+    "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM).")]
+Plain = Annotated[bool, typer.Option("--plain", help="Plain progress lines even on a terminal.")]
+TensorBoard = Annotated[bool, typer.Option(
+    "--tensorboard", help="Also write scalars to {run}/tb/ (needs the tensorboard package).")]

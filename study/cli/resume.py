@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from study.cli.common import user_errors
+from study.cli.common import (
+    CkptDir,
+    Device,
+    Plain,
+    RequeueSignal,
+    TensorBoard,
+    WandbMode,
+    WandbProject,
+    user_errors,
+)
 
 
 def resume(
@@ -13,13 +22,13 @@ def resume(
     patience: int | None = typer.Option(None, help="Override early-stopping patience."),
     log_every: int | None = typer.Option(None, help="Override optimizer steps per log row."),
     save_every: int | None = typer.Option(None, help="Override mid-epoch checkpoint interval."),
-    ckpt_dir: str | None = typer.Option(None, "--ckpt-dir", help="Checkpoint root.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]"),
-    wandb_project: str = typer.Option("flow-matching-study", "--wandb-project"),
-    wandb_mode: str | None = typer.Option(None, "--wandb-mode", help="offline | online | disabled ($WANDB_MODE wins)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    requeue_signal: str | None = typer.Option(None, "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1)."),
-    plain: bool = typer.Option(False, "--plain", help="Plain progress lines even on a terminal."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write scalars to {run}/tb/ (needs tensorboard)."),
+    ckpt_dir: CkptDir = None,
+    wandb_project: WandbProject = "flow-matching-study",
+    wandb_mode: WandbMode = None,
+    device: Device = "auto",
+    requeue_signal: RequeueSignal = None,
+    plain: Plain = False,
+    tensorboard: TensorBoard = False,
 ) -> None:
     """Continue a run exactly where it stopped; the config comes from the checkpoint.
 

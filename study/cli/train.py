@@ -9,7 +9,17 @@ from typing import Any
 
 import typer
 
-from study.cli.common import user_errors, warn
+from study.cli.common import (
+    CkptDir,
+    Device,
+    Plain,
+    RequeueSignal,
+    TensorBoard,
+    WandbMode,
+    WandbProject,
+    user_errors,
+    warn,
+)
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
 CONFIG_FLAGS = ("arch", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
@@ -47,13 +57,13 @@ def train(
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
     resume: str | None = typer.Option(None, "--resume", help="Continue from a checkpoint file or run folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over when the run already has checkpoints."),
-    ckpt_dir: str | None = typer.Option(None, "--ckpt-dir", help="Checkpoint root.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]"),
-    wandb_project: str = typer.Option("flow-matching-study", "--wandb-project"),
-    wandb_mode: str | None = typer.Option(None, "--wandb-mode", help="offline | online | disabled ($WANDB_MODE wins).  [default: offline]"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    requeue_signal: str | None = typer.Option(None, "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM)."),
-    plain: bool = typer.Option(False, "--plain", help="Plain progress lines even on a terminal."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write scalars to {run}/tb/ (needs tensorboard)."),
+    ckpt_dir: CkptDir = None,
+    wandb_project: WandbProject = "flow-matching-study",
+    wandb_mode: WandbMode = None,
+    device: Device = "auto",
+    requeue_signal: RequeueSignal = None,
+    plain: Plain = False,
+    tensorboard: TensorBoard = False,
 ) -> None:
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
 
