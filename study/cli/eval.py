@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from study.cli.common import user_errors
+from study.cli.common import CkptDir, Device, user_errors
 
 ROWS = (("w2", "W2"), ("w2_floor", "W2 floor"), ("mmd", "MMD²"), ("mmd_floor", "MMD² floor"),
         ("nfe", "NFE"), ("path_energy", "path energy"), ("npe", "NPE"),
@@ -28,8 +28,8 @@ def eval_command(
     data: Path | None = typer.Option(None, "--data", help="Held-out vectors (.pt/.npy/.csv/.jsonl).  [default: the run's test split, else val]"),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (a list with --compare)."),
     compare: bool = typer.Option(False, "--compare", help="Evaluate every RUN given, one column each: eval A --compare B C."),
-    ckpt_dir: str | None = typer.Option(None, "--ckpt-dir", help="Checkpoint root for run names.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    ckpt_dir: CkptDir = None,
+    device: Device = "auto",
 ) -> None:
     """Evaluate a run's best.pt: W2 and MMD² of n samples against n held-out rows (data units), the floor a perfect model would score, NFE, path energy, NPE and straightness.
 

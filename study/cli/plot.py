@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from study.cli.common import user_errors
+from study.cli.common import CkptDir, Device, user_errors
 
 TRAJECTORIES = 32  # paths drawn on samples.png; more hide the samples
 
@@ -19,8 +19,8 @@ def plot(
     log_scale: bool = typer.Option(False, "--log-scale", help="Logarithmic loss axis."),
     n: int = typer.Option(1000, "--n", help="Samples drawn for samples.png / marginals.png."),
     data: Path | None = typer.Option(None, "--data", help="Data to draw behind the samples.  [default: the run's test split, else val]"),
-    ckpt_dir: str | None = typer.Option(None, "--ckpt-dir", help="Checkpoint root for run names.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    ckpt_dir: CkptDir = None,
+    device: Device = "auto",
 ) -> None:
     """Write loss.png (train/val loss from metrics.csv) and samples.png (2-D: samples from best.pt, held-out data, a few trajectories) or marginals.png (higher dimensions: per-dimension histograms) into the run folder.
 
@@ -45,16 +45,16 @@ def run_plots(target: str, *, log_scale: bool, n: int, data: Path | None,
     ev.check_generation_args(n=n, solver="euler", steps=100)
     checkpoint = ev.checkpoint_path(target, ckpt_dir)
     folder = checkpoint.parent
-    written = [plots.plot_loss_curves(folder / METRICS_CSV, folder / "loss.png",
-                                      log_scale=log_scale)]
     torch_device = resolve_device(device)
-    loaded = ev.load_flow_model(checkpoint, torch_device)
+    loaded = ev.load_flow_model(checkpoint, torch_device)  # a refused checkpoint writes nothing
     heldout, _ = ev.heldout_data(loaded.config, data)
     if heldout.shape[1] != loaded.dim:
         from study.errors import UsageError
 
         raise UsageError(f"the data has dimension {heldout.shape[1]} but the checkpoint "
                          f"{checkpoint} was trained on dimension {loaded.dim}")
+    written = [plots.plot_loss_curves(folder / METRICS_CSV, folder / "loss.png",
+                                      log_scale=log_scale)]
     samples, info = ev.generate(loaded, n, solver="euler", steps=100, seed=0,
                                 device=torch_device, return_trajectory=loaded.dim == 2)
     if loaded.dim == 2:

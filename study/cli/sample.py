@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from study.cli.common import user_errors
+from study.cli.common import CkptDir, Device, user_errors
 
 FORMATS = ("pt", "npy")
 
@@ -23,9 +23,9 @@ def sample(
     batch_size: int = typer.Option(4096, "--batch-size", help="Samples integrated at once."),
     out_format: str | None = typer.Option(None, "--format", help="pt | npy.  [default: from --out, else pt]"),
     out: Path | None = typer.Option(None, "--out", help="Output file.  [default: {run folder}/samples.pt]"),
-    ckpt_dir: str | None = typer.Option(None, "--ckpt-dir", help="Checkpoint root for run names.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]"),
+    ckpt_dir: CkptDir = None,
     last: bool = typer.Option(False, "--last", help="Use last.pt instead of best.pt for a run."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: Device = "auto",
 ) -> None:
     """Generate samples in data units (de-normalized) and save them as a [N, D] array.
 

@@ -1,0 +1,263 @@
+"""From a checkpoint to samples and metrics: load the EMA model, integrate its ODE, score it.
+
+Shared by `flowctl sample`, `flowctl eval` and `flowctl plot`. The model lives in the
+normalized space of its training data; samples leave `generate` de-normalized (raw data
+units), while path energy, trajectories and x_0 stay in the model's space, where the
+Benamou-Brenier bound of `normalized_path_energy` holds.
+
+Example:
+    loaded = load_flow_model(checkpoint_path("mlp-icfm-moons-none"))
+    x_1, info = generate(loaded, 1000, solver="rk4", steps=20, seed=0, batch_size=4096)
+    result = evaluate(loaded, heldout_data(loaded.config)[0], solver="euler", steps=100, seed=0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from study.errors import UsageError
+from study.flow_matching.checkpoint import read_checkpoint, write_atomic
+from study.flow_matching.launch import find_checkpoint
+from study.flow_matching.metrics import (
+    EvalResult,
+    median_bandwidth,
+    metric_floor,
+    mmd_rbf,
+    normalized_path_energy,
+    path_straightness,
+    wasserstein2,
+)
+from study.flow_matching.models import build_model
+from study.flow_matching.solvers import SOLVERS, integrate
+from study.flow_matching.state import denormalize, normalize, sample_source
+from study.paths import BEST_NAME, run_dir
+
+log = logging.getLogger("flowctl")
+
+EVAL_JSON = "eval.json"
+# MMD length scales: multiples of the held-out data's median pairwise distance, so the
+# kernel suits any dimension and scale (fixed 0.1/1/10 would see only noise in 1024-D).
+MMD_MEDIAN_MULTIPLES = (0.5, 1.0, 2.0)
+MAX_TRAJECTORY_TIMES = 201  # enough points for straightness and plots, bounded memory
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready to sample: model in eval mode (EMA weights), config, stats."""
+
+    model: nn.Module
+    config: dict[str, Any]
+    stats: dict[str, Tensor]  # {"mean": [D], "std": [D]} of the training split
+    dim: int
+    path: Path  # the checkpoint file
+    wandb_run_id: str | None
+    wandb_project: str | None
+    run_dir: Path  # the folder holding the checkpoint (eval.json, PNGs go here)
+
+
+@dataclass
+class Generation:
+    """What `generate` reports besides the samples.
+
+    nfe: velocity evaluations per sample (the most any batch needed, for dopri5);
+    path_energy: Tensor[n], int_0^1 |v|^2 dt in the normalized space;
+    x_0: Tensor[n, D], the source draws (normalized space);
+    trajectory: Tensor[K, B, D] for the first batch (normalized space, at most
+    MAX_TRAJECTORY_TIMES times), and times: Tensor[K]; both None unless asked for.
+    """
+
+    nfe: int
+    path_energy: Tensor
+    x_0: Tensor
+    trajectory: Tensor | None = None
+    times: Tensor | None = None
+
+
+def checkpoint_path(target: str, ckpt_dir: str | None = None, *, prefer_last: bool = False) -> Path:
+    """A .pt file as given; a run folder or name -> its best.pt (the EMA weights that
+    validated best), else last.pt. `prefer_last`: last.pt first (find_checkpoint's order)."""
+    path = Path(target)
+    if not prefer_last and not path.is_file():
+        folder = path if path.is_dir() else run_dir(target, ckpt_dir)
+        if (folder / BEST_NAME).is_file():
+            return folder / BEST_NAME
+    return find_checkpoint(target, ckpt_dir)
+
+
+def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a checkpoint (weights_only) and rebuild its velocity network with EMA weights."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    config = dict(payload.get("config") or {})
+    stats = payload.get("normalization_stats") or {}
+    if not isinstance(stats.get("mean"), Tensor) or not isinstance(stats.get("std"), Tensor):
+        raise UsageError(f"{path} has no normalization stats (mean, std); cannot de-normalize samples")
+    stats = {"mean": stats["mean"].float().flatten(), "std": stats["std"].float().flatten()}
+    dim = stats["mean"].numel()
+    arch = config.get("arch", "mlp")
+    width, depth = config.get("width", 64), config.get("depth", 3)
+    model = build_model(arch, dim, width=width, depth=depth,
+                        activation=config.get("activation", "selu"))
+    try:  # the EMA shadow holds the floating-point tensors; anything else comes from the model
+        model.load_state_dict({**payload["model_state_dict"], **(payload.get("ema_shadow") or {})})
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else type(err).__name__)
+        raise UsageError(f"{path}: its weights do not fit a {arch} model (width {width}, depth "
+                         f"{depth}, dim {dim}): {detail}") from None
+    return LoadedModel(model=model.to(device).eval(), config=config, stats=stats, dim=dim,
+                       path=path, wandb_run_id=payload.get("wandb_run_id"),
+                       wandb_project=payload.get("wandb_project") or config.get("wandb_project"),
+                       run_dir=path.parent)
+
+
+def check_generation_args(*, n: int, solver: str, steps: int, batch_size: int = 1) -> None:
+    """Validate before any checkpoint is read, so bad flags fail fast."""
+    if solver not in SOLVERS:
+        raise UsageError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+    for name, value in (("n", n), ("steps", steps), ("batch-size", batch_size)):
+        if value <= 0:
+            raise UsageError(f"--{name} must be a positive integer, got {value}")
+
+
+def generate(loaded: LoadedModel, n: int, *, solver: str, steps: int, seed: int,
+             batch_size: int = 4096, device: str | torch.device = "cpu",
+             return_trajectory: bool = False) -> tuple[Tensor, Generation]:
+    """n samples [n, D] in raw data units (on the CPU), deterministic given `seed`.
+
+    x_0 comes from the run's source distribution (drawn on the CPU with its own generator,
+    so the same seed gives the same x_0 on any device), then dx_t/dt = v(x_t, t) is solved
+    from t=0 to 1 in batches of `batch_size` with `integrate`.
+    """
+    check_generation_args(n=n, solver=solver, steps=steps, batch_size=batch_size)
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed)
+    like = torch.empty(n, loaded.dim)
+    x_0 = sample_source(loaded.config.get("source", "gaussian"), like, generator, generator)
+    model = loaded.model.to(device)
+
+    def velocity(x_t: Tensor, t: Tensor) -> Tensor:
+        return model(x_t, t)
+
+    x_1, energies, nfe = [], [], 0
+    trajectory = times = None
+    for start in range(0, n, batch_size):
+        keep = return_trajectory and start == 0
+        result = integrate(velocity, x_0[start:start + batch_size].to(device), solver=solver,
+                           steps=steps, return_trajectory=keep)
+        x_1.append(result.x_1.cpu())
+        energies.append(result.path_energy.cpu())
+        nfe = max(nfe, result.nfe)
+        if keep:
+            index = _subsample(len(result.times), MAX_TRAJECTORY_TIMES)
+            trajectory, times = result.trajectory[index].cpu(), result.times[index].cpu()
+    samples = denormalize(torch.cat(x_1), loaded.stats)
+    return samples, Generation(nfe=nfe, path_energy=torch.cat(energies), x_0=x_0,
+                               trajectory=trajectory, times=times)
+
+
+def _subsample(length: int, most: int) -> Tensor:
+    """At most `most` evenly spaced indices into range(length), both ends included."""
+    if length <= most:
+        return torch.arange(length)
+    return torch.linspace(0, length - 1, most).round().long().unique()
+
+
+def heldout_data(config: dict[str, Any], data_file: str | Path | None = None) -> tuple[Tensor, str]:
+    """Raw held-out rows [M, D] and a description: --data FILE, else the test split of the
+    run's dataset, else its val split."""
+    from study.data.dataset import FlowDataset, resolve_dataset
+
+    if data_file is not None:
+        dataset = FlowDataset(data_file)
+        return dataset.x, f"{data_file} ({dataset.n} rows)"
+    name = config.get("dataset", "moons")
+    try:
+        splits = resolve_dataset(name, seed=int(config.get("seed", 0)),
+                                 val_fraction=float(config.get("val_fraction", 0.1)))
+    except UsageError as err:
+        raise UsageError(f"{err}; pass the held-out data with --data FILE") from None
+    split, rows = ("test", splits.test) if splits.test is not None else ("val", splits.val)
+    return rows, f"{split} split of {splits.source} ({len(rows)} rows)"
+
+
+def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: str = "euler",
+             steps: int = 100, seed: int = 0, batch_size: int = 4096,
+             device: str | torch.device = "cpu") -> EvalResult:
+    """Score `n` generated samples against `n` held-out rows (data_raw: Tensor[M, D], raw).
+
+    W2 and MMD are in raw data units; the floor is the same pair of metrics between two
+    disjoint n-row subsets of the data. Path energy, NPE and straightness are measured in
+    the model's normalized space, with NPE's W2 taken between x_0 and the normalized data.
+    MMD's length scales are MMD_MEDIAN_MULTIPLES x the median pairwise distance of the n
+    held-out rows, shared by the model's score and its floor.
+    """
+    check_generation_args(n=n, solver=solver, steps=steps, batch_size=batch_size)
+    if data_raw.ndim != 2 or data_raw.shape[1] != loaded.dim:
+        raise UsageError(f"the held-out data has shape {tuple(data_raw.shape)} but the checkpoint "
+                         f"{loaded.path} was trained on dimension {loaded.dim}")
+    if len(data_raw) < 2:
+        raise UsageError(f"the held-out data has {len(data_raw)} row; need at least 2")
+    n = min(n, len(data_raw))
+    generator = torch.Generator().manual_seed(seed)
+    x_1_data = data_raw[torch.randperm(len(data_raw), generator=generator)[:n]].float()
+    samples, info = generate(loaded, n, solver=solver, steps=steps, seed=seed,
+                             batch_size=batch_size, device=device, return_trajectory=True)
+    bandwidths = [m * median_bandwidth(x_1_data) for m in MMD_MEDIAN_MULTIPLES]
+    floor = metric_floor(data_raw.float(), n, generator, bandwidths=bandwidths)
+    w2_source = wasserstein2(info.x_0, normalize(x_1_data, loaded.stats))
+    result = EvalResult(
+        w2=wasserstein2(samples, x_1_data),
+        mmd=mmd_rbf(samples, x_1_data, bandwidths=bandwidths),
+        nfe=info.nfe,
+        path_energy=info.path_energy.double().mean().item(),
+        npe=normalized_path_energy(info.path_energy, w2_source) if w2_source > 0 else None,
+        straightness=path_straightness(info.trajectory, info.times),
+        w2_floor=floor["w2"], mmd_floor=floor["mmd"], n=n, solver=solver, steps=steps)
+    return result
+
+
+def write_eval_json(folder: str | Path, result: dict[str, Any]) -> Path:
+    """Write `{folder}/eval.json` atomically (temp file + os.replace); returns its path."""
+    path = Path(folder) / EVAL_JSON
+    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())
+    return path
+
+
+def eval_record(loaded: LoadedModel, result: EvalResult, *, data: str, seed: int) -> dict[str, Any]:
+    """The eval.json object: the metrics plus what was evaluated, on what, and when."""
+    return {**result.to_dict(), "seed": seed, "run": loaded.run_dir.name,
+            "checkpoint": str(loaded.path), "data": data,
+            "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def log_eval_to_wandb(folder: str | Path, wandb_run_id: str | None, project: str | None,
+                      metrics: dict[str, Any], *, config: dict[str, Any] | None = None) -> bool:
+    """Add `eval/*` to the summary of the run's own wandb run (same id, resume="allow").
+
+    Mode: $WANDB_MODE, else offline. Skipped (False) without a run id or when disabled;
+    a wandb failure is one warning (WandbTracker's guard), never an error.
+    """
+    from study.flow_matching.tracking import WandbTracker, resolve_wandb_mode
+
+    mode = resolve_wandb_mode(None)
+    if not wandb_run_id or mode == "disabled":
+        return False
+    summary = {f"eval/{key}": value for key, value in metrics.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    config = config or {}
+    tracker = WandbTracker(mode)
+    tracker.start(project=project or "flow-matching-study", group=config.get("group", "default"),
+                  name=Path(folder).name, config=config, run_dir=Path(folder), run_id=wandb_run_id)
+    if tracker.run is None:
+        return False
+    tracker.finish(summary=summary)
+    return tracker.status == "ok"

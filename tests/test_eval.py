@@ -1,0 +1,195 @@
+"""`flowctl eval`: eval.json, --json, trained vs untrained, --compare, wandb summary, bad input.
+
+One run is trained per module on built-in moons (wandb offline, a few seconds on CPU); an
+"untrained" run is the same checkpoint with freshly initialised weights and no wandb run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from study.flow_matching.models import build_model
+from tests.helpers import cli, vectors_file, wandb_files, wandb_records
+
+KEYS = {"w2", "mmd", "nfe", "path_energy", "npe", "straightness", "w2_floor", "mmd_floor", "n",
+        "solver", "steps"}
+FAST = ["--n", "500", "--steps", "20", "--device", "cpu"]
+
+
+class _CreatesMarker:
+    """Unpickling this creates `marker`: a stand-in for arbitrary code in a checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """{"trained": run folder, "untrained": run folder} under one checkpoint root."""
+    root = tmp_path_factory.mktemp("eval") / "checkpoints"
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("WANDB_MODE", raising=False)
+        env.delenv("WANDB_DIR", raising=False)
+        env.setenv("WANDB_SILENT", "true")
+        result = cli("train", "--dataset", "moons", "--epochs", "6", "--batch-size", "512",
+                     "--lr", "1e-2", "--warmup-steps", "5", "--ema-decay", "0.9", "--patience", "0",
+                     "--run-name", "trained", "--ckpt-dir", root, "--wandb-mode", "offline",
+                     "--plain")
+    assert result.exit_code == 0, result.stderr
+    ckpt = torch.load(root / "trained" / "best.pt", weights_only=True)
+    torch.manual_seed(1)
+    config = ckpt["config"]
+    fresh = build_model(config["arch"], 2, width=config["width"], depth=config["depth"],
+                        activation=config["activation"]).state_dict()
+    ckpt.update(model_state_dict=fresh, ema_shadow=fresh, wandb_run_id=None)
+    (root / "untrained").mkdir()
+    torch.save(ckpt, root / "untrained" / "best.pt")
+    return {"trained": root / "trained", "untrained": root / "untrained"}
+
+
+@pytest.fixture(scope="module")
+def compared(runs) -> list[dict]:
+    """`eval trained --compare untrained --json` (wandb offline), run once for the module."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("WANDB_MODE", raising=False)
+        env.setenv("WANDB_SILENT", "true")
+        result = cli("eval", runs["trained"], "--compare", runs["untrained"], "--json", *FAST)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def summary_of(path: Path) -> dict:
+    summary = {}
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary
+
+
+def test_help():
+    result = cli("eval", "--help")
+    assert result.exit_code == 0
+    assert "Example: flowctl eval" in result.stdout and "--compare" in result.stdout
+
+
+def test_eval_json_holds_finite_metrics(runs, compared):
+    record = json.loads((runs["trained"] / "eval.json").read_text())
+    assert KEYS <= set(record)
+    for key in KEYS - {"solver"}:
+        assert isinstance(record[key], (int, float)) and math.isfinite(record[key]), (key, record[key])
+    assert (record["n"], record["solver"], record["steps"], record["nfe"]) == (500, "euler", 20, 20)
+    assert record["w2_floor"] > 0 and record["path_energy"] > 0
+    assert record["data"].startswith("test split of built-in moons")
+
+
+def test_json_output_equals_eval_json_for_each_compared_run(runs, compared):
+    assert [Path(r["checkpoint"]).parent for r in compared] == [runs["trained"], runs["untrained"]]
+    for record in compared:
+        assert record == json.loads((Path(record["checkpoint"]).parent / "eval.json").read_text())
+
+
+def test_trained_model_is_far_better_than_an_untrained_one(compared):
+    trained, untrained = compared
+    assert trained["w2_floor"] == untrained["w2_floor"]  # same held-out rows, same seed
+    excess = {name: r["w2"] - r["w2_floor"] for name, r in (("t", trained), ("u", untrained))}
+    assert excess["t"] < 0.5 * excess["u"], (trained["w2"], untrained["w2"], trained["w2_floor"])
+    assert trained["mmd"] < untrained["mmd"] / 3, (trained["mmd"], untrained["mmd"])
+
+
+def test_eval_summary_goes_to_the_runs_own_wandb_run(runs, compared):
+    run_id = json.loads((runs["trained"] / "run.json").read_text())["wandb_run_id"]
+    files = wandb_files(runs["trained"], run_id)
+    assert len(files) == 2, "the training segment and the eval segment of the same run id"
+    run_ids = {r.run.run_id for r in wandb_records(files[-1]) if r.WhichOneof("record_type") == "run"}
+    assert run_ids == {run_id}
+    summary = summary_of(files[-1])
+    assert summary["eval/w2"] == pytest.approx(compared[0]["w2"])
+    assert summary["eval/nfe"] == 20 and "eval/npe" in summary and "eval/w2_floor" in summary
+    assert not (runs["untrained"] / "wandb").exists(), "no wandb run id: nothing logged"
+
+
+def test_single_run_prints_one_object_and_table(runs, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    before = wandb_files(runs["trained"])
+    result = cli("eval", runs["untrained"] / "best.pt", "--json", "--n", "100", "--steps", "5",
+                 "--solver", "rk4", "--seed", "1")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert isinstance(record, dict) and record["nfe"] == 20 and record["n"] == 100
+    table = cli("eval", runs["untrained"], "--n", "100", "--steps", "5")
+    assert table.exit_code == 0, table.stderr
+    for label in ("W2", "W2 floor", "MMD²", "NFE", "NPE", "straightness", "floor:"):
+        assert label in table.stdout
+    assert wandb_files(runs["trained"]) == before
+
+
+def test_wandb_failure_is_one_warning(runs, tmp_path, monkeypatch):
+    import wandb
+
+    def init(*args, **kwargs):
+        raise RuntimeError("wandb service unreachable")
+
+    monkeypatch.setattr(wandb, "init", init)
+    (tmp_path / "copy").mkdir()
+    shutil.copy(runs["trained"] / "best.pt", tmp_path / "copy" / "best.pt")  # keeps the run id
+    result = cli("eval", tmp_path / "copy", "--n", "50", "--steps", "2")
+    assert result.exit_code == 0, result.stderr
+    assert "wandb init failed" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert json.loads((tmp_path / "copy" / "eval.json").read_text())["n"] == 50
+
+
+def test_several_runs_need_compare(runs):
+    result = cli("eval", runs["trained"], runs["untrained"])
+    assert result.exit_code == 2
+    assert "add --compare" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_data_with_the_wrong_dimension_is_refused(runs, tmp_path):
+    data = vectors_file(tmp_path, rows=50, dim=3)
+    result = cli("eval", runs["untrained"], "--data", data, "--n", "10")
+    assert result.exit_code == 2
+    assert "dimension 2" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_data_file_is_used(runs, tmp_path):
+    data = vectors_file(tmp_path, rows=50, dim=2)
+    result = cli("eval", runs["untrained"], "--data", data, "--n", "20", "--steps", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["n"] == 20 and record["data"] == f"{data} (50 rows)"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--solver", "heun"], "unknown solver 'heun'"),
+    (["--steps", "0"], "--steps must be a positive integer"),
+])
+def test_bad_flags_are_one_line_errors(runs, args, message):
+    result = cli("eval", runs["untrained"], *args)
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_missing_run_is_one_line_error():
+    result = cli("eval", "no-such-run")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: no checkpoint or run named 'no-such-run'")
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    marker = tmp_path / "marker"
+    torch.save({"model_state_dict": _CreatesMarker(marker)}, tmp_path / "evil.pt")
+    result = cli("eval", tmp_path / "evil.pt")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: refusing to load") and result.stderr.count("\n") == 1
+    assert not marker.exists(), "unpickling ran code"
+    assert not (tmp_path / "eval.json").exists()
