@@ -38,7 +38,7 @@ from study.flow_matching.metrics import (
 from study.flow_matching.models import build_model
 from study.flow_matching.solvers import SOLVERS, integrate
 from study.flow_matching.state import denormalize, normalize, sample_source
-from study.paths import BEST_NAME, run_dir
+from study.paths import BEST_NAME, LAST_NAME
 
 log = logging.getLogger("flowctl")
 
@@ -83,13 +83,9 @@ class Generation:
 
 def checkpoint_path(target: str, ckpt_dir: str | None = None, *, prefer_last: bool = False) -> Path:
     """A .pt file as given; a run folder or name -> its best.pt (the EMA weights that
-    validated best), else last.pt. `prefer_last`: last.pt first (find_checkpoint's order)."""
-    path = Path(target)
-    if not prefer_last and not path.is_file():
-        folder = path if path.is_dir() else run_dir(target, ckpt_dir)
-        if (folder / BEST_NAME).is_file():
-            return folder / BEST_NAME
-    return find_checkpoint(target, ckpt_dir)
+    validated best), else last.pt; `prefer_last`: last.pt first."""
+    prefer = (LAST_NAME, BEST_NAME) if prefer_last else (BEST_NAME, LAST_NAME)
+    return find_checkpoint(target, ckpt_dir, prefer=prefer)
 
 
 def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

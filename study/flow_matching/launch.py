@@ -41,17 +41,19 @@ class AlreadyCompleted(Exception):
     """The checkpoint already reached the target epochs; nothing to do (exit 0)."""
 
 
-def find_checkpoint(target: str, ckpt_dir: str | None = None) -> Path:
-    """A .pt file, a run folder (last.pt, else best.pt) or a run name under the root."""
+def find_checkpoint(target: str, ckpt_dir: str | None = None,
+                    prefer: tuple[str, ...] = (LAST_NAME, BEST_NAME)) -> Path:
+    """A .pt file, a run folder or a run name under the root -> the first file in `prefer`
+    that exists there (resume: last.pt, else best.pt; evaluation passes best first)."""
     path = Path(target)
     if path.is_file():
         return path
     folder = path if path.is_dir() else run_dir(target, ckpt_dir)
-    for name in (LAST_NAME, BEST_NAME):
+    for name in prefer:
         if (folder / name).is_file():
             return folder / name
     if folder.is_dir():
-        raise UsageError(f"{folder} holds no checkpoint (no {LAST_NAME} or {BEST_NAME})")
+        raise UsageError(f"{folder} holds no checkpoint (no {' or '.join(prefer)})")
     raise UsageError(f"no checkpoint or run named {target!r} (looked under "
                      f"{checkpoint_root(ckpt_dir)}); see `flowctl list-runs`")
 
