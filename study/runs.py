@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.paths import RUN_JSON
+from study.paths import BEST_NAME, LAST_NAME, RUN_JSON
+
+CHECKPOINT_NAMES = (BEST_NAME, LAST_NAME)
 
 # What the trainer writes, then what only a reader can conclude.
 RUN_STATUSES = ("running", "finished", "failed", "preempted", "early_stopped")
@@ -210,7 +212,7 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def _folder_size(folder: str) -> tuple[int, bool]:
-    """(total bytes of regular files under folder, whether any *.pt file is among them)."""
+    """(total bytes of regular files under folder, whether best.pt or last.pt is among them)."""
     total, has_checkpoint = 0, False
     stack = [folder]
     while stack:
@@ -222,7 +224,7 @@ def _folder_size(folder: str) -> tuple[int, bool]:
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
                             total += entry.stat(follow_symlinks=False).st_size
-                            has_checkpoint = has_checkpoint or entry.name.endswith(".pt")
+                            has_checkpoint = has_checkpoint or entry.name in CHECKPOINT_NAMES
                     except OSError:  # vanished mid-scan: a trainer replacing a file
                         continue
         except OSError:

@@ -251,9 +251,14 @@ def test_reflow_without_a_teacher_is_an_error() -> None:
 
 def test_reflow_with_a_teacher_is_valid() -> None:
     TrainingConfig(flow="reflow", teacher="teacher.pt").validate()
+
+
+def test_reflow_mixed_with_other_flows_in_a_schedule_is_an_error() -> None:
     stages = [StageConfig(name="base", epochs=2),
               StageConfig(name="re", epochs=2, flow="reflow", teacher="teacher.pt")]
-    TrainingConfig(stages=stages).validate()
+    with pytest.raises(UsageError) as err:
+        TrainingConfig(stages=stages).validate()
+    _assert_one_line(err, "reflow cannot share a stage schedule", "--teacher")
 
 
 def test_reflow_in_the_first_stage_without_a_teacher_is_an_error() -> None:
@@ -271,8 +276,7 @@ def test_arch_names_match_models() -> None:
 
 def test_flow_names_match_flows() -> None:
     assert set(flows.FLOWS) <= set(config.FLOW_NAMES)
-    # reflow is allowed in configs before its FlowMatcher exists.
-    assert set(config.FLOW_NAMES) - {"reflow"} <= set(flows.FLOWS)
+    assert set(config.FLOW_NAMES) == set(flows.FLOWS)
 
 
 def test_aug_names_match_augmentations() -> None:

@@ -224,9 +224,7 @@ def test_call_uses_the_path_formula(name):
 
 
 def test_registry_matches_config_names():
-    missing = set(config.FLOW_NAMES) - set(FLOWS)
-    assert missing <= {"reflow"}, f"expected only reflow to be missing, got {sorted(missing)}"
-    assert set(FLOWS) <= set(config.FLOW_NAMES)
+    assert set(FLOWS) == set(config.FLOW_NAMES)
     assert [name for name in config.FLOW_NAMES if name in FLOWS] == list(FLOWS)
 
 

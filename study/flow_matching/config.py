@@ -117,10 +117,15 @@ class TrainingConfig:
                 raise UsageError(f"stage {stage.name!r}: epochs must be positive, got {stage.epochs}")
             if stage.lr is not None and not stage.lr > 0:
                 raise UsageError(f"stage {stage.name!r}: lr must be > 0, got {stage.lr}")
-        # reflow needs a teacher: a checkpoint, or (for a later stage) the previous stage.
-        first = self.stages[0] if self.stages else self
-        if (first.flow or self.flow) == "reflow" and not (first.teacher or self.teacher):
-            raise UsageError("flow 'reflow' needs a teacher: pass --teacher PATH (a checkpoint)")
+        # reflow trains on pairs made once, before training, by a teacher checkpoint; a
+        # schedule that switches to reflow mid-run would need the pairs mid-run (not yet).
+        flows = {stage.flow or self.flow for stage in self.stages} if self.stages else {self.flow}
+        if "reflow" in flows:
+            if len(flows) > 1:
+                raise UsageError("reflow cannot share a stage schedule with other flows yet; train "
+                                 "the teacher as its own run and pass --teacher RUN|PATH")
+            if not (self.teacher or any(stage.teacher for stage in self.stages)):
+                raise UsageError("flow 'reflow' needs a teacher: pass --teacher RUN|PATH (a checkpoint)")
         return self
 
     def flows_used(self) -> list[str]:

@@ -258,16 +258,24 @@ class SBCFM(FlowMatcher):
         return x_t, u_t
 
 
-# Extension point: `reflow` (in config.FLOW_NAMES) trains on pairs (x_0, ODE_teacher(x_0))
-# that arrive already coupled, so it is the ICFM path with the identity `pair`, i.e.
-# `class Reflow(ICFM): name = "reflow"` plus an entry here. Until it is added, build_flow
-# rejects the name like any unknown one.
+class Reflow(ICFM):
+    """Rectified flow / reflow (Liu et al. 2023): the ICFM path on pairs (x_0, ODE_teacher(x_0)).
+
+    The pairs arrive already coupled row by row (`reflow.coupled_sources`), so `pair` is the
+    identity: re-pairing them would throw away the teacher's coupling.
+    x_t = t x_1 + (1 - t) x_0 + sigma eps,   u_t = x_1 - x_0.
+    """
+
+    name = "reflow"
+
+
 FLOWS: dict[str, type[FlowMatcher]] = {
     "icfm": ICFM,
     "otcfm": OTCFM,
     "fm": FM,
     "vp": VP,
     "sbcfm": SBCFM,
+    "reflow": Reflow,
 }
 
 

@@ -145,7 +145,7 @@ def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Pa
     if "reflow" in config.flows_used():
         from study.flow_matching.reflow import coupled_sources
 
-        train_x0, val_x0, splits = coupled_sources(config, splits, folder, device)
+        train_x0, val_x0, splits = coupled_sources(config, splits, folder, device, warn=warn)
     if resume_path is not None:
         check_data_fits_checkpoint(resume_path, splits)
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators

@@ -1,0 +1,167 @@
+"""Reflow (rectified flow, Liu et al. 2023): train on pairs (x_0, x_1 = ODE_teacher(x_0)).
+
+`coupled_sources` turns a teacher checkpoint into the student's data: x_0 drawn from the
+teacher's source, pushed through the teacher's ODE (EMA weights, rk4) and de-normalised to
+raw data units. The student trainer then normalises x_1 with the new splits' stats like
+any data, and takes x_0 as given (like Gaussian source noise), row i of x_0 with row i of
+x_1. Generating the pairs costs N * 200 teacher evaluations, so they are cached in the run
+folder and reused while the teacher file, the row counts and the seed stay the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from study.errors import RunFailed, UsageError
+from study.paths import BEST_NAME, LAST_NAME
+
+log = logging.getLogger("flowctl")
+
+PAIRS_NAME = "reflow_pairs.pt"
+PAIRS_VERSION = 1  # bump when the way pairs are generated changes: old caches regenerate
+SOLVER, STEPS = "rk4", 50  # 200 evaluations per row: far below the data's W2 floor in 2-D
+BATCH_ROWS = 8192  # rows integrated at once; bounds memory for wide data
+
+
+def teacher_of(config) -> str:
+    """The teacher checkpoint of a reflow run: `config.teacher`, else the first stage's."""
+    teacher = config.teacher or next((s.teacher for s in config.stages if s.teacher), None)
+    if not teacher:
+        raise UsageError("flow 'reflow' needs a teacher: pass --teacher PATH (a checkpoint)")
+    return teacher
+
+
+def resolve_teacher(teacher: str, checkpoint_root: Path) -> Path:
+    """A .pt file, a run folder (best.pt, else last.pt) or a run name under the root."""
+    path = Path(teacher).expanduser()
+    if path.is_file():
+        return path
+    folder = path if path.is_dir() else checkpoint_root / teacher
+    for name in (BEST_NAME, LAST_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    raise UsageError(f"teacher {teacher} is not a checkpoint file, run folder or run name "
+                     f"(looked under {checkpoint_root}); see `flowctl list-runs`")
+
+
+def coupled_sources(config, splits, run_dir: Path, device, *,
+                    warn=print) -> tuple[Tensor, Tensor, Any]:
+    """(train_x0 [N_train, D], val_x0 [N_val, D], DataSplits of the teacher's samples).
+
+    The returned splits hold the teacher's generated x_1 (raw units) as train/val, the real
+    test split, and a checksum of the teacher file plus the real data. Tensors are on the CPU.
+    """
+    from study.data.dataset import DataSplits, column_stats, file_sha256
+    from study.flow_matching.checkpoint import read_checkpoint
+
+    run_dir = Path(run_dir)
+    teacher = resolve_teacher(teacher_of(config), run_dir.parent)
+    if teacher.resolve().parent == run_dir.resolve():
+        raise UsageError(f"teacher {teacher} is inside this run's own folder; give the student "
+                         "another --run-name")
+    payload = read_checkpoint(teacher)
+    teacher_config = payload.get("config") or {}
+    teacher_stats = payload.get("normalization_stats") or {}
+    if "mean" not in teacher_stats or "std" not in teacher_stats:
+        raise UsageError(f"teacher {teacher} has no normalization stats: cannot map its samples "
+                         "back to data units")
+    teacher_dim = teacher_stats["mean"].numel()
+    if teacher_dim != splits.dim:
+        raise UsageError(f"teacher {teacher} was trained on dimension {teacher_dim} but dataset "
+                         f"{splits.source} has dimension {splits.dim}")
+    source = teacher_config.get("source", "gaussian")
+    if source != config.source:
+        raise UsageError(f"teacher {teacher} starts from source {source!r} but this run's source "
+                         f"is {config.source!r}; pass --source {source}")
+
+    key = {"version": PAIRS_VERSION, "teacher_sha256": file_sha256(teacher),
+           "n_train": len(splits.train), "n_val": len(splits.val), "seed": int(config.seed),
+           "solver": SOLVER, "steps": STEPS}
+    cache = run_dir / PAIRS_NAME
+    pairs = _read_cache(cache, key, teacher, warn)
+    if pairs is None:
+        log.info("reflow: integrating teacher %s for %d pairs (%s, %d steps)", teacher,
+                 key["n_train"] + key["n_val"], SOLVER, STEPS)
+        pairs = generate_pairs(payload, teacher, key, source, torch.device(device))
+        from study.flow_matching.checkpoint import serialize, write_atomic
+
+        write_atomic(cache, serialize({**key, **pairs}))
+
+    mean, std = column_stats(pairs["train_x1"])
+    checksum = hashlib.sha256(f"reflow:{key['teacher_sha256']}:{splits.checksum}".encode()).hexdigest()
+    student_splits = DataSplits(pairs["train_x1"], pairs["val_x1"], splits.test, mean, std,
+                                checksum, f"reflow of {teacher}")
+    return pairs["train_x0"], pairs["val_x0"], student_splits
+
+
+def _read_cache(cache: Path, key: dict, teacher: Path, warn) -> dict[str, Tensor] | None:
+    """The cached pairs if they were made with `key`; None (and one line why) otherwise."""
+    if not cache.is_file():
+        return None
+    try:
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        pairs = {name: saved[name] for name in ("train_x0", "val_x0", "train_x1", "val_x1")}
+        stale = [name for name, value in key.items() if saved.get(name) != value]
+    except Exception:  # torch raises many types for a cut-short or foreign file
+        warn(f"reflow: {cache} is unreadable; regenerating the pairs")
+        return None
+    if not stale:
+        log.info("reflow: reusing %d pairs from %s", key["n_train"] + key["n_val"], cache)
+        return pairs
+    why = (f"teacher {teacher} changed" if "teacher_sha256" in stale
+           else f"{', '.join(stale)} changed")
+    warn(f"reflow: {why} since {cache.name} was written; regenerating the pairs")
+    return None
+
+
+def generate_pairs(payload: dict, teacher: Path, key: dict, source: str,
+                   device: torch.device) -> dict[str, Tensor]:
+    """x_0 from the teacher's source (seeded), x_1 = teacher ODE(x_0) in raw data units.
+
+    Returns {"train_x0", "val_x0", "train_x1", "val_x1"}: CPU float32, [N, D] each.
+    """
+    from study.data.toy import sample_source
+    from study.flow_matching.solvers import integrate
+    from study.flow_matching.state import denormalize
+
+    stats = payload["normalization_stats"]
+    dim = stats["mean"].numel()
+    model = _ema_model(payload, teacher, dim).to(device)
+    # Own stream, independent of the student's data/t/noise generators for the same seed.
+    digest = hashlib.sha256(f"reflow:seed={key['seed']}".encode()).hexdigest()
+    generator = torch.Generator().manual_seed(int(digest[:15], 16))
+    pairs = {}
+    for split in ("train", "val"):
+        x_0 = sample_source(source, key[f"n_{split}"], dim, generator).float()
+        x_1 = torch.cat([integrate(model, chunk.to(device), solver=SOLVER, steps=STEPS).x_1.cpu()
+                         for chunk in x_0.split(BATCH_ROWS)])
+        if not torch.isfinite(x_1).all():
+            raise RunFailed(f"teacher {teacher} produced non-finite samples; check it with "
+                            "`flowctl inspect-ckpt`")
+        pairs[f"{split}_x0"], pairs[f"{split}_x1"] = x_0, denormalize(x_1, stats).float()
+    return pairs
+
+
+def _ema_model(payload: dict, path: Path, dim: int) -> nn.Module:
+    """The checkpoint's network with its EMA weights, in eval mode.
+
+    A private twin of evaluate.py's loader (to be merged): reflow needs only this much.
+    """
+    from study.flow_matching.models import build_model
+
+    cfg = payload.get("config") or {}
+    model = build_model(cfg.get("arch", "mlp"), dim, width=cfg.get("width", 64),
+                        depth=cfg.get("depth", 3), activation=cfg.get("activation", "selu"))
+    weights = {**payload["model_state_dict"], **(payload.get("ema_shadow") or {})}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        raise UsageError(f"teacher {path} does not fit its own config: {detail}") from None
+    return model.eval()
