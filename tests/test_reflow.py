@@ -131,7 +131,7 @@ def test_a_new_seed_regenerates_the_pairs(teacher, isolated_run_root):
     assert train_student(teacher).exit_code == 0
     reseeded = train_student(teacher, "--overwrite", "--seed", "3")
     assert reseeded.exit_code == 0, reseeded.stderr
-    assert "seed changed" in reseeded.stdout
+    assert "seed changed" in reseeded.stderr
     assert load(isolated_run_root / "student" / PAIRS_NAME)["seed"] == 3
 
 

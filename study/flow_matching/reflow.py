@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from study.errors import RunFailed, UsageError
 from study.paths import BEST_NAME, LAST_NAME
@@ -39,15 +39,13 @@ def teacher_of(config) -> str:
 
 def resolve_teacher(teacher: str, checkpoint_root: Path) -> Path:
     """A .pt file, a run folder (best.pt, else last.pt) or a run name under the root."""
-    path = Path(teacher).expanduser()
-    if path.is_file():
-        return path
-    folder = path if path.is_dir() else checkpoint_root / teacher
-    for name in (BEST_NAME, LAST_NAME):
-        if (folder / name).is_file():
-            return folder / name
-    raise UsageError(f"teacher {teacher} is not a checkpoint file, run folder or run name "
-                     f"(looked under {checkpoint_root}); see `flowctl list-runs`")
+    from study.flow_matching.launch import find_checkpoint
+
+    try:
+        return find_checkpoint(str(Path(teacher).expanduser()), str(checkpoint_root),
+                               prefer=(BEST_NAME, LAST_NAME))
+    except UsageError as err:
+        raise UsageError(f"teacher: {err}") from None
 
 
 def coupled_sources(config, splits, run_dir: Path, device, *,
@@ -58,24 +56,18 @@ def coupled_sources(config, splits, run_dir: Path, device, *,
     test split, and a checksum of the teacher file plus the real data. Tensors are on the CPU.
     """
     from study.data.dataset import DataSplits, column_stats, file_sha256
-    from study.flow_matching.checkpoint import read_checkpoint
+    from study.flow_matching.evaluate import load_flow_model
 
     run_dir = Path(run_dir)
     teacher = resolve_teacher(teacher_of(config), run_dir.parent)
     if teacher.resolve().parent == run_dir.resolve():
         raise UsageError(f"teacher {teacher} is inside this run's own folder; give the student "
                          "another --run-name")
-    payload = read_checkpoint(teacher)
-    teacher_config = payload.get("config") or {}
-    teacher_stats = payload.get("normalization_stats") or {}
-    if "mean" not in teacher_stats or "std" not in teacher_stats:
-        raise UsageError(f"teacher {teacher} has no normalization stats: cannot map its samples "
-                         "back to data units")
-    teacher_dim = teacher_stats["mean"].numel()
-    if teacher_dim != splits.dim:
-        raise UsageError(f"teacher {teacher} was trained on dimension {teacher_dim} but dataset "
+    loaded = load_flow_model(teacher, device)
+    if loaded.dim != splits.dim:
+        raise UsageError(f"teacher {teacher} was trained on dimension {loaded.dim} but dataset "
                          f"{splits.source} has dimension {splits.dim}")
-    source = teacher_config.get("source", "gaussian")
+    source = loaded.config.get("source", "gaussian")
     if source != config.source:
         raise UsageError(f"teacher {teacher} starts from source {source!r} but this run's source "
                          f"is {config.source!r}; pass --source {source}")
@@ -88,7 +80,7 @@ def coupled_sources(config, splits, run_dir: Path, device, *,
     if pairs is None:
         log.info("reflow: integrating teacher %s for %d pairs (%s, %d steps)", teacher,
                  key["n_train"] + key["n_val"], SOLVER, STEPS)
-        pairs = generate_pairs(payload, teacher, key, source, torch.device(device))
+        pairs = generate_pairs(loaded, key, source, torch.device(device))
         from study.flow_matching.checkpoint import serialize, write_atomic
 
         write_atomic(cache, serialize({**key, **pairs}))
@@ -120,48 +112,27 @@ def _read_cache(cache: Path, key: dict, teacher: Path, warn) -> dict[str, Tensor
     return None
 
 
-def generate_pairs(payload: dict, teacher: Path, key: dict, source: str,
-                   device: torch.device) -> dict[str, Tensor]:
+def generate_pairs(loaded, key: dict, source: str, device: torch.device) -> dict[str, Tensor]:
     """x_0 from the teacher's source (seeded), x_1 = teacher ODE(x_0) in raw data units.
 
+    `loaded`: the teacher from evaluate.load_flow_model (EMA weights, eval mode).
     Returns {"train_x0", "val_x0", "train_x1", "val_x1"}: CPU float32, [N, D] each.
     """
     from study.data.toy import sample_source
     from study.flow_matching.solvers import integrate
     from study.flow_matching.state import denormalize
 
-    stats = payload["normalization_stats"]
-    dim = stats["mean"].numel()
-    model = _ema_model(payload, teacher, dim).to(device)
+    model = loaded.model.to(device)
     # Own stream, independent of the student's data/t/noise generators for the same seed.
     digest = hashlib.sha256(f"reflow:seed={key['seed']}".encode()).hexdigest()
     generator = torch.Generator().manual_seed(int(digest[:15], 16))
     pairs = {}
     for split in ("train", "val"):
-        x_0 = sample_source(source, key[f"n_{split}"], dim, generator).float()
+        x_0 = sample_source(source, key[f"n_{split}"], loaded.dim, generator).float()
         x_1 = torch.cat([integrate(model, chunk.to(device), solver=SOLVER, steps=STEPS).x_1.cpu()
                          for chunk in x_0.split(BATCH_ROWS)])
         if not torch.isfinite(x_1).all():
-            raise RunFailed(f"teacher {teacher} produced non-finite samples; check it with "
+            raise RunFailed(f"teacher {loaded.path} produced non-finite samples; check it with "
                             "`flowctl inspect-ckpt`")
-        pairs[f"{split}_x0"], pairs[f"{split}_x1"] = x_0, denormalize(x_1, stats).float()
+        pairs[f"{split}_x0"], pairs[f"{split}_x1"] = x_0, denormalize(x_1, loaded.stats).float()
     return pairs
-
-
-def _ema_model(payload: dict, path: Path, dim: int) -> nn.Module:
-    """The checkpoint's network with its EMA weights, in eval mode.
-
-    A private twin of evaluate.py's loader (to be merged): reflow needs only this much.
-    """
-    from study.flow_matching.models import build_model
-
-    cfg = payload.get("config") or {}
-    model = build_model(cfg.get("arch", "mlp"), dim, width=cfg.get("width", 64),
-                        depth=cfg.get("depth", 3), activation=cfg.get("activation", "selu"))
-    weights = {**payload["model_state_dict"], **(payload.get("ema_shadow") or {})}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-        raise UsageError(f"teacher {path} does not fit its own config: {detail}") from None
-    return model.eval()
