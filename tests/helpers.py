@@ -38,9 +38,12 @@ def cli(*args: str):
 
 def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
     """Start `flowctl ...` as a real child process (its own interpreter and signals)."""
+    # A fresh process, as from a shell: not attached to this test worker's wandb service
+    # (wandb shares its service with children through $WANDB_SERVICE).
+    child_env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen(
         [sys.executable, "-m", "study.cli.app", *map(str, args)], cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**child_env, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
 
 
