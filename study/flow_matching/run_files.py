@@ -8,7 +8,9 @@ of a resumed run equals the file of a run that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import os
 import socket
@@ -133,27 +135,78 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 
 class RunLock:
-    """An exclusive claim on a run folder: a lock file holding pid and host.
+    """An exclusive claim on a run folder: the file run.lock (pid, host) with an flock on it.
 
-    Taken with O_CREAT | O_EXCL so two processes cannot both win. A lock whose process is
-    gone (same host, pid not alive) is reclaimed with a warning; a live one is an error.
+    The flock is held for as long as the run lives and the kernel drops it when the process
+    dies, however it dies (SIGKILL, OOM): on this host a lock file that nobody holds is
+    stale whatever pid it names, pids being reused (a restarted container's flowctl is
+    often the same small pid). Checking, reclaiming and writing all happen under the flock,
+    so two processes can never both reclaim a stale lock, nor see a half-written one. A lock
+    written on another host, or without an flock (by hand, or on a filesystem without
+    flock), is judged by its pid as before: alive unless it is on this host and gone.
     """
 
     def __init__(self, run_dir: Path, run_name: str):
         self.path = run_dir / LOCK_NAME
         self.run_name = run_name
         self.held = False
+        self._fd: int | None = None
 
     def acquire(self, warn=print) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                claimed = self._claim(fd, warn)
+            except BaseException:
+                os.close(fd)
+                raise
+            if claimed is None:  # no flock here: the pid check alone, as before
+                os.close(fd)
+                return self._acquire_without_flock(warn)
+            if claimed:
+                self._fd, self.held = fd, True
+                return
+            os.close(fd)  # the holder removed the file as we opened it: try the new one
+        raise UsageError(f"could not take the lock {self.path}; another process keeps taking it")
+
+    def _claim(self, fd: int, warn) -> bool | None:
+        """Lock `fd` and write our pid into it: True, False (retry), None (no flock)."""
+        locked = _flock(fd)
+        if locked is None:
+            return None
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
+        owner = _parse_owner(text)
+        if not locked:
+            raise UsageError(self._in_use(owner))
+        if not _is_current(fd, self.path):
+            return False
+        if owner is not None and not _stale_under_flock(owner):
+            raise UsageError(self._in_use(owner))
+        if text.strip():
+            warn(f"reclaiming the lock of run {self.run_name} left by a dead process "
+                 f"({owner or 'unreadable lock file'})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": utc_now(), "flock": True}).encode(), 0)
+        return True
+
+    def _in_use(self, owner: dict[str, Any] | None) -> str:
+        who = f"pid {owner['pid']} on host {owner.get('host')}" if owner else "another process"
+        return f"run {self.run_name} is in use by {who}; wait for it or stop it first"
+
+    def _acquire_without_flock(self, warn) -> None:
+        """For filesystems without flock: create with O_EXCL, reclaim a dead pid's lock."""
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_size == 0:  # the empty file our flock attempt created
+                self.path.unlink()
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
                 if owner and _alive(owner):
-                    raise UsageError(f"run {self.run_name} is in use by pid {owner['pid']} on host "
-                                     f"{owner['host']}; wait for it or stop it first") from None
+                    raise UsageError(self._in_use(owner)) from None
                 warn(f"reclaiming the lock of run {self.run_name} left by a dead process "
                      f"({owner or 'unreadable lock file'})")
                 self.path.unlink(missing_ok=True)
@@ -167,15 +220,58 @@ class RunLock:
 
     def _owner(self) -> dict[str, Any] | None:
         try:
-            owner = json.loads(self.path.read_text())
-            return owner if isinstance(owner, dict) and "pid" in owner else None
-        except (OSError, ValueError):
+            return _parse_owner(self.path.read_text())
+        except OSError:
             return None
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # before the flock goes: see _is_current
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             self.held = False
+
+
+def _flock(fd: int) -> bool | None:
+    """Try to lock `fd` exclusively: True, False (held by another), None (unsupported)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+            return None
+        raise
+    return True
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether `fd` is still the file at `path` (a releasing holder unlinks it first)."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _parse_owner(text: str) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) and "pid" in owner else None
+
+
+def _stale_under_flock(owner: dict[str, Any]) -> bool:
+    """We hold the flock: is the lock file's owner gone? Certainly, if it took the flock on
+    this host; otherwise (another host, or a lock written without flock) ask its pid."""
+    if owner.get("flock") and owner.get("host") == socket.gethostname():
+        return True
+    return not _alive(owner)
 
 
 def _alive(owner: dict[str, Any]) -> bool:

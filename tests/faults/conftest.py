@@ -1,0 +1,48 @@
+"""Fixtures for the fault-injection tests: real flowctl processes, started fast.
+
+`flowctl` children are forked from a zygote (scripts/fault_soak.py): one interpreter per
+pytest worker that has imported torch, POT and the CLI once. Each child is a real process
+with its own pid, process group, signals, stdio files and environment, so SIGKILL, SIGTERM
+and SIGINT reach it exactly as they reach a freshly started `flowctl`, but a start costs
+milliseconds instead of seconds. tests/test_resume.py and test_registry.py cover the same
+paths with fresh interpreters (tests.helpers.spawn).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from scripts.fault_soak import Zygote
+
+
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory: pytest.TempPathFactory):
+    zygote = Zygote(tmp_path_factory.mktemp("zygote-logs"))
+    yield zygote
+    zygote.close()
+
+
+@pytest.fixture
+def flowctl(zygote: Zygote, isolated_run_root: Path):
+    """`flowctl(*argv, env=None, setup=None, setup_args=None)` -> a running Child.
+
+    The child gets this test's environment (its checkpoint root), plus `env`; children still
+    running when the test ends are killed.
+    """
+    started = []
+
+    def start(*argv, env: dict | None = None, setup: str | None = None,
+              setup_args: dict | None = None):
+        child = zygote.run(*argv, env={**os.environ, **(env or {})}, setup=setup,
+                           setup_args=setup_args)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)

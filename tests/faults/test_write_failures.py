@@ -1,0 +1,140 @@
+"""Write failures (disk full, I/O error, a path that cannot be written): the previous
+checkpoints stay intact byte for byte, the run is marked `failed` with the reason, the CLI
+exits 1 with one line, and a resume from what is left still ends bit-identical."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from scripts.fault_soak import checkpoint_problems
+from study.flow_matching import checkpoint, recorder
+from tests.helpers import (
+    TINY,
+    assert_same_state,
+    cli,
+    load,
+    metrics_rows,
+    run_json,
+    vectors_file,
+    wait_for,
+)
+
+FAILING_SAVE = 3  # the saves are at steps 9 (last + best), 18 and 27: fail the third
+
+
+def flags(data, *extra: str, epochs: int = 3) -> list[str]:
+    return ["--dataset", str(data), "--epochs", str(epochs), "--patience", "0", *TINY, *extra]
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(run.glob("*.pt"))}
+
+
+def fail_at_third_save(monkeypatch, run: Path, inject) -> dict[str, bytes]:
+    """Before the FAILING_SAVE-th checkpoint write, record the files and call `inject()`."""
+    before: dict[str, bytes] = {}
+    calls = 0
+    real_serialize = recorder.serialize
+
+    def serialize(payload):
+        nonlocal calls
+        calls += 1
+        if calls == FAILING_SAVE:
+            before.update(snapshot(run))
+            inject()
+        return real_serialize(payload)
+
+    monkeypatch.setattr(recorder, "serialize", serialize)
+    return before
+
+
+def one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def injected(call: str, error: int):
+    """A fake os.<call> that raises OSError(error) for the temp file or last.pt only."""
+    real = getattr(os, call)
+
+    def fake(*args, **kwargs):
+        target = args[1] if call == "replace" else os.readlink(f"/proc/self/fd/{args[0]}")
+        if Path(os.fspath(target)).name.startswith((".last.pt.tmp-", "last.pt")):
+            raise OSError(error, os.strerror(error))
+        return real(*args, **kwargs)
+
+    return fake
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("dev-full", "no space left on device"),  # a real ENOSPC from the kernel
+    ("replace-enospc", "no space left on device"),
+    ("fsync-eio", "input/output error"),
+])
+def test_write_failure_keeps_the_previous_checkpoint_and_fails_the_run(
+        tmp_path, isolated_run_root, how, reason):
+    args = flags(vectors_file(tmp_path))
+    assert cli("train", "--run-name", "reference", *args).exit_code == 0
+    run = isolated_run_root / "full"
+
+    def inject(monkeypatch):
+        if how == "dev-full":  # the temp file's name, pointing at a device that is always full
+            (run / f".last.pt.tmp-{os.getpid()}").symlink_to("/dev/full")
+        elif how == "replace-enospc":
+            monkeypatch.setattr(checkpoint.os, "replace", injected("replace", errno.ENOSPC))
+        else:
+            monkeypatch.setattr(checkpoint.os, "fsync", injected("fsync", errno.EIO))
+
+    with pytest.MonkeyPatch.context() as monkeypatch:  # undone before the resume below
+        before = fail_at_third_save(monkeypatch, run, lambda: inject(monkeypatch))
+        result = cli("train", "--run-name", "full", *args)
+
+    assert result.exit_code == 1
+    assert f"{reason} while writing last.pt" in one_error_line(result.stderr)
+    assert set(before) == {"best.pt", "last.pt"} and snapshot(run) == before, "a checkpoint changed"
+    assert not list(run.glob(".*.tmp-*")), "temp file left behind"
+    status = run_json(run)
+    assert status["status"] == "failed"
+    assert f"{reason} while writing last.pt" in status["error"]["message"]
+    assert not (run / "run.lock").exists()
+
+    resumed = cli("resume", "full")  # space is back: continue from what was kept
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_state(load(isolated_run_root / "reference" / "last.pt"), load(run / "last.pt"))
+    assert metrics_rows(run) == metrics_rows(isolated_run_root / "reference")
+
+
+def test_folder_at_the_temp_paths_of_a_running_process_fails_it_cleanly(
+        tmp_path, isolated_run_root, flowctl):
+    """No injection at all: a real process, and a real EISDIR on its next checkpoint write.
+
+    Folders take the names of both temp files (.last.pt.tmp-PID, .best.pt.tmp-PID), each once
+    no write of that name is in flight, so the snapshot below is a state the process left
+    and no file can change after it."""
+    run = isolated_run_root / "blocked"
+    child = flowctl("train", "--run-name", "blocked", *flags(vectors_file(tmp_path), epochs=30))
+    wait_for(lambda: (run / "best.pt").exists(), process=child, what="the first best.pt")
+    blockers = [run / f".{name}.tmp-{child.pid}" for name in ("last.pt", "best.pt")]
+    wait_for(lambda: all(folder.is_dir() or _made(folder) for folder in blockers),
+             process=child, what="folders at the temp paths")
+    before = snapshot(run)
+    assert child.wait(60) == 1
+    line = one_error_line(child.stderr)
+    assert re.search(r"is a directory while writing (last|best)\.pt", line), line
+    assert snapshot(run) == before and checkpoint_problems(run) == []
+    status = run_json(run)
+    assert status["status"] == "failed" and "is a directory" in status["error"]["message"]
+
+
+def _made(folder: Path) -> bool:
+    try:
+        folder.mkdir()
+    except FileExistsError:  # the process is writing that temp file right now: try again
+        return False
+    return True
