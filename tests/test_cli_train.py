@@ -44,7 +44,7 @@ def test_default_run_name_and_yaml_config_with_flag_override(tmp_path, isolated_
                                       "arch": "resmlp", "log_every": 3}))
     result = cli("train", "--config", config, "--epochs", "2", *TINY)
     assert result.exit_code == 0, result.stderr
-    name = f"resmlp-otcfm-{data}-none"
+    name = f"resmlp-otcfm-{data.stem}-none"  # a path dataset contributes its file name
     saved = load(isolated_run_root / name / "best.pt")["config"]
     assert saved["epochs"] == 2 and saved["flow"] == "otcfm" and saved["log_every"] == 3
 

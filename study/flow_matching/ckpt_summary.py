@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from study.flow_matching.ckpt_load import FORMAT_VERSION, load_checkpoint_file  # noqa: F401
+from study.secrets import mask_secrets
 
 _HASH_CHUNK = 1 << 20
 _STATS_SHOWN = 8
@@ -76,7 +77,7 @@ def summarize_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any], *,
         "stage": _primitive(ckpt.get("stage")),
         "best_loss": _primitive(ckpt.get("best_loss")),
         "epochs_without_improvement": _primitive(ckpt.get("epochs_without_improvement")),
-        "config": _primitive(ckpt.get("config")),
+        "config": mask_secrets(_primitive(ckpt.get("config"))),
         "parameter_count": sum(v.numel() for v in model_state.values() if _is_tensor(v)),
         "ema": isinstance(ema_shadow, dict) and len(ema_shadow) > 0,
         "tensors": tensors,

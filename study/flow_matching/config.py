@@ -77,8 +77,17 @@ class TrainingConfig:
 
     @property
     def name(self) -> str:
-        """The run's name: its folder under the checkpoint root and its wandb name."""
-        return self.run_name or f"{self.arch}-{self.flow}-{self.dataset}-{self.aug}"
+        """The run's name: its folder under the checkpoint root and its wandb name.
+
+        A dataset given as a path contributes its file or folder name without extension
+        (`data/moons.csv` -> `mlp-icfm-moons-none`), so the name stays one folder.
+        """
+        if self.run_name:
+            return self.run_name
+        dataset = self.dataset
+        if "/" in dataset or "\\" in dataset or Path(dataset).suffix:
+            dataset = Path(dataset.replace("\\", "/").rstrip("/")).stem
+        return f"{self.arch}-{self.flow}-{dataset}-{self.aug}"
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only (str, int, float, bool, None, lists, dicts): safe for weights_only."""
@@ -97,6 +106,10 @@ class TrainingConfig:
                 _check_choice("flow", stage.flow, FLOW_NAMES)
             if stage.aug is not None:
                 _check_choice("aug", stage.aug, AUG_NAMES)
+        if self.run_name is not None and (not self.run_name.strip() or self.run_name in (".", "..")
+                                          or any(c in self.run_name for c in "/\\")):
+            raise UsageError(f"--run-name {self.run_name!r} must be a single folder name "
+                             "(no '/', '\\', '.' or '..')")
         positive = ("epochs", "batch_size", "log_every", "width", "depth")
         for key in positive:
             if getattr(self, key) <= 0:

@@ -16,7 +16,6 @@ import math
 import warnings
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -49,6 +48,8 @@ def _exact_plan(cost: np.ndarray) -> np.ndarray:
     The cost is divided by its max first: the plan is scale-invariant, and costs of order one
     keep the network simplex's tolerances meaningful.
     """
+    import ot  # POT pulls in scipy: load it only when a flow pairs a batch
+
     if cost.max() > 0:
         cost = cost / cost.max()
     weights = ot.unif(cost.shape[0])
@@ -68,6 +69,8 @@ def _sq_cost(x_0: Tensor, x_1: Tensor) -> np.ndarray:
     """Squared Euclidean cost matrix C[i, j] = |x_0[i] - x_1[j]|^2 as CPU float64: [B, B]."""
     a = x_0.detach().to("cpu", torch.float64).numpy()
     b = x_1.detach().to("cpu", torch.float64).numpy()
+    import ot
+
     return ot.dist(a, b, metric="sqeuclidean")
 
 
@@ -235,6 +238,8 @@ class SBCFM(FlowMatcher):
         cost = _sq_cost(x_0, x_1)
         cost = cost - cost.min(axis=1, keepdims=True)
         cost = cost - cost.min(axis=0, keepdims=True)
+        import ot
+
         weights = ot.unif(x_0.shape[0])
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")  # POT's "did not converge" / "numerical errors"

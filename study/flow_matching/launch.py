@@ -17,6 +17,7 @@ from typing import Any
 from study.errors import UsageError
 from study.flow_matching.config import TrainingConfig, config_from_dict
 from study.paths import BEST_NAME, LAST_NAME, METRICS_CSV, RUN_JSON, checkpoint_root, run_dir
+from study.secrets import mask_secrets
 
 log = logging.getLogger("flowctl")
 
@@ -76,7 +77,8 @@ def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
             raise UsageError(f"--{key.replace('_', '-')} {value} conflicts with the checkpoint "
                              f"({getattr(config, key)}); a resume keeps the model, data and "
                              "optimiser: drop the flag or start a new run with --run-name")
-        warn(f"{key}: {value} (flag) wins over {getattr(config, key)} (checkpoint)")
+        shown = mask_secrets({key: value, "checkpoint": getattr(config, key)})
+        warn(f"{key}: {shown[key]} (flag) wins over {shown['checkpoint']} (checkpoint)")
         setattr(config, key, value)
     return config.validate(check_arch=False)
 
@@ -128,6 +130,9 @@ def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Pa
     from study.flow_matching.trainer import FlowTrainer
     from study.signals import GracefulStop, parse_signal
 
+    root = checkpoint_root(options.ckpt_dir)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"checkpoint root {root} is a file, not a folder; pass another --ckpt-dir")
     folder = run_dir(config.name, options.ckpt_dir)
     if resume_path is None and any((folder / n).is_file() for n in (BEST_NAME, LAST_NAME)):
         if not options.overwrite:

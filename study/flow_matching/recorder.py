@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ class RunRecorder:
         self.use_tensorboard = tensorboard or (self.run_dir / "tb").is_dir()
         self.tensorboard = None
         self.wandb_run_id: str | None = None
+        self._writer: threading.Thread | None = None
+        self._write_error: BaseException | None = None
+        self._written: list[tuple[Path, int, int | None]] = []
         self._clock_start = time.perf_counter()
         self._elapsed_before = 0.0
 
@@ -66,6 +70,7 @@ class RunRecorder:
             self.metrics.truncate_after(resume_step)
             self._elapsed_before = float(previous.get("elapsed_s") or 0.0)
         config = mask_secrets(config)
+        group = config.get("group", group)  # the masked value, everywhere it is shown
         if self.use_tensorboard:
             self.tensorboard = TensorBoardWriter(self.run_dir / "tb", resume_step)
         self.wandb_run_id = self.tracker.start(
@@ -104,15 +109,40 @@ class RunRecorder:
                            wandb=self.tracker.status, **{**progress, "global_step": step})
 
     def save_checkpoint(self, payload: dict[str, Any], paths: list[Path]) -> None:
-        """Serialise once, write each file atomically, record the paths in run.json."""
+        """Serialise now (a consistent snapshot), write in the background.
+
+        The write (temp file, fsync, os.replace, a hard link for best.pt) overlaps the next
+        training steps. One write is in flight at a time; a failed write is raised at the
+        next save or at `flush()`.
+        """
         if not self.enabled:
             return
         data = serialize(payload)
-        write_atomic(paths[0], data, also=tuple(paths[1:]))
+        self.flush()
+        self._writer = threading.Thread(target=self._write, name="checkpoint-writer",
+                                        args=(data, paths, payload.get("global_step")))
+        self._writer.start()
+
+    def _write(self, data: bytes, paths: list[Path], step: int | None) -> None:
+        try:
+            write_atomic(paths[0], data, also=tuple(paths[1:]))
+        except BaseException as error:  # handed to the main thread by flush()
+            self._write_error = error
+        else:
+            self._written = [(path, len(data), step) for path in paths]
+
+    def flush(self) -> None:
+        """Wait for the checkpoint being written, raise its error, record it in run.json."""
+        if self._writer is None:
+            return
+        self._writer.join()
+        self._writer = None
+        if self._write_error is not None:
+            error, self._write_error = self._write_error, None
+            raise error
         checkpoints = dict(self.status.data.get("checkpoints", {}))
-        for path in paths:
-            checkpoints[path.stem] = {"path": str(path), "size": len(data),
-                                      "global_step": payload.get("global_step")}
+        for path, size, step in self._written:
+            checkpoints[path.stem] = {"path": str(path), "size": size, "global_step": step}
         self.status.update(throttle_s=RUN_JSON_THROTTLE_S, checkpoints=checkpoints,
                            elapsed_s=round(self.elapsed_s(), 3))
 
@@ -122,6 +152,11 @@ class RunRecorder:
         if not self.enabled:
             return
         try:
+            try:
+                self.flush()
+            except Exception as write_error:  # the trainer flushes first; this is a backstop
+                if error is None:
+                    status, exit_code, error = "failed", 1, write_error
             error_info = None
             if error is not None:
                 message = " ".join(str(error).split()) or type(error).__name__

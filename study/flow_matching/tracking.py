@@ -7,6 +7,7 @@ keep recording locally. `wandb` is imported only when a run starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -44,6 +45,10 @@ class WandbTracker:
                         what, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             self.status = "unavailable"
             self.run = None
+            with contextlib.suppress(Exception):  # stop wandb's service and its exit hooks too
+                import wandb
+
+                wandb.teardown()
             return None
 
     def start(self, *, project: str, group: str, name: str, config: dict[str, Any],

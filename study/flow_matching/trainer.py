@@ -149,15 +149,19 @@ class FlowTrainer:
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
                     saved = epoch_done or (cfg.save_every and self.global_step % cfg.save_every == 0)
                     if epoch_done:
+                        # best.pt goes in place first: a crash between the two renames
+                        # leaves last.pt older, and the resume recomputes (and rewrites) both.
                         improved = self.epochs_without_improvement == 0
-                        self._save([LAST_NAME, BEST_NAME] if improved else [LAST_NAME])
+                        self._save([BEST_NAME, LAST_NAME] if improved else [LAST_NAME])
                     elif saved:
                         self._save([LAST_NAME])
                     if self.stop.requested:  # set by the signal handler; we save here, not there
                         if not saved:
                             self._save([LAST_NAME])
+                        self.recorder.flush()
                         raise TrainingStopped(self.stop.signum)
                 self.batch_in_epoch = 0
+            self.recorder.flush()  # the last checkpoint is on disk before we call it done
         except TrainingStopped as stopped:
             self.recorder.close("preempted", exit_code=stopped.exit_code,
                                 progress=self._progress_fields(None))
@@ -241,6 +245,12 @@ class FlowTrainer:
         return (total / len(self.val_x)).item()
 
     def _save(self, names: list[str]) -> None:
+        """Checkpoint the current state, unless it is already non-finite (a diverging run
+        between log steps must not overwrite the last good last.pt)."""
+        finite = torch.stack([torch.isfinite(self.window.loss_sum),
+                              *(torch.isfinite(p).all() for p in self.params)]).all()
+        if not finite:  # one host sync per checkpoint
+            raise RunFailed(f"non-finite loss at step {self.global_step}")
         self.recorder.save_checkpoint(run_state.checkpoint_payload(self),
                                       [self.run_dir / name for name in names])
 

@@ -206,19 +206,12 @@ def test_bad_yaml_config_is_one_line_exit_2(tmp_path, content, fragment):
         assert str(config) in line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: study/flow_matching/config.py TrainingConfig.validate never checks run_name (nor "
-    "the derived name): `--run-name ../outside` writes best.pt/last.pt outside the checkpoint "
-    "root, `--run-name a/b` nests folders that list-runs shows as an `unknown` run `a`, and "
-    "the default name of a file dataset (`mlp-icfm-/data/x.pt-none`) nests folders the same "
-    "way. Fix: refuse a run name with '/', '\\\\' or '..' (UsageError naming --run-name) and "
-    "derive the default name from Path(dataset).stem when the dataset is a path"))
 @pytest.mark.parametrize("name", ["../outside", "a/b"])
 def test_run_name_must_be_one_folder_under_the_root(tmp_path, isolated_run_root, name):
     result = cli("train", "--dataset", vectors_file(tmp_path), "--epochs", "1", "--run-name",
                  name, *TINY)
     the_error_line(result, "run")
-    assert not list(isolated_run_root.parent.rglob("*.pt"))
+    assert not [p for p in isolated_run_root.parent.rglob("*.pt") if p.name in ("best.pt", "last.pt")]
 
 
 # -- data --------------------------------------------------------------------------------------

@@ -100,21 +100,13 @@ def kill_self_at(call: str, nth: int, before: bool = False) -> None:
 # the second name, fsync of the folder. Crash points count those calls from the start.
 EPOCHS = 4
 FINAL_REPLACES = 2 * EPOCHS  # replace calls up to the end of the final epoch's save
-STALE_BEST = pytest.mark.xfail(strict=True, reason=(
-    "bug: study/flow_matching/trainer.py FlowTrainer.train saves [LAST_NAME, BEST_NAME] and "
-    "checkpoint.write_atomic puts the first name in place first: a crash between the two "
-    "os.replace calls leaves last.pt at the new epoch (its best_loss already the new one) and "
-    "best.pt at the old one; the resume starts after that epoch and never rewrites best.pt "
-    "(here: best.pt stays at step 27, the reference's is step 36). Fix: save "
-    "[BEST_NAME, LAST_NAME] so that last.pt only ever moves after best.pt"))
 
 
 @pytest.mark.parametrize("call, nth, before", [
     pytest.param("replace", FINAL_REPLACES - 1, True, id="temp-written-nothing-in-place"),
     pytest.param("replace", 3, False, id="first-in-place-second-old-mid-run"),
-    pytest.param("replace", FINAL_REPLACES - 1, False, id="first-in-place-second-old-final",
-                 marks=STALE_BEST),
-    pytest.param("link", EPOCHS, False, id="second-temp-linked-final", marks=STALE_BEST),
+    pytest.param("replace", FINAL_REPLACES - 1, False, id="first-in-place-second-old-final"),
+    pytest.param("link", EPOCHS, False, id="second-temp-linked-final"),
     pytest.param("replace", FINAL_REPLACES, False, id="both-in-place-folder-not-synced"),
 ])
 def test_sigkill_at_each_point_of_a_checkpoint_write(tmp_path, isolated_run_root, flowctl,

@@ -21,15 +21,6 @@ API_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c"  # 40 hex digits, like a re
 OFFLINE = [a for a in TINY if a not in ("--wandb-mode", "disabled")] + ["--wandb-mode", "offline"]
 
 
-def leak_in_recorder(what: str):
-    return pytest.mark.xfail(strict=True, reason=(
-        f"bug: {what} holds the raw --group value: study/flow_matching/recorder.py "
-        "RunRecorder._open_locked masks `config` but passes the unmasked `group` argument to "
-        "run.json's top-level \"group\" and to WandbTracker.start (wandb.init(group=...), the "
-        "run record's run_group); list-runs shows run.json's group. Fix: in _open_locked use "
-        "group = mask_secrets({'group': group})['group'] (i.e. config['group']) for both"))
-
-
 @pytest.fixture(scope="module")
 def secret_run(zygote, tmp_path_factory) -> tuple[Path, str]:
     """(run folder, console output) of a 2-epoch offline run with --group GROUP."""
@@ -53,7 +44,6 @@ def test_run_json_masks_the_secret_in_the_config(secret_run):
     assert run_json(run)["config"]["group"] == "[SECRET]"
 
 
-@leak_in_recorder("run.json")
 def test_run_json_holds_the_secret_nowhere(secret_run):
     run, _ = secret_run
     assert GROUP not in (run / "run.json").read_text()
@@ -73,13 +63,11 @@ def test_wandb_config_masks_the_secret(secret_run):
         assert config["group"] == "[SECRET]"
 
 
-@leak_in_recorder("the wandb run record (run_group)")
 def test_wandb_run_group_masks_the_secret(secret_run):
     run, _ = secret_run
     assert all(GROUP not in record.run_group for record in wandb_run_records(run))
 
 
-@leak_in_recorder("`flowctl list-runs` (table and --json)")
 def test_list_runs_never_shows_the_secret(secret_run):
     run, _ = secret_run
     for args in (["--json"], []):
@@ -88,10 +76,6 @@ def test_list_runs_never_shows_the_secret(secret_run):
         assert GROUP not in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: `flowctl inspect-ckpt` prints the checkpoint's config unmasked (table and --json): "
-    "study/cli/inspect_ckpt.py never applies study.secrets.mask_secrets. Fix: "
-    "summary['config'] = mask_secrets(summary['config']) right after summarize_checkpoint"))
 def test_inspect_ckpt_masks_the_secret(secret_run):
     run, _ = secret_run
     for args in (["--json"], []):
@@ -108,11 +92,6 @@ def test_wandb_api_key_is_written_to_no_file(secret_run):
     assert leaking == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: study/flow_matching/launch.py config_for_resume prints a harmless override as "
-    "f'{key}: {value} (flag) wins over {old} (checkpoint)' with both raw values, so "
-    "`flowctl train --resume RUN --group ghp_...` shows the token on stderr. Fix: format "
-    "mask_secrets({key: value})[key] and mask_secrets({key: old})[key] instead"))
 def test_resume_override_line_masks_the_secret(tmp_path, isolated_run_root, secret_run):
     run, _ = secret_run
     copy = isolated_run_root / "copy"

@@ -90,13 +90,6 @@ def test_wandb_core_killed_mid_run_training_finishes_with_local_logs(wandb_core_
     assert_same_state(load(reference / "last.pt"), load(run / "last.pt"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: after wandb-core dies, study/flow_matching/tracking.py WandbTracker._guard marks "
-    "the tracker unavailable but leaves wandb's service connection registered, so at exit "
-    "wandb's own atexit hook (teardown_atexit) fails and prints 'Exception ignored in atexit "
-    "callback ... Traceback ... ConnectionResetError: Connection lost' on the stderr of a run "
-    "that succeeded. Fix: in _guard's except branch also call wandb.teardown() inside "
-    "contextlib.suppress(Exception): the connection's cleanup unregisters that hook first"))
 def test_wandb_core_killed_mid_run_prints_no_traceback(wandb_core_killed):
     child, _, _ = wandb_core_killed
     assert "Traceback" not in child.stderr, child.stderr[-1500:]

@@ -60,12 +60,13 @@ def one_error_line(stderr: str) -> str:
 
 
 def injected(call: str, error: int):
-    """A fake os.<call> that raises OSError(error) for the temp file or last.pt only."""
+    """A fake os.<call> that raises OSError(error) for a checkpoint or its temp file."""
     real = getattr(os, call)
 
     def fake(*args, **kwargs):
         target = args[1] if call == "replace" else os.readlink(f"/proc/self/fd/{args[0]}")
-        if Path(os.fspath(target)).name.startswith((".last.pt.tmp-", "last.pt")):
+        if Path(os.fspath(target)).name.startswith((".last.pt.tmp-", "last.pt",
+                                                     ".best.pt.tmp-", "best.pt")):
             raise OSError(error, os.strerror(error))
         return real(*args, **kwargs)
 
@@ -84,8 +85,9 @@ def test_write_failure_keeps_the_previous_checkpoint_and_fails_the_run(
     run = isolated_run_root / "full"
 
     def inject(monkeypatch):
-        if how == "dev-full":  # the temp file's name, pointing at a device that is always full
-            (run / f".last.pt.tmp-{os.getpid()}").symlink_to("/dev/full")
+        if how == "dev-full":  # the temp files' names, pointing at a device that is always full
+            for name in ("best.pt", "last.pt"):  # the first one a save writes fails
+                (run / f".{name}.tmp-{os.getpid()}").symlink_to("/dev/full")
         elif how == "replace-enospc":
             monkeypatch.setattr(checkpoint.os, "replace", injected("replace", errno.ENOSPC))
         else:
@@ -95,13 +97,15 @@ def test_write_failure_keeps_the_previous_checkpoint_and_fails_the_run(
         before = fail_at_third_save(monkeypatch, run, lambda: inject(monkeypatch))
         result = cli("train", "--run-name", "full", *args)
 
+    # A save writes best.pt first when val/loss improved, else last.pt: that write fails.
+    written = re.compile(f"{reason} while writing (best|last)\\.pt")
     assert result.exit_code == 1
-    assert f"{reason} while writing last.pt" in one_error_line(result.stderr)
+    assert written.search(one_error_line(result.stderr))
     assert set(before) == {"best.pt", "last.pt"} and snapshot(run) == before, "a checkpoint changed"
-    assert not list(run.glob(".*.tmp-*")), "temp file left behind"
+    assert not [p for p in run.glob(".*.tmp-*") if not p.is_symlink()], "temp file left behind"
     status = run_json(run)
     assert status["status"] == "failed"
-    assert f"{reason} while writing last.pt" in status["error"]["message"]
+    assert written.search(status["error"]["message"])
     assert not (run / "run.lock").exists()
 
     resumed = cli("resume", "full")  # space is back: continue from what was kept
