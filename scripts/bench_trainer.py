@@ -13,7 +13,7 @@ each epoch, last.pt/best.pt, metrics.csv, run.json). What does that cost? In one
 Workloads (CPU, batch 256, icfm): `2d` is moons with a 3x64 SELU mlp, `1024d` a Gaussian
 mixture (8192 rows) with a 3x1024 one. Each measurement trains a fresh model from one seed
 (building it is not timed); after a warm-up the contenders take turns for --repeats rounds, so
-load from other processes spreads over all of them. Reported: median steps/s, ratio to bare.
+load from other processes spreads over all of them. Reported: median steps/s, and the median over rounds of the ratio to bare in the same round.
 
 Usage: python scripts/bench_trainer.py [--quick] [--workloads 2d,1024d] [--repeats 3] [--threads N]
 """
@@ -255,9 +255,11 @@ def bench_workload(work: Workload, contenders: dict, repeats: int) -> list[tuple
 
 
 def print_table(rows: list[tuple]) -> None:
+    # "x bare": the median over rounds of (this contender / bare in the same round). Rounds
+    # interleave the contenders, so a paired ratio cancels most of the machine's drift.
     header = ("workload", "contender", "steps/s", "x bare", "spread", "note")
     table = [(workload, name, f"{statistics.median(values):,.1f}",
-              f"{statistics.median(values) / base:.2f}",
+              f"{statistics.median(v / b for v, b in zip(values, base, strict=True)):.2f}",
               f"{(max(values) - min(values)) / statistics.median(values):.0%}", note)
              for workload, name, values, base, note in rows]
     rich_table = Table(*header)
@@ -301,7 +303,7 @@ def main() -> None:
             print(f"{work.name}: {work.epochs} epoch(s) x {len(work.train_x) // BATCH} steps "
                   f"per measurement", flush=True)
             results = bench_workload(work, contenders, repeats)
-            base = statistics.median(results[0][1])
+            base = results[0][1]  # bare's steps/s, round by round
             rows += [(work.name, contender, values, base, note) for contender, values, note in results]
     print_table(rows)
 

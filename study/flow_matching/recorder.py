@@ -169,6 +169,7 @@ class RunRecorder:
                                elapsed_s=round(self.elapsed_s(), 3), wandb=self.tracker.status,
                                **(progress or {}))
         finally:
+            self.metrics.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
             self.lock.release()

@@ -72,13 +72,14 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / METRICS_CSV
+        self._handle = None  # kept open while the run logs; each row is flushed
 
     def truncate_after(self, step: int) -> int:
         """Drop rows with step > `step` (logged before a crash, about to be recomputed).
 
-        Returns the largest step the file held before truncation (-1 if none): anything at
-        or below it has already been sent to the tracker and must not be sent again.
+        Returns the largest step the file held before truncation (-1 if none).
         """
+        self.close()
         if not self.path.exists():
             return -1
         with open(self.path, newline="") as handle:
@@ -110,15 +111,24 @@ class MetricsLog:
         return replay
 
     def reset(self) -> None:
+        self.close()
         self.path.unlink(missing_ok=True)
 
     def append(self, row: dict[str, Any]) -> None:
-        new_file = not self.path.exists()
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        if self._handle is None:
+            new_file = not self.path.exists()
+            self._handle = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
+            self._writer = csv.DictWriter(self._handle, fieldnames=METRIC_COLUMNS,
+                                          extrasaction="ignore")
             if new_file:
-                writer.writeheader()
-            writer.writerow({key: _cell(row.get(key)) for key in METRIC_COLUMNS})
+                self._writer.writeheader()
+        self._writer.writerow({key: _cell(row.get(key)) for key in METRIC_COLUMNS})
+        self._handle.flush()  # a second terminal (or a crash) sees every row written so far
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def _cell(value: Any) -> str:

@@ -269,7 +269,9 @@ class FlowTrainer:
 
     def finish(self) -> None:
         """Close logging if `train()` did not (kept for the study's notebooks)."""
+        self.recorder.flush()
         self.recorder.tracker.finish()
+        self.recorder.metrics.close()
         self.recorder.lock.release()
 
 
