@@ -108,3 +108,16 @@ class LinearVelocity(nn.Module):
             self.calls += 1
             out = self.fault(self.calls, out)
         return out
+
+
+class CreatesMarker:
+    """Unpickling this runs open(marker, "w"): a stand-in for arbitrary code in a pickle.
+
+    Tests save it (torch.save or pickle.dumps) and assert that no loader ever creates `marker`.
+    """
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

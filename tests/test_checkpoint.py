@@ -30,6 +30,7 @@ from study.flow_matching.utils import (
     load_checkpoint_with_stats_check,
     save_checkpoint,
 )
+from tests.helpers import CreatesMarker
 
 STATS = {"mean": torch.tensor([0.5, -1.0]), "std": torch.tensor([1.0, 2.0])}
 
@@ -217,16 +218,6 @@ def test_stats_check_is_silent_when_equal(saved, flowctl_log) -> None:
 
 # -- read_checkpoint errors ----------------------------------------------------------------
 
-class _CreatesMarker:
-    """Unpickling this opens (creates) `marker`: a stand-in for arbitrary code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def _torch_bytes(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -244,8 +235,8 @@ def _bad_file(kind: str, folder: Path, real: Path) -> Path:
         "list": lambda: _torch_bytes([torch.ones(2), 3]),
         "no-model-state": lambda: _torch_bytes({"epoch": 1, "best_loss": 0.5}),
         "format-99": lambda: _torch_bytes({"model_state_dict": {}, "format_version": 99}),
-        "code-pickle": lambda: pickle.dumps(_CreatesMarker(marker), protocol=2),
-        "code-torch-save": lambda: _torch_bytes({"model_state_dict": _CreatesMarker(marker)}),
+        "code-pickle": lambda: pickle.dumps(CreatesMarker(marker), protocol=2),
+        "code-torch-save": lambda: _torch_bytes({"model_state_dict": CreatesMarker(marker)}),
     }
     if kind != "missing":
         path.write_bytes(writers[kind]())
@@ -284,7 +275,7 @@ def test_read_errors_are_one_line_usage_errors(saved, tmp_path: Path, kind: str,
 def test_the_code_payload_really_runs_code_when_unpickled(tmp_path: Path) -> None:
     # Guards the test above: the payload is live, so its marker staying absent means something.
     marker = tmp_path / "control-marker"
-    pickle.loads(pickle.dumps(_CreatesMarker(marker), protocol=2)).close()
+    pickle.loads(pickle.dumps(CreatesMarker(marker), protocol=2)).close()
     assert marker.exists()
 
 

@@ -15,6 +15,7 @@ from study.data.augment import AUGMENTATIONS, augment
 from study.data.dataset import FlowDataset, resolve_dataset
 from study.errors import UsageError
 from study.flow_matching.config import AUG_NAMES
+from tests.helpers import CreatesMarker
 
 MATRIX = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.5, -6.0], [0.0, 0.25, 1e3], [7.0, 8.0, 9.0]])
 
@@ -197,17 +198,9 @@ def test_malformed_files_are_one_line_usage_errors(tmp_path, name, write, fragme
     assert fragment in message
 
 
-class _CreatesFileWhenUnpickled:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     payload = tmp_path / "payload.pt"
-    torch.save(_CreatesFileWhenUnpickled(tmp_path / "pwned"), payload)
+    torch.save(CreatesMarker(tmp_path / "pwned"), payload)
     assert "refused to unpickle" in _usage_error(lambda: FlowDataset(payload))
     assert not (tmp_path / "pwned").exists()
     # the payload is real: an unsafe load would have run it

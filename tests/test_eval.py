@@ -15,21 +15,11 @@ import pytest
 import torch
 
 from study.flow_matching.models import build_model
-from tests.helpers import cli, vectors_file, wandb_files, wandb_records
+from tests.helpers import CreatesMarker, cli, vectors_file, wandb_files, wandb_records
 
 KEYS = {"w2", "mmd", "nfe", "path_energy", "npe", "straightness", "w2_floor", "mmd_floor", "n",
         "solver", "steps"}
 FAST = ["--n", "500", "--steps", "20", "--device", "cpu"]
-
-
-class _CreatesMarker:
-    """Unpickling this creates `marker`: a stand-in for arbitrary code in a checkpoint."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +177,7 @@ def test_missing_run_is_one_line_error():
 
 def test_checkpoint_with_code_is_refused(tmp_path):
     marker = tmp_path / "marker"
-    torch.save({"model_state_dict": _CreatesMarker(marker)}, tmp_path / "evil.pt")
+    torch.save({"model_state_dict": CreatesMarker(marker)}, tmp_path / "evil.pt")
     result = cli("eval", tmp_path / "evil.pt")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: refusing to load") and result.stderr.count("\n") == 1

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from study.cli.inspect_ckpt import inspect_ckpt
 from study.flow_matching.ckpt_summary import FORMAT_VERSION
 from study.flow_matching.config import TrainingConfig
+from tests.helpers import CreatesMarker
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}
@@ -215,16 +216,6 @@ def test_run_without_best_hints_at_last(isolated_run_root: Path):
     assert_one_line_error(invoke("only-last"), "has no best.pt", "add --last")
 
 
-class WritesAFile:
-    """Unpickling this creates `marker`: the payload inspect-ckpt must never run."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def _write_bad_file(kind: str, path: Path) -> None:
     good = build_checkpoint()[0]
     if kind == "empty":
@@ -271,12 +262,12 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, kind: str, fragment: str)
 def test_code_carrying_pickle_never_runs(tmp_path: Path, writer: str):
     # The payload is real: an unrestricted unpickler does create its marker file.
     proof = tmp_path / "proof-marker"
-    pickle.loads(pickle.dumps(WritesAFile(proof))).close()
+    pickle.loads(pickle.dumps(CreatesMarker(proof))).close()
     assert proof.exists()
 
     marker = tmp_path / "pwned-marker"
     path = tmp_path / "evil.pt"
-    payload = {"model_state_dict": {}, "epoch": WritesAFile(marker)}
+    payload = {"model_state_dict": {}, "epoch": CreatesMarker(marker)}
     if writer == "torch.save":
         torch.save(payload, path)
         fragment = "needs arbitrary code to unpickle"

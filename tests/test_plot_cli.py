@@ -11,19 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import TINY, cli, vectors_file
+from tests.helpers import TINY, CreatesMarker, cli, vectors_file
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class _CreatesMarker:
-    """Unpickling this creates `marker`: a stand-in for arbitrary code in a checkpoint."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +84,7 @@ def test_checkpoint_with_code_is_refused(runs, tmp_path):
     folder.mkdir()
     shutil.copy(runs[2] / "metrics.csv", folder / "metrics.csv")
     marker = tmp_path / "marker"
-    torch.save({"model_state_dict": _CreatesMarker(marker)}, folder / "best.pt")
+    torch.save({"model_state_dict": CreatesMarker(marker)}, folder / "best.pt")
     result = cli("plot", folder)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: refusing to load") and result.stderr.count("\n") == 1

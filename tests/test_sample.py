@@ -16,17 +16,7 @@ import torch
 
 from study.flow_matching.models import build_model
 from study.flow_matching.solvers import integrate
-from tests.helpers import TINY, cli, vectors_file
-
-
-class _CreatesMarker:
-    """Unpickling this creates `marker`: a stand-in for arbitrary code in a checkpoint."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
+from tests.helpers import TINY, CreatesMarker, cli, vectors_file
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +151,12 @@ def test_weights_that_do_not_fit_the_config_are_one_line_error(run, tmp_path):
 def test_checkpoint_with_code_is_refused(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
-    torch.save({"model_state_dict": _CreatesMarker(marker)}, path)
+    torch.save({"model_state_dict": CreatesMarker(marker)}, path)
     code, _, stderr = sample(path)
     assert code == 2
     assert stderr.startswith("error: refusing to load") and stderr.count("\n") == 1
     assert not marker.exists(), "unpickling ran code"
     # The payload is live: unpickling it for real does create its marker.
     control = tmp_path / "control"
-    pickle.loads(pickle.dumps(_CreatesMarker(control))).close()
+    pickle.loads(pickle.dumps(CreatesMarker(control))).close()
     assert control.exists()

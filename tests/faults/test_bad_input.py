@@ -4,7 +4,6 @@ key) and the problem; never a traceback, and never code from the file."""
 
 from __future__ import annotations
 
-import builtins
 import pickle
 import random
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY, cli, load, vectors_file
+from tests.helpers import TINY, CreatesMarker, cli, load, vectors_file
 
 COMMANDS = {
     "inspect-ckpt": lambda path: ["inspect-ckpt", path],
@@ -40,16 +39,6 @@ def the_error_line(result, *fragments: str) -> str:
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-class CreatesMarker:
-    """Unpickling this calls open(marker, "w"): the file appears if any loader runs it."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (builtins.open, (self.marker, "w"))
-
-
 @pytest.fixture(scope="module")
 def source_runs(tmp_path_factory) -> Path:
     """Two finished 1-epoch runs under their own root: `narrow` (width 16), `wide` (32)."""
