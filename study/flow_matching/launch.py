@@ -101,16 +101,6 @@ def prepare_resume(target: str, overrides: dict[str, Any], options: RunOptions,
     return config, path
 
 
-def check_data_fits_checkpoint(path: Path, splits) -> None:
-    """The data's dimension must match the checkpoint's (its normalization stats)."""
-    from study.flow_matching.checkpoint import read_checkpoint
-
-    mean = (read_checkpoint(path).get("normalization_stats") or {}).get("mean")
-    if mean is not None and mean.numel() != splits.dim:
-        raise UsageError(f"dataset {splits.source} has dimension {splits.dim} but the checkpoint "
-                         f"{path} was trained on dimension {mean.numel()}")
-
-
 def clear_run(folder: Path) -> None:
     """Remove what a previous run left in `folder` (for --overwrite)."""
     for name in (BEST_NAME, LAST_NAME, RUN_JSON, METRICS_CSV):
@@ -151,8 +141,6 @@ def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Pa
         from study.flow_matching.reflow import coupled_sources
 
         train_x0, val_x0, splits = coupled_sources(config, splits, folder, device, warn=warn)
-    if resume_path is not None:
-        check_data_fits_checkpoint(resume_path, splits)
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
     model = build_model(config.arch, splits.dim, width=config.width, depth=config.depth,
                         activation=config.activation)

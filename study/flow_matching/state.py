@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from study.errors import UsageError
 from study.flow_matching.checkpoint import build_checkpoint, read_checkpoint, restore_training_state
 from study.flow_matching.stages import stage_for_epoch
 from study.flow_matching.utils import cosine_warmup_factor
@@ -154,6 +155,11 @@ class Restored:
 def restore(trainer: FlowTrainer, path: Path) -> Restored:
     """Load `path` into a freshly built trainer (model, EMA, optimizer, scheduler, RNG, position)."""
     payload = read_checkpoint(path)
+    saved_mean = (payload.get("normalization_stats") or {}).get("mean")
+    dim = trainer.train_x.shape[1]
+    if saved_mean is not None and saved_mean.numel() != dim:
+        raise UsageError(f"dataset {trainer.config.dataset} has dimension {dim} but the "
+                         f"checkpoint {path} was trained on dimension {saved_mean.numel()}")
     restore_training_state(payload, path, trainer.model, trainer.ema, trainer.optimizer,
                            trainer.scheduler)
     # Re-derive the LR from the step: identical for an exact resume, re-planned on extension.
