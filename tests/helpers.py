@@ -14,9 +14,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from study.cli.app import app
-from study.flow_matching.wandb_records import history as wandb_history  # noqa: F401
-from study.flow_matching.wandb_records import read_records as wandb_records  # noqa: F401
-from study.flow_matching.wandb_records import run_files as wandb_files  # noqa: F401
+from study.runs.wandb_records import history as wandb_history  # noqa: F401
+from study.runs.wandb_records import read_records as wandb_records  # noqa: F401
+from study.runs.wandb_records import run_files as wandb_files  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast: 640 rows at batch 64 -> 9 training steps per epoch after the val split.

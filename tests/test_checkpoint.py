@@ -16,12 +16,6 @@ import torch
 from torch import nn
 
 from study.errors import RunFailed, UsageError
-from study.flow_matching.checkpoint import (
-    FORMAT_VERSION,
-    read_checkpoint,
-    remove_stale_temp_files,
-    write_atomic,
-)
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.utils import (
     EMAModel,
@@ -29,6 +23,12 @@ from study.flow_matching.utils import (
     load_checkpoint,
     load_checkpoint_with_stats_check,
     save_checkpoint,
+)
+from study.runs.checkpoint import (
+    FORMAT_VERSION,
+    read_checkpoint,
+    remove_stale_temp_files,
+    write_atomic,
 )
 from tests.helpers import CreatesMarker
 

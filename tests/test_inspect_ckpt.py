@@ -15,8 +15,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from study.cli.inspect_ckpt import inspect_ckpt
-from study.flow_matching.ckpt_summary import FORMAT_VERSION
 from study.flow_matching.config import TrainingConfig
+from study.runs.checkpoint import FORMAT_VERSION
 from tests.helpers import CreatesMarker
 
 runner = CliRunner()

@@ -16,7 +16,8 @@ import typer
 from typer.testing import CliRunner
 
 from study.cli.list_runs import list_runs
-from study.runs import DISPLAY_STATUSES, JSON_KEYS, format_age, format_size, scan_runs
+from study.runs.display import format_age, format_size
+from study.runs.status import DISPLAY_STATUSES, JSON_KEYS, scan_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -1,6 +1,6 @@
 """`flowctl inspect-ckpt`: what a checkpoint holds, without running any of it.
 
-The file is loaded with `weights_only=True` and memory-mapped (study.flow_matching.ckpt_summary),
+The file is loaded with `weights_only=True` and memory-mapped (study.runs.checkpoint),
 and its sha256 is computed while torch imports, so a 1 GB checkpoint costs little more than
 `import torch`. torch is imported inside the command: `flowctl --help` must not pay for it.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from study.cli.common import fail, user_errors, warn
-from study.paths import BEST_NAME, LAST_NAME, checkpoint_root
+from study.runs.paths import BEST_NAME, LAST_NAME, checkpoint_root
 
 
 def inspect_ckpt(
@@ -32,16 +32,13 @@ def inspect_ckpt(
 
     Example: flowctl inspect-ckpt mlp-icfm-moons-none --last --no-tensors
     """
-    from study.flow_matching.ckpt_summary import (  # cheap: it imports torch only when loading
-        load_checkpoint_file,
-        sha256_in_background,
-        summarize_checkpoint,
-    )
+    from study.runs.checkpoint import read_checkpoint  # cheap: torch is imported when loading
+    from study.runs.checkpoint_summary import sha256_in_background, summarize_checkpoint
 
     path = resolve_checkpoint(target, last=last, ckpt_dir=ckpt_dir)
     sha256 = sha256_in_background(path)
     with user_errors():
-        ckpt = load_checkpoint_file(path)
+        ckpt = read_checkpoint(path)
         summary = summarize_checkpoint(path, ckpt, sha256=sha256())
     if not tensors:
         summary.pop("tensors")
@@ -78,7 +75,7 @@ def _render(summary: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from study.runs import format_size
+    from study.runs.display import format_size
 
     console = Console()
     header = Table.grid(padding=(0, 2))

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from study.cli.common import fail, user_errors
-from study.paths import checkpoint_root
-from study.runs import DISPLAY_STATUSES, RunInfo, format_age, format_size, parse_time, scan_runs
+from study.runs.display import format_age, format_size
+from study.runs.paths import checkpoint_root
+from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, scan_runs
 
 if TYPE_CHECKING:
     from rich.console import Group

@@ -40,7 +40,7 @@ def run_plots(target: str, *, log_scale: bool, n: int, data: Path | None,
     from study.flow_matching import plots
     from study.flow_matching.device import resolve_device
     from study.flow_matching.state import denormalize
-    from study.paths import METRICS_CSV
+    from study.runs.paths import METRICS_CSV
 
     ev.check_generation_args(n=n, solver="euler", steps=100)
     checkpoint = ev.checkpoint_path(target, ckpt_dir)

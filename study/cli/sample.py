@@ -53,9 +53,9 @@ def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch
                device: str) -> tuple[Path, tuple[int, ...], int]:
     import io
 
-    from study.flow_matching.checkpoint import write_atomic
     from study.flow_matching.device import resolve_device
     from study.flow_matching.evaluate import checkpoint_path, generate, load_flow_model
+    from study.runs.checkpoint import write_atomic
 
     torch_device = resolve_device(device)
     loaded = load_flow_model(checkpoint_path(target, ckpt_dir, prefer_last=last), torch_device)

@@ -84,7 +84,7 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
                  plain: bool, tensorboard: bool = False) -> None:
     """Shared by train and resume: validate, run, print the summary, map the exit code."""
     from study.flow_matching.config import load_config
-    from study.flow_matching.tracking import WANDB_MODES
+    from study.runs.tracking import WANDB_MODES
 
     if wandb_mode is not None and wandb_mode not in WANDB_MODES:
         from study.errors import UsageError

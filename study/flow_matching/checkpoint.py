@@ -8,11 +8,8 @@ Reading: always `torch.load(weights_only=True)`, so a checkpoint can never run c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import logging
-import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,12 +18,11 @@ from typing import Any
 import torch
 
 import study
-from study.errors import RunFailed, UsageError
-from study.flow_matching.ckpt_load import FORMAT_VERSION, load_checkpoint_file
+from study.errors import UsageError
+from study.runs.checkpoint import FORMAT_VERSION, read_checkpoint, serialize, write_atomic
 
 log = logging.getLogger("flowctl")
 
-TEMP_MARK = ".tmp-"
 # The keys of the original study's checkpoints; anything else is optional on load.
 LEGACY_KEYS = ("epoch", "model_state_dict", "ema_shadow", "optimizer_state_dict",
                "scheduler_state_dict", "best_loss", "config", "normalization_stats")
@@ -62,69 +58,6 @@ def _plain_scheduler_state(scheduler) -> dict[str, Any]:
     return {} if scheduler is None else scheduler.state_dict()
 
 
-def serialize(payload: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
-def write_atomic(path: Path, data: bytes, *, also: tuple[Path, ...] = ()) -> None:
-    """Write `data` to `path` (and to each path in `also`, same folder) so that readers only
-    ever see complete files.
-
-    The bytes are written and fsynced once; each extra name is a hard link to the new file
-    put in place with its own `os.replace` (a later rewrite of `path` replaces that name
-    only), then one fsync of the folder. An OSError (disk full, permission denied, folder
-    deleted) removes the temp files, leaves the previous files untouched and is raised as
-    RunFailed naming the file.
-    """
-    path = Path(path)
-    current = path
-    temps = [p.with_name(f".{p.name}{TEMP_MARK}{os.getpid()}") for p in (path, *also)]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temps[0], "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temps[0], path)
-        for current, temp in zip(also, temps[1:], strict=True):
-            current = Path(current)
-            try:
-                os.link(path, temp)
-            except OSError:  # a filesystem without hard links: write a copy
-                temp.write_bytes(data)
-            os.replace(temp, current)
-        _fsync_dir(path.parent)
-    except OSError as err:
-        for temp in temps:
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
-        reason = (err.strerror or str(err)).lower()
-        raise RunFailed(f"{reason} while writing {current.name} ({current.parent})") from err
-    for written in (path, *also):
-        if not Path(written).is_file() or Path(written).stat().st_size == 0:
-            raise RunFailed(f"checkpoint {written} is missing or empty right after writing it")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Delete temp files a killed writer left behind; returns what was removed."""
-    removed = []
-    if folder.is_dir():
-        for leftover in folder.glob(f".*{TEMP_MARK}*"):
-            leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-    return removed
-
-
 def save_checkpoint(path, epoch, model, ema, optimizer, scheduler, best_loss, config, stats,
                     **extra) -> Path:
     """Build the checkpoint dict and write it atomically to `path`; returns the path."""
@@ -134,13 +67,6 @@ def save_checkpoint(path, epoch, model, ema, optimizer, scheduler, best_loss, co
     write_atomic(path, serialize(payload))
     log.info("saved checkpoint %s", path)
     return path
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load and sanity-check a flowctl checkpoint (weights_only, memory-mapped, on the CPU;
-    `load_state_dict` copies tensors to the model's device). Every problem is a one-line
-    UsageError naming the file; see ckpt_load.py."""
-    return load_checkpoint_file(path)
 
 
 def restore_training_state(payload: dict, path: Path, model, ema, optimizer, scheduler) -> None:

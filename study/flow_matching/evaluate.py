@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from study.errors import UsageError
-from study.flow_matching.checkpoint import read_checkpoint, write_atomic
 from study.flow_matching.launch import find_checkpoint
 from study.flow_matching.metrics import (
     EvalResult,
@@ -38,7 +37,8 @@ from study.flow_matching.metrics import (
 from study.flow_matching.models import build_model
 from study.flow_matching.solvers import SOLVERS, integrate
 from study.flow_matching.state import denormalize, normalize, sample_source
-from study.paths import BEST_NAME, LAST_NAME
+from study.runs.checkpoint import read_checkpoint, write_atomic
+from study.runs.paths import BEST_NAME, LAST_NAME
 
 log = logging.getLogger("flowctl")
 
@@ -242,7 +242,7 @@ def log_eval_to_wandb(folder: str | Path, wandb_run_id: str | None, project: str
     Mode: $WANDB_MODE, else offline. Skipped (False) without a run id or when disabled;
     a wandb failure is one warning (WandbTracker's guard), never an error.
     """
-    from study.flow_matching.tracking import WandbTracker, resolve_wandb_mode
+    from study.runs.tracking import WandbTracker, resolve_wandb_mode
 
     mode = resolve_wandb_mode(None)
     if not wandb_run_id or mode == "disabled":

@@ -16,7 +16,7 @@ from typing import Any
 
 from study.errors import UsageError
 from study.flow_matching.config import TrainingConfig, config_from_dict
-from study.paths import BEST_NAME, LAST_NAME, METRICS_CSV, RUN_JSON, checkpoint_root, run_dir
+from study.runs.paths import BEST_NAME, LAST_NAME, METRICS_CSV, RUN_JSON, checkpoint_root, run_dir
 from study.secrets import mask_secrets
 
 log = logging.getLogger("flowctl")
@@ -86,7 +86,7 @@ def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
 def prepare_resume(target: str, overrides: dict[str, Any], options: RunOptions,
                    warn=print) -> tuple[TrainingConfig, Path]:
     """Resolve the checkpoint and its config; raise AlreadyCompleted when there is no work."""
-    from study.flow_matching.checkpoint import read_checkpoint
+    from study.runs.checkpoint import read_checkpoint
 
     path = find_checkpoint(target, options.ckpt_dir)
     payload = read_checkpoint(path)
@@ -116,8 +116,8 @@ def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Pa
     from study.data.dataset import resolve_dataset
     from study.flow_matching.device import resolve_device
     from study.flow_matching.models import build_model
-    from study.flow_matching.run_files import RunLock
     from study.flow_matching.trainer import FlowTrainer
+    from study.runs.lock import RunLock
     from study.signals import GracefulStop, parse_signal
 
     root = checkpoint_root(options.ckpt_dir)

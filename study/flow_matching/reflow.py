@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from study.errors import RunFailed, UsageError
-from study.paths import BEST_NAME, LAST_NAME
+from study.runs.paths import BEST_NAME, LAST_NAME
 
 log = logging.getLogger("flowctl")
 
@@ -81,7 +81,7 @@ def coupled_sources(config, splits, run_dir: Path, device, *,
         log.info("reflow: integrating teacher %s for %d pairs (%s, %d steps)", teacher,
                  key["n_train"] + key["n_val"], SOLVER, STEPS)
         pairs = generate_pairs(loaded, key, source, torch.device(device))
-        from study.flow_matching.checkpoint import serialize, write_atomic
+        from study.runs.checkpoint import serialize, write_atomic
 
         write_atomic(cache, serialize({**key, **pairs}))
 

@@ -27,12 +27,12 @@ from study.flow_matching import state as run_state
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.flows import build_flow
 from study.flow_matching.progress import SilentProgress
-from study.flow_matching.recorder import RunRecorder
 from study.flow_matching.sampler import EpochSampler
 from study.flow_matching.stages import plan_stages, stage_for_epoch
-from study.flow_matching.tracking import resolve_wandb_mode
 from study.flow_matching.utils import EMAModel, get_cosine_schedule_with_warmup
-from study.paths import BEST_NAME, LAST_NAME, run_dir
+from study.runs.paths import BEST_NAME, LAST_NAME, run_dir
+from study.runs.recorder import RunRecorder
+from study.runs.tracking import resolve_wandb_mode
 from study.signals import GracefulStop, TrainingStopped
 
 log = logging.getLogger("flowctl")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from study.paths import BEST_NAME, run_dir
+from study.runs.paths import BEST_NAME, run_dir
 
 
 class EMAModel:

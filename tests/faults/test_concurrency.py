@@ -141,8 +141,8 @@ CONTEND = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     from study.errors import UsageError
-    from study.flow_matching import run_files
-    from study.flow_matching.run_files import RunLock
+    from study.runs import lock as run_files
+    from study.runs.lock import RunLock
     run, start, out = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
     real_alive = run_files._alive
     def slow_alive(owner):  # widen the gap between judging a lock stale and replacing it

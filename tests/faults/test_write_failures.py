@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scripts.fault_soak import checkpoint_problems
-from study.flow_matching import checkpoint, recorder
+from study.runs import checkpoint, recorder
 from tests.helpers import (
     TINY,
     assert_same_state,

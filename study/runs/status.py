@@ -1,8 +1,9 @@
-"""What the run folders under the checkpoint root say about their runs. No torch import.
+"""run.json: one schema, its writer (the trainer's RunStatusFile) and its readers. No torch.
 
-The trainer keeps `{root}/{run_name}/run.json` up to date (written atomically); this module
-only reads it. `list-runs` must list 1,000 runs in well under a second, so a scan reads
-run.json with the json module and sizes folders with os.scandir, and nothing else.
+The trainer keeps `{root}/{run_name}/run.json` up to date, rewritten atomically (temp file
++ os.replace) so a second terminal never reads half a file. `list-runs` must list 1,000
+runs in well under a second, so a scan reads run.json with the json module and sizes
+folders with os.scandir, and nothing else.
 
 A run whose run.json says `running` may have died without saying so (SIGKILL, OOM, a lost
 node); `display_status` is then `crashed`. A folder whose run.json is missing or unreadable
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.paths import BEST_NAME, LAST_NAME, RUN_JSON
+from study.runs.display import format_age
+from study.runs.lock import pid_alive, utc_now
+from study.runs.paths import BEST_NAME, LAST_NAME, RUN_JSON
 
 CHECKPOINT_NAMES = (BEST_NAME, LAST_NAME)
 
@@ -92,16 +95,52 @@ def _finite(value: Any) -> Any:
     return value
 
 
-# run.json field -> accepted Python types. A field of the wrong type reads as None, so one
-# odd value cannot hide the rest of the run.
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "group": (str,), "status": (str,), "config": (dict,), "epoch": (int,),
-    "total_epochs": (int,), "global_step": (int,), "stage": (str,),
+# The run.json schema: field -> accepted Python types. The writer refuses other fields; the
+# reader takes a field of the wrong type as None, so one odd value cannot hide the rest.
+RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
+    "run_name": (str,), "group": (str,), "status": (str,), "config": (dict,),
+    "epoch": (int,), "total_epochs": (int,), "global_step": (int,), "stage": (str,),
     "train_loss": (int, float), "best_val_loss": (int, float), "started_at": (str,),
     "updated_at": (str,), "finished_at": (str,), "elapsed_s": (int, float), "pid": (int,),
     "host": (str,), "wandb_run_id": (str,), "wandb_mode": (str,), "wandb": (str,),
-    "error": (dict,), "checkpoints": (dict,),
+    "error": (dict,), "checkpoints": (dict,), "resumed_from_step": (int,),
 }
+
+
+class RunStatusFile:
+    """The writer of run.json: the live status of one run, merged and rewritten on update."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / RUN_JSON
+        self.data: dict[str, Any] = {}
+        self._last_write = 0.0
+
+    def load_previous(self) -> dict[str, Any]:
+        """The run.json left by an earlier segment of this run ({} if none or unreadable)."""
+        raw, _ = _load_run_json(os.fspath(self.path), has_checkpoint=False)
+        return raw or {}
+
+    def update(self, *, throttle_s: float = 0.0, **fields: Any) -> None:
+        """Merge `fields` and rewrite, unless the last write was under `throttle_s` ago."""
+        unknown = sorted(set(fields) - set(RUN_JSON_FIELDS))
+        assert not unknown, f"expected run.json fields, got {unknown}"
+        self.data.update(fields)
+        now = time.monotonic()
+        if throttle_s and now - self._last_write < throttle_s:
+            return
+        self.data["updated_at"] = utc_now()
+        write_json_atomic(self.path, self.data)
+        self._last_write = now
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON so that readers only ever see a complete file."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temp, "w") as handle:
+        json.dump(data, handle, indent=1, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
 
 
 def scan_runs(root: str | os.PathLike, *, now: float | None = None) -> list[RunInfo]:
@@ -141,7 +180,9 @@ def read_run(run_dir: str | os.PathLike, *, now: float | None = None,
     if raw is None:
         info.reason = problem
         return info
-    for key, types in _FIELD_TYPES.items():
+    for key, types in RUN_JSON_FIELDS.items():
+        if not hasattr(info, key):
+            continue
         value = raw.get(key)
         if isinstance(value, types) and not isinstance(value, bool):
             setattr(info, key, value)
@@ -191,19 +232,6 @@ def _crash_reason(info: RunInfo, updated: float | None, now: float, hostname: st
     return None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (signal 0 only checks)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir()
@@ -243,24 +271,3 @@ def parse_time(stamp: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
-
-
-def format_age(seconds: float) -> str:
-    """A duration as the largest whole unit: 12s, 5m, 3h, 2d."""
-    seconds = max(0, int(seconds))
-    for unit, width in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= width:
-            return f"{seconds // width}{unit}"
-    return f"{seconds}s"
-
-
-def format_size(size_bytes: int) -> str:
-    """Decimal units as `du --si` and most file browsers show them: 532 B, 1.2 MB, 3.0 GB."""
-    if size_bytes < 1000:
-        return f"{size_bytes} B"
-    value = float(size_bytes)
-    for unit in ("kB", "MB", "GB", "TB", "PB"):
-        value /= 1000
-        if value < 999.95 or unit == "PB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study.flow_matching.checkpoint import remove_stale_temp_files, serialize, write_atomic
-from study.flow_matching.device import is_main_process
-from study.flow_matching.run_files import MetricsLog, RunLock, RunStatusFile, utc_now
-from study.flow_matching.tracking import TensorBoardWriter, WandbTracker
+from study.runs.checkpoint import remove_stale_temp_files, serialize, write_atomic
+from study.runs.lock import RunLock, utc_now
+from study.runs.metrics_log import MetricsLog
+from study.runs.status import RunStatusFile
+from study.runs.tracking import TensorBoardWriter, WandbTracker
 from study.secrets import mask_secrets
 
 RUN_JSON_THROTTLE_S = 2.0
@@ -25,10 +26,10 @@ RUN_JSON_THROTTLE_S = 2.0
 
 class RunRecorder:
     def __init__(self, run_dir: Path, run_name: str, *, wandb_project: str, wandb_mode: str,
-                 enabled: bool | None = None, tensorboard: bool = False, warn=print):
+                 enabled: bool = True, tensorboard: bool = False, warn=print):
         self.run_dir = Path(run_dir)
         self.run_name = run_name
-        self.enabled = is_main_process() if enabled is None else enabled
+        self.enabled = enabled
         self.wandb_project = wandb_project
         self.tracker = WandbTracker(wandb_mode)
         self.status = RunStatusFile(self.run_dir)

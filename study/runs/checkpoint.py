@@ -1,10 +1,14 @@
-"""Open a checkpoint file safely: the one loader every command uses.
+"""Checkpoint files: one plain dict of tensors and primitives, written atomically, read safely.
 
-Loading is always `weights_only=True`: a checkpoint that needs arbitrary code to unpickle
-is refused before any of it runs (and the file's first bytes are checked before torch
-sees them). New (zipfile) checkpoints are memory-mapped, so opening a 1 GB file reads its
-small entries and not its big tensors' bytes. torch is imported inside the function, so
-`FORMAT_VERSION` can be imported for free.
+Writing (`write_atomic`): write a temp file in the same folder, flush + fsync, `os.replace`
+over the target and fsync the folder. A crash at any instant leaves either the previous
+complete file or the new complete one, never a partial file.
+
+Reading (`read_checkpoint`, the one loader every command uses): always `weights_only=True`,
+so a checkpoint that needs arbitrary code to unpickle is refused before any of it runs (and
+the file's first bytes are checked before torch sees them). Zipfile checkpoints are
+memory-mapped: opening a 1 GB file reads its small entries, not its big tensors' bytes.
+torch is imported inside the functions, so importing this module is free.
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from study.errors import UsageError
+from study.errors import RunFailed, UsageError
 
 # Bumped when the checkpoint dict changes incompatibly; a reader refuses newer ones.
 FORMAT_VERSION = 1
+TEMP_MARK = ".tmp-"
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # torch.save(..., _use_new_zipfile_serialization=False) starts with this pickled magic number.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint dict at `path`, loaded on CPU; UsageError (one line) for anything else."""
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict at `path`, loaded on CPU (memory-mapped, weights_only); UsageError
+    (one line naming the file) for anything that is not a readable flowctl checkpoint."""
     path = Path(path)
     header = _read_header(path)
     if header.startswith(_ZIP_MAGIC):
@@ -71,6 +77,74 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} was written by a newer flowctl (format {version} > {FORMAT_VERSION}); upgrade flowctl"
         )
     return ckpt
+
+
+def serialize(payload: dict[str, Any]) -> bytes:
+    """The bytes `torch.save` writes for `payload`."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes, *, also: tuple[Path, ...] = ()) -> None:
+    """Write `data` to `path` (and to each path in `also`, same folder) so that readers only
+    ever see complete files.
+
+    The bytes are written and fsynced once; each extra name is a hard link to the new file
+    put in place with its own `os.replace` (a later rewrite of `path` replaces that name
+    only), then one fsync of the folder. An OSError (disk full, permission denied, folder
+    deleted) removes the temp files, leaves the previous files untouched and is raised as
+    RunFailed naming the file.
+    """
+    path = Path(path)
+    current = path
+    temps = [p.with_name(f".{p.name}{TEMP_MARK}{os.getpid()}") for p in (path, *also)]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temps[0], "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temps[0], path)
+        for current, temp in zip(also, temps[1:], strict=True):
+            current = Path(current)
+            try:
+                os.link(path, temp)
+            except OSError:  # a filesystem without hard links: write a copy
+                temp.write_bytes(data)
+            os.replace(temp, current)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+        reason = (err.strerror or str(err)).lower()
+        raise RunFailed(f"{reason} while writing {current.name} ({current.parent})") from err
+    for written in (path, *also):
+        if not Path(written).is_file() or Path(written).stat().st_size == 0:
+            raise RunFailed(f"checkpoint {written} is missing or empty right after writing it")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete temp files a killed writer left behind; returns what was removed."""
+    removed = []
+    if folder.is_dir():
+        for leftover in folder.glob(f".*{TEMP_MARK}*"):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 def _allow_globals(torch, allowed: list) -> contextlib.AbstractContextManager:

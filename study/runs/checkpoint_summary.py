@@ -1,6 +1,6 @@
 """Describe a loaded checkpoint in JSON-able primitives (for `inspect-ckpt`).
 
-Loading itself lives in ckpt_load.py (re-exported here for convenience).
+Loading itself is `study.runs.checkpoint.read_checkpoint`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from study.flow_matching.ckpt_load import FORMAT_VERSION, load_checkpoint_file  # noqa: F401
 from study.secrets import mask_secrets
 
 _HASH_CHUNK = 1 << 20

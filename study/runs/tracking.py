@@ -71,7 +71,7 @@ class WandbTracker:
         offline, the history in the earlier segments' files."""
         if self.mode == "online":
             return int(getattr(self.run, "starting_step", 0) or 0) - 1
-        from study.flow_matching.wandb_records import last_logged_step
+        from study.runs.wandb_records import last_logged_step
 
         wandb_root = Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else run_dir
         return last_logged_step(wandb_root, run_id)

@@ -1,0 +1,99 @@
+"""metrics.csv: one row per log event, the run's local metric history. No torch import.
+
+Append-only with a fixed header (every column present from the first row), each row
+flushed, so a second terminal or a crash sees every row written so far. On resume the rows
+past the checkpoint are dropped first, so the file of a resumed run equals the file of a
+run that never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from study.runs.paths import METRICS_CSV
+
+METRIC_COLUMNS = ("step", "epoch", "stage_id", "train/loss", "train/grad_norm", "train/lr",
+                  "val/loss", "val/best_loss", "elapsed_s")
+WALL_CLOCK_COLUMNS = ("elapsed_s",)
+
+
+class MetricsLog:
+    """metrics.csv: one row per log event with every column present from the first row."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / METRICS_CSV
+        self._handle = None  # kept open while the run logs; each row is flushed
+
+    def truncate_after(self, step: int) -> int:
+        """Drop rows with step > `step` (logged before a crash, about to be recomputed).
+
+        Returns the largest step the file held before truncation (-1 if none).
+        """
+        self.close()
+        if not self.path.exists():
+            return -1
+        with open(self.path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        last_logged = max((int(row["step"]) for row in rows), default=-1)
+        kept = [row for row in rows if int(row["step"]) <= step]
+        if len(kept) != len(rows):
+            temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            with open(temp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(temp, self.path)
+        return last_logged
+
+    def rows_as_metrics(self, after_step: int, through_step: int) -> list[tuple[int, dict[str, Any]]]:
+        """(step, {wandb key: value}) for rows with after_step < step <= through_step."""
+        if not self.path.exists():
+            return []
+        replay = []
+        for row in read_metrics(self.path):
+            step = int(row["step"])
+            if after_step < step <= through_step:
+                metrics = {key: float(value) for key, value in row.items()
+                           if "/" in key and value != ""}
+                metrics["epoch"] = int(row["epoch"])
+                metrics["metrics/stage_id"] = int(row["stage_id"])
+                replay.append((step, metrics))
+        return replay
+
+    def reset(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self._handle is None:
+            new_file = not self.path.exists()
+            self._handle = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
+            self._writer = csv.DictWriter(self._handle, fieldnames=METRIC_COLUMNS,
+                                          extrasaction="ignore")
+            if new_file:
+                self._writer.writeheader()
+        self._writer.writerow({key: _cell(row.get(key)) for key in METRIC_COLUMNS})
+        self._handle.flush()  # a second terminal (or a crash) sees every row written so far
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+

@@ -1,0 +1,64 @@
+"""Where runs live on disk, and the one way every command turns a name into a checkpoint.
+
+Layout: {checkpoint root}/{run_name}/ holds best.pt, last.pt, run.json, metrics.csv, wandb/.
+The root is `--ckpt-dir`, else $FLOWCTL_CKPT_DIR, else `study/checkpoints` (relative to the
+working directory, as in the original study). No torch import: the fast commands use this.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from study.errors import UsageError
+
+DEFAULT_CKPT_ROOT = Path("study/checkpoints")
+CKPT_ENV = "FLOWCTL_CKPT_DIR"
+BEST_NAME = "best.pt"
+LAST_NAME = "last.pt"
+RUN_JSON = "run.json"
+METRICS_CSV = "metrics.csv"
+LOCK_NAME = "run.lock"
+# What evaluation and inspection read first (the weights that validated best), and what a
+# resume reads first (the newest full state). Each falls back to the other file.
+BEST_FIRST = (BEST_NAME, LAST_NAME)
+LAST_FIRST = (LAST_NAME, BEST_NAME)
+
+
+def checkpoint_root(override: str | os.PathLike | None = None) -> Path:
+    """The folder that holds one sub-folder per run."""
+    if override:
+        return Path(override)
+    env = os.environ.get(CKPT_ENV)
+    return Path(env) if env else DEFAULT_CKPT_ROOT
+
+
+def run_dir(run_name: str, root: str | os.PathLike | None = None) -> Path:
+    """{root}/{run_name}: the run's folder (it may not exist yet)."""
+    return checkpoint_root(root) / run_name
+
+
+def find_checkpoint(target: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None, *,
+                    prefer: tuple[str, ...] = BEST_FIRST) -> Path:
+    """A checkpoint file as given; a run folder or a run name under the root -> the first
+    file of `prefer` that exists there. UsageError (one line, with the next step) otherwise.
+
+    Every command resolves its TARGET here: inspect-ckpt, sample, eval and plot with
+    BEST_FIRST (LAST_FIRST under `--last`), resume with LAST_FIRST, reflow's teacher with
+    BEST_FIRST.
+    """
+    path = Path(target).expanduser()
+    if path.is_file():
+        return path
+    root = checkpoint_root(ckpt_dir)
+    folder = path if path.is_dir() else root / str(target)
+    if folder.is_dir():
+        for name in prefer:
+            if (folder / name).is_file():
+                return folder / name
+        raise UsageError(f"{folder} holds no checkpoint (no {' or '.join(prefer)}); "
+                         "see `flowctl list-runs`")
+    if path.suffix == ".pt" or len(path.parts) > 1:
+        raise UsageError(f"checkpoint {target} does not exist; see `flowctl list-runs`")
+    raise UsageError(f"no checkpoint file, run folder or run named {str(target)!r} under "
+                     f"{root}; see `flowctl list-runs`")
