@@ -61,7 +61,7 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, isolated_run_root):
 
 @pytest.mark.parametrize("flags, fragment", [
     (["--flow", "nope"], "unknown flow 'nope'; choose one of: icfm, otcfm"),
-    (["--arch", "cnn"], "unknown arch 'cnn'; choose one of: mlp, resmlp"),
+    (["--network", "cnn"], "unknown network 'cnn'; choose one of: mlp, resmlp"),
     (["--aug", "rotate"], "unknown aug 'rotate'"),
     (["--lr", "-1"], "lr must be > 0"),
     (["--epochs", "0"], "epochs must be a positive integer"),

@@ -96,15 +96,23 @@ def test_any_arch_accepted_without_check_arch() -> None:
     assert cfg.validate(check_arch=False) is cfg
 
 
-def test_unknown_arch_rejected_with_check_arch() -> None:
+def test_any_arch_label_is_valid_but_network_must_be_built_in() -> None:
+    assert TrainingConfig(arch="verify").validate().arch == "verify"
     with pytest.raises(UsageError) as err:
-        TrainingConfig(arch="my-custom-net").validate(check_arch=True)
-    _assert_one_line(err, "arch", "my-custom-net", "mlp", "resmlp")
+        TrainingConfig(network="my-custom-net").validate(check_arch=True)
+    _assert_one_line(err, "network", "my-custom-net", "mlp", "resmlp")
+
+
+@pytest.mark.parametrize("label", ["a/b", "..", " ", "a\\b"])
+def test_arch_label_must_fit_in_a_folder_name(label: str) -> None:
+    with pytest.raises(UsageError) as err:
+        TrainingConfig(arch=label).validate()
+    _assert_one_line(err, "--arch", "folder name")
 
 
 def test_load_config_passes_check_arch_through(tmp_path: Path) -> None:
-    path = _write(tmp_path, "arch: my-custom-net\n")
-    assert load_config(path, check_arch=False).arch == "my-custom-net"
+    path = _write(tmp_path, "network: my-custom-net\n")
+    assert load_config(path, check_arch=False).network == "my-custom-net"
     with pytest.raises(UsageError):
         load_config(path)
 

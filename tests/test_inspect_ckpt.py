@@ -211,9 +211,12 @@ def test_unknown_run_suggests_list_runs():
     assert_one_line_error(invoke("no-such-run"), "no-such-run", "flowctl list-runs")
 
 
-def test_run_without_best_hints_at_last(isolated_run_root: Path):
+def test_run_without_best_falls_back_to_last_like_sample(isolated_run_root: Path):
     save(build_checkpoint()[0], isolated_run_root / "only-last" / "last.pt")
-    assert_one_line_error(invoke("only-last"), "has no best.pt", "add --last")
+    result = invoke("only-last", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["path"].endswith("only-last/last.pt")
+    assert "only-last has no best.pt yet; using last.pt" in result.stderr
 
 
 def _write_bad_file(kind: str, path: Path) -> None:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from study.data.dataset import column_stats, file_sha256
+from study.data.normalize import denormalize, normalize
 from study.flow_matching.flows import ICFM, build_flow
 from study.flow_matching.models import build_model
 from study.flow_matching.reflow import PAIRS_NAME
 from study.flow_matching.solvers import integrate
-from study.flow_matching.state import denormalize, normalize
 from tests.helpers import cli, load, vectors_file
 
 # moons has 20,000 training rows: batch 256 keeps an epoch at 78 steps.

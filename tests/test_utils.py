@@ -270,15 +270,17 @@ def test_scheduler_state_round_trip_continues_at_the_same_lr() -> None:
 # -- get_checkpoint_path -------------------------------------------------------------------
 
 def test_checkpoint_path_uses_the_env_root(isolated_run_root: Path) -> None:
-    assert get_checkpoint_path("mlp-icfm-moons-none") == isolated_run_root / "mlp-icfm-moons-none" / "best.pt"
+    path = get_checkpoint_path("mlp-icfm-moons-none")
+    assert path == str(isolated_run_root / "mlp-icfm-moons-none" / "best.pt")
 
 
 def test_checkpoint_path_with_an_explicit_root(tmp_path: Path) -> None:
     root = tmp_path / "elsewhere"
-    assert get_checkpoint_path("run-a", root) == root / "run-a" / "best.pt"
-    assert get_checkpoint_path("run-a", str(root)) == root / "run-a" / "best.pt"
+    assert get_checkpoint_path("run-a", root) == str(root / "run-a" / "best.pt")
+    assert get_checkpoint_path("run-a", str(root)) == str(root / "run-a" / "best.pt")
 
 
-def test_checkpoint_path_default_root_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_path_is_the_studys_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study compares it as a string: a Path would never be equal to it."""
     monkeypatch.delenv("FLOWCTL_CKPT_DIR")
-    assert get_checkpoint_path("r") == Path("study/checkpoints") / "r" / "best.pt"
+    assert get_checkpoint_path("mlp-icfm-5k-none") == "study/checkpoints/mlp-icfm-5k-none/best.pt"

@@ -46,6 +46,26 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def resolve_checkpoint(target: str, ckpt_dir: str | os.PathLike | None, *, last: bool = False):
+    """TARGET (a file, a run folder or a run name) -> the checkpoint a command reads: best.pt,
+    else last.pt (`last`: the other way round), with one note on stderr when it falls back."""
+    from study.runs.paths import BEST_FIRST, LAST_FIRST, find_checkpoint
+
+    prefer = LAST_FIRST if last else BEST_FIRST
+    path = find_checkpoint(target, ckpt_dir, prefer=prefer)
+    if path.name != prefer[0] and path.name in prefer and not _is_file_target(target, path):
+        print(f"note: {path.parent.name} has no {prefer[0]} yet; using {path.name}", file=sys.stderr)
+    return path
+
+
+def _is_file_target(target: str, path) -> bool:
+    from pathlib import Path
+
+    return Path(target).expanduser().is_file()
+
+
+Last = Annotated[bool, typer.Option(
+    "--last", help="Use the run's last.pt (its newest state) instead of best.pt.")]
 # How-to-run options shared by `train` and `resume` (not part of the run's config).
 CkptDir = Annotated[str | None, typer.Option(
     "--ckpt-dir", help="Checkpoint root.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]")]

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from study.cli.common import CkptDir, Device, user_errors
+from study.cli.common import CkptDir, Device, Last, resolve_checkpoint, user_errors
 
 ROWS = (("w2", "W2"), ("w2_floor", "W2 floor"), ("mmd", "MMD²"), ("mmd_floor", "MMD² floor"),
         ("nfe", "NFE"), ("path_energy", "path energy"), ("npe", "NPE"),
@@ -29,6 +29,7 @@ def eval_command(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (a list with --compare)."),
     compare: bool = typer.Option(False, "--compare", help="Evaluate every RUN given, one column each: eval A --compare B C."),
     ckpt_dir: CkptDir = None,
+    last: Last = False,
     device: Device = "auto",
 ) -> None:
     """Evaluate a run's best.pt: W2 and MMD² of n samples against n held-out rows (data units), the floor a perfect model would score, NFE, path energy, NPE and straightness.
@@ -46,7 +47,7 @@ def eval_command(
             raise UsageError(f"got {len(targets)} runs ({', '.join(targets)}); to evaluate several "
                              "side by side add --compare")
         records = [evaluate_run(target, n=n, solver=solver, steps=steps, seed=seed, data=data,
-                                ckpt_dir=ckpt_dir, device=device) for target in targets]
+                                ckpt_dir=ckpt_dir, device=device, last=last) for target in targets]
     if json_output:
         typer.echo(json.dumps(records if compare else records[0], indent=2))
         return
@@ -54,14 +55,14 @@ def eval_command(
 
 
 def evaluate_run(target: str, *, n: int, solver: str, steps: int, seed: int, data: Path | None,
-                 ckpt_dir: str | None, device: str) -> dict[str, Any]:
+                 ckpt_dir: str | None, device: str, last: bool = False) -> dict[str, Any]:
     """Evaluate one run, write its eval.json, log eval/* to its wandb run; returns the record."""
     from study.cli.train import setup_logging
     from study.flow_matching import evaluate as ev
     from study.flow_matching.device import resolve_device
 
     torch_device = resolve_device(device)
-    loaded = ev.load_flow_model(ev.checkpoint_path(target, ckpt_dir), torch_device)
+    loaded = ev.load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)
     rows, description = ev.heldout_data(loaded.config, data)
     result = ev.evaluate(loaded, rows, n=n, solver=solver, steps=steps, seed=seed,
                          device=torch_device)

@@ -13,13 +13,12 @@ from typing import Any
 
 import typer
 
-from study.cli.common import fail, user_errors, warn
-from study.runs.paths import BEST_NAME, LAST_NAME, checkpoint_root
+from study.cli.common import Last, resolve_checkpoint, user_errors
 
 
 def inspect_ckpt(
     target: str = typer.Argument(..., help="A checkpoint file, a run folder, or a run name."),
-    last: bool = typer.Option(False, "--last", help="Use last.pt instead of best.pt for a run."),
+    last: Last = False,
     tensors: bool = typer.Option(True, "--tensors/--no-tensors", help="List the model's tensors."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object, for scripts."),
     ckpt_dir: Path | None = typer.Option(
@@ -28,16 +27,16 @@ def inspect_ckpt(
 ) -> None:
     """Show what a checkpoint holds: epoch, step, config, tensors, optimizer, RNG states.
 
-    TARGET is a .pt file, a run folder (its best.pt), or a run name under the checkpoint root.
+    TARGET is a .pt file, a run folder or a run name under the checkpoint root: its best.pt, else its last.pt.
 
     Example: flowctl inspect-ckpt mlp-icfm-moons-none --last --no-tensors
     """
     from study.runs.checkpoint import read_checkpoint  # cheap: torch is imported when loading
     from study.runs.checkpoint_summary import sha256_in_background, summarize_checkpoint
 
-    path = resolve_checkpoint(target, last=last, ckpt_dir=ckpt_dir)
-    sha256 = sha256_in_background(path)
     with user_errors():
+        path = resolve_checkpoint(target, ckpt_dir, last=last)
+        sha256 = sha256_in_background(path)
         ckpt = read_checkpoint(path)
         summary = summarize_checkpoint(path, ckpt, sha256=sha256())
     if not tensors:
@@ -46,27 +45,6 @@ def inspect_ckpt(
         typer.echo(json.dumps(summary, indent=2))
         return
     _render(summary)
-
-
-def resolve_checkpoint(target: str, *, last: bool, ckpt_dir: Path | None) -> Path:
-    """File as given; folder -> its best.pt/last.pt; else a run name under the root."""
-    name = LAST_NAME if last else BEST_NAME
-    candidate = Path(target)
-    if candidate.is_file():
-        if last:
-            warn(f"--last applies to run names and folders; showing the file {candidate} as given")
-        return candidate
-    root = checkpoint_root(ckpt_dir)
-    run_folder = candidate if candidate.is_dir() else root / target
-    if run_folder.is_dir():
-        if (run_folder / name).is_file():
-            return run_folder / name
-        other = BEST_NAME if last else LAST_NAME
-        hint = f" (it has {other}: {'drop' if last else 'add'} --last)" if (run_folder / other).is_file() else ""
-        raise fail(f"{run_folder} has no {name}{hint}")
-    if candidate.suffix == ".pt" or len(candidate.parts) > 1:
-        raise fail(f"checkpoint {target} does not exist; see `flowctl list-runs`")
-    raise fail(f"no checkpoint file, run folder or run named {target!r} under {root}; see `flowctl list-runs`")
 
 
 def _render(summary: dict[str, Any]) -> None:

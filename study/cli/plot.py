@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from study.cli.common import CkptDir, Device, user_errors
+from study.cli.common import CkptDir, Device, Last, resolve_checkpoint, user_errors
 
 TRAJECTORIES = 32  # paths drawn on samples.png; more hide the samples
 
@@ -20,6 +20,7 @@ def plot(
     n: int = typer.Option(1000, "--n", help="Samples drawn for samples.png / marginals.png."),
     data: Path | None = typer.Option(None, "--data", help="Data to draw behind the samples.  [default: the run's test split, else val]"),
     ckpt_dir: CkptDir = None,
+    last: Last = False,
     device: Device = "auto",
 ) -> None:
     """Write loss.png (train/val loss from metrics.csv) and samples.png (2-D: samples from best.pt, held-out data, a few trajectories) or marginals.png (higher dimensions: per-dimension histograms) into the run folder.
@@ -30,20 +31,20 @@ def plot(
     """
     with user_errors():
         for path in run_plots(target, log_scale=log_scale, n=n, data=data, ckpt_dir=ckpt_dir,
-                              device=device):
+                              device=device, last=last):
             typer.echo(str(path))
 
 
 def run_plots(target: str, *, log_scale: bool, n: int, data: Path | None,
-              ckpt_dir: str | None, device: str) -> list[Path]:
+              ckpt_dir: str | None, device: str, last: bool = False) -> list[Path]:
+    from study.data.normalize import denormalize
     from study.flow_matching import evaluate as ev
     from study.flow_matching import plots
     from study.flow_matching.device import resolve_device
-    from study.flow_matching.state import denormalize
     from study.runs.paths import METRICS_CSV
 
     ev.check_generation_args(n=n, solver="euler", steps=100)
-    checkpoint = ev.checkpoint_path(target, ckpt_dir)
+    checkpoint = resolve_checkpoint(target, ckpt_dir, last=last)
     folder = checkpoint.parent
     torch_device = resolve_device(device)
     loaded = ev.load_flow_model(checkpoint, torch_device)  # a refused checkpoint writes nothing

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from study.cli.common import CkptDir, Device, user_errors
+from study.cli.common import CkptDir, Device, Last, resolve_checkpoint, user_errors
 
 FORMATS = ("pt", "npy")
 
@@ -24,7 +24,7 @@ def sample(
     out_format: str | None = typer.Option(None, "--format", help="pt | npy.  [default: from --out, else pt]"),
     out: Path | None = typer.Option(None, "--out", help="Output file.  [default: {run folder}/samples.pt]"),
     ckpt_dir: CkptDir = None,
-    last: bool = typer.Option(False, "--last", help="Use last.pt instead of best.pt for a run."),
+    last: Last = False,
     device: Device = "auto",
 ) -> None:
     """Generate samples in data units (de-normalized) and save them as a [N, D] array.
@@ -54,11 +54,11 @@ def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch
     import io
 
     from study.flow_matching.device import resolve_device
-    from study.flow_matching.evaluate import checkpoint_path, generate, load_flow_model
+    from study.flow_matching.evaluate import generate, load_flow_model
     from study.runs.checkpoint import write_atomic
 
     torch_device = resolve_device(device)
-    loaded = load_flow_model(checkpoint_path(target, ckpt_dir, prefer_last=last), torch_device)
+    loaded = load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)
     samples, info = generate(loaded, n, solver=solver, steps=steps, seed=seed,
                              batch_size=batch_size, device=torch_device)
     path = out if out is not None else loaded.run_dir / f"samples.{out_format}"

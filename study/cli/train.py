@@ -22,7 +22,7 @@ from study.cli.common import (
 )
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
-CONFIG_FLAGS = ("arch", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
+CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
                 "run_name", "epochs", "batch_size", "lr", "warmup_steps", "patience", "seed",
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
                 "width", "depth", "activation", "save_every")
@@ -30,7 +30,8 @@ CONFIG_FLAGS = ("arch", "flow", "dataset", "aug", "aug_std", "source", "teacher"
 
 def train(
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainingConfig keys; flags override it."),
-    arch: str | None = typer.Option(None, help="Velocity network: mlp | resmlp.  [default: mlp]"),
+    arch: str | None = typer.Option(None, help="Architecture label, part of the run name; mlp | resmlp also pick that network.  [default: mlp]"),
+    network: str | None = typer.Option(None, help="Built-in velocity network: mlp | resmlp.  [default: the arch if it names one, else mlp]"),
     flow: str | None = typer.Option(None, help="Flow matcher: icfm | otcfm | fm | vp | sbcfm | reflow.  [default: icfm]"),
     dataset: str | None = typer.Option(None, help="Built-in (moons, 8gaussians, checkerboard, scurve), split name (1k), folder or file.  [default: moons]"),
     aug: str | None = typer.Option(None, help="Augmentation of x_1: none | noise.  [default: none]"),
@@ -55,7 +56,7 @@ def train(
     depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
     activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
-    resume: str | None = typer.Option(None, "--resume", help="Continue from a checkpoint file or run folder."),
+    resume: str | None = typer.Option(None, "--resume", help="Continue from a checkpoint file, run folder or run name; `auto`: continue the run these flags name if it has a checkpoint, else start it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over when the run already has checkpoints."),
     ckpt_dir: CkptDir = None,
     wandb_project: WandbProject = "flow-matching-study",
@@ -82,8 +83,10 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
                  overwrite: bool, ckpt_dir: str | None, wandb_project: str,
                  wandb_mode: str | None, device: str, requeue_signal: str | None,
                  plain: bool, tensorboard: bool = False) -> None:
-    """Shared by train and resume: validate, run, print the summary, map the exit code."""
+    """Shared by train and resume: validate, plan, run, print the summary, map the exit code."""
+    from study.flow_matching import launch
     from study.flow_matching.config import load_config
+    from study.flow_matching.progress import ConsoleProgress
     from study.runs.tracking import WANDB_MODES
 
     if wandb_mode is not None and wandb_mode not in WANDB_MODES:
@@ -91,44 +94,40 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
 
         raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
     setup_logging()
-    from study.flow_matching.launch import (
-        AlreadyCompleted,
-        RunOptions,
-        prepare_resume,
-    )
-    from study.flow_matching.progress import ConsoleProgress
-
-    options = RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
-                         wandb_mode=wandb_mode, overwrite=overwrite,
-                         requeue_signal=requeue_signal, tensorboard=tensorboard,
-                         progress=ConsoleProgress(force_plain=plain))
-    resume_path = None
-    if resume is not None:
+    options = launch.RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
+                                wandb_mode=wandb_mode, overwrite=overwrite,
+                                requeue_signal=requeue_signal, tensorboard=tensorboard,
+                                progress=ConsoleProgress(force_plain=plain))
+    point = None
+    if resume == "auto":
+        training_config, point = launch.plan_auto_resume(load_config(config_path, overrides),
+                                                         options, warn=warn)
+    elif resume is not None:
         if config_path is not None:
             warn("--config is ignored with --resume: the checkpoint's config wins")
-        try:
-            training_config, resume_path = prepare_resume(resume, overrides, options, warn=warn)
-        except AlreadyCompleted as done:
-            typer.echo(str(done))
-            return
+        training_config, point = launch.plan_resume(resume, overrides, options, warn=warn)
     else:
         training_config = load_config(config_path, overrides)
-    result = execute(training_config, options, resume_path)
+    try:
+        result = execute(training_config, options, point)
+    except launch.AlreadyCompleted as done:
+        typer.echo(str(done))
+        return
     print_summary(result)
 
 
-def execute(config, options, resume_path) -> dict[str, Any]:
+def execute(config, options, resume) -> dict[str, Any]:
     """Run training; a graceful stop exits 143/130, a failure exits 1 with one line."""
     from study.errors import FlowctlError, RunFailed
-    from study.flow_matching.launch import run_training
+    from study.flow_matching.launch import AlreadyCompleted, run_training
     from study.signals import TrainingStopped
 
     try:
-        return run_training(config, options, resume_path=resume_path, warn=warn)
+        return run_training(config, options, resume=resume, warn=warn)
     except TrainingStopped as stopped:
         typer.echo(f"{config.name}: {stopped}", err=True)
         raise typer.Exit(stopped.exit_code) from None
-    except FlowctlError:
+    except (FlowctlError, AlreadyCompleted):
         raise
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -142,3 +142,12 @@ def sample_source(name: str, n: int, dim: int, generator: torch.Generator) -> Te
     if dim != 2:
         raise UsageError(f"source {name!r} is 2-D but the data has dim {dim}; use --source gaussian")
     return TOY_DATASETS[name](n, generator)
+
+
+def source_like(name: str, like: Tensor, generator: torch.Generator,
+                cpu_generator: torch.Generator | None = None) -> Tensor:
+    """x_0 with the shape, device and dtype of `like` [B, D]: N(0, I) drawn from `generator`
+    (on like's device), or a built-in 2-D dataset drawn from `cpu_generator` and moved."""
+    if name == "gaussian":
+        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return sample_source(name, like.shape[0], like.shape[1], cpu_generator).to(like)

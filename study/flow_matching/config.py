@@ -45,7 +45,8 @@ class StageConfig:
 class TrainingConfig:
     """What to train and how. Defaults give a meaningful sub-minute run on `moons` (CPU)."""
 
-    arch: str = "mlp"
+    arch: str = "mlp"  # the run's architecture label (part of its name)
+    network: str | None = None  # built-in network; None: the arch if it names one, else mlp
     flow: str = "icfm"
     dataset: str = "moons"
     aug: str = "none"
@@ -96,10 +97,15 @@ class TrainingConfig:
     def validate(self, *, check_arch: bool = True) -> TrainingConfig:
         """Raise UsageError on the first impossible value; return self for chaining.
 
-        `check_arch=False` accepts any arch string, for callers that pass their own model.
+        Any arch label is accepted (a label that names no built-in network trains the
+        default one; see launch.assign_network); `network` must name a built-in one unless
+        `check_arch=False` (callers that pass their own model).
         """
-        if check_arch:
-            _check_choice("arch", self.arch, ARCH_NAMES)
+        if check_arch and self.network is not None:
+            _check_choice("network", self.network, ARCH_NAMES)
+        if not self.arch.strip() or self.arch in (".", "..") or any(c in self.arch for c in "/\\"):
+            raise UsageError(f"--arch {self.arch!r} must be a label usable in a folder name "
+                             "(no '/', '\\', '.' or '..')")
         _check_choice("activation", self.activation, ACTIVATION_NAMES)
         for stage in [self, *self.stages]:
             if stage.flow is not None:

@@ -6,7 +6,7 @@ units), while path energy, trajectories and x_0 stay in the model's space, where
 Benamou-Brenier bound of `normalized_path_energy` holds.
 
 Example:
-    loaded = load_flow_model(checkpoint_path("mlp-icfm-moons-none"))
+    loaded = load_flow_model(find_checkpoint("mlp-icfm-moons-none"))
     x_1, info = generate(loaded, 1000, solver="rk4", steps=20, seed=0, batch_size=4096)
     result = evaluate(loaded, heldout_data(loaded.config)[0], solver="euler", steps=100, seed=0)
 """
@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from study.data.normalize import denormalize, normalize
+from study.data.toy import source_like
 from study.errors import UsageError
-from study.flow_matching.launch import find_checkpoint
 from study.flow_matching.metrics import (
     EvalResult,
     median_bandwidth,
@@ -36,9 +37,7 @@ from study.flow_matching.metrics import (
 )
 from study.flow_matching.models import build_model
 from study.flow_matching.solvers import SOLVERS, integrate
-from study.flow_matching.state import denormalize, normalize, sample_source
 from study.runs.checkpoint import read_checkpoint, write_atomic
-from study.runs.paths import BEST_NAME, LAST_NAME
 
 log = logging.getLogger("flowctl")
 
@@ -81,13 +80,6 @@ class Generation:
     times: Tensor | None = None
 
 
-def checkpoint_path(target: str, ckpt_dir: str | None = None, *, prefer_last: bool = False) -> Path:
-    """A .pt file as given; a run folder or name -> its best.pt (the EMA weights that
-    validated best), else last.pt; `prefer_last`: last.pt first."""
-    prefer = (LAST_NAME, BEST_NAME) if prefer_last else (BEST_NAME, LAST_NAME)
-    return find_checkpoint(target, ckpt_dir, prefer=prefer)
-
-
 def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Read a checkpoint (weights_only) and rebuild its velocity network with EMA weights."""
     path = Path(path)
@@ -98,7 +90,7 @@ def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise UsageError(f"{path} has no normalization stats (mean, std); cannot de-normalize samples")
     stats = {"mean": stats["mean"].float().flatten(), "std": stats["std"].float().flatten()}
     dim = stats["mean"].numel()
-    arch = config.get("arch", "mlp")
+    arch = config.get("network") or config.get("arch", "mlp")
     width, depth = config.get("width", 64), config.get("depth", 3)
     model = build_model(arch, dim, width=width, depth=depth,
                         activation=config.get("activation", "selu"))
@@ -137,7 +129,7 @@ def generate(loaded: LoadedModel, n: int, *, solver: str, steps: int, seed: int,
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     like = torch.empty(n, loaded.dim)
-    x_0 = sample_source(loaded.config.get("source", "gaussian"), like, generator, generator)
+    x_0 = source_like(loaded.config.get("source", "gaussian"), like, generator, generator)
     model = loaded.model.to(device)
 
     def velocity(x_t: Tensor, t: Tensor) -> Tensor:

@@ -1,6 +1,10 @@
-"""From a config (or a checkpoint) to a finished run: data, model, trainer, train.
+"""From a config (or a checkpoint) to a finished run: lock, data, model, trainer, train.
 
-Shared by `flowctl train`, `flowctl resume` and `python -m study.flow_matching.train`.
+Shared by `flowctl train`, `flowctl resume` and `python -m study.flow_matching.train`. The
+run folder is computed once and its lock is taken before anything else is decided, and
+held for the whole run (`--overwrite` included), so a run that is training now is named
+as such and nothing can slip in between two steps.
+
 Resume rules: the checkpoint's config wins; a flag that would change the model, the data
 or the optimisation is an error; a harmless one (epochs, patience, log_every, save_every,
 group) wins with one printed line. `--epochs` is always the total target.
@@ -8,15 +12,25 @@ group) wins with one printed line. `--epochs` is always the total target.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.flow_matching.config import TrainingConfig, config_from_dict
-from study.runs.paths import BEST_NAME, LAST_NAME, METRICS_CSV, RUN_JSON, checkpoint_root, run_dir
+from study.flow_matching.config import ARCH_NAMES, TrainingConfig, config_from_dict
+from study.runs.paths import (
+    BEST_NAME,
+    LAST_FIRST,
+    LAST_NAME,
+    METRICS_CSV,
+    RUN_JSON,
+    checkpoint_root,
+    find_checkpoint,
+    run_dir,
+)
 from study.secrets import mask_secrets
 
 log = logging.getLogger("flowctl")
@@ -38,32 +52,41 @@ class RunOptions:
     progress: Any = None
 
 
+@dataclass
+class ResumePoint:
+    """A checkpoint to continue from: its file and its payload, read once."""
+
+    path: Path
+    payload: dict[str, Any] = field(repr=False)
+    mtime_ns: int = 0  # the file's mtime when it was read
+
+
 class AlreadyCompleted(Exception):
     """The checkpoint already reached the target epochs; nothing to do (exit 0)."""
 
 
-def find_checkpoint(target: str, ckpt_dir: str | None = None,
-                    prefer: tuple[str, ...] = (LAST_NAME, BEST_NAME)) -> Path:
-    """A .pt file, a run folder or a run name under the root -> the first file in `prefer`
-    that exists there (resume: last.pt, else best.pt; evaluation passes best first)."""
-    path = Path(target)
-    if path.is_file():
-        return path
-    folder = path if path.is_dir() else run_dir(target, ckpt_dir)
-    for name in prefer:
-        if (folder / name).is_file():
-            return folder / name
-    if folder.is_dir():
-        raise UsageError(f"{folder} holds no checkpoint (no {' or '.join(prefer)})")
-    raise UsageError(f"no checkpoint or run named {target!r} (looked under "
-                     f"{checkpoint_root(ckpt_dir)}); see `flowctl list-runs`")
+def read_resume_point(path: Path) -> ResumePoint:
+    from study.runs.checkpoint import read_checkpoint
+
+    mtime_ns = path.stat().st_mtime_ns
+    return ResumePoint(path, read_checkpoint(path), mtime_ns)
+
+
+def resume_file(target: str | Path, ckpt_dir: str | None, warn=print) -> Path:
+    """The file to continue `target` from: last.pt first. A run's best.pt given as a file
+    means its newest state: last.pt beside it, when that is a newer write."""
+    path = find_checkpoint(target, ckpt_dir, prefer=LAST_FIRST)
+    last = path.with_name(LAST_NAME)
+    if path.name == BEST_NAME and last.is_file() and not last.samefile(path):
+        warn(f"resuming from {last}, the latest state of this run ({path.name} is older); "
+             "continue from best.pt itself by copying it to a new run folder")
+        return last
+    return path
 
 
 def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
                       warn=print) -> TrainingConfig:
-    """The checkpoint's config with the allowed overrides applied."""
-    from dataclasses import fields
-
+    """The checkpoint's config with the allowed overrides (None: not given) applied."""
     saved = dict(payload.get("config") or {})
     known = {f.name for f in fields(TrainingConfig)}
     ignored = sorted(set(saved) - known)
@@ -71,7 +94,7 @@ def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
         warn(f"{path.name}: ignoring config keys flowctl does not know: {', '.join(ignored)}")
     config = config_from_dict({k: v for k, v in saved.items() if k in known}, source=str(path))
     for key, value in overrides.items():
-        if value is None or getattr(config, key) == value:
+        if value is None or _plain(getattr(config, key)) == _plain(value):
             continue
         if key not in HARMLESS_OVERRIDES:
             raise UsageError(f"--{key.replace('_', '-')} {value} conflicts with the checkpoint "
@@ -83,22 +106,45 @@ def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
     return config.validate(check_arch=False)
 
 
-def prepare_resume(target: str, overrides: dict[str, Any], options: RunOptions,
-                   warn=print) -> tuple[TrainingConfig, Path]:
-    """Resolve the checkpoint and its config; raise AlreadyCompleted when there is no work."""
-    from study.runs.checkpoint import read_checkpoint
+def _plain(value: Any) -> Any:
+    """Stage lists compare as dicts, whether they hold StageConfig objects or mappings."""
+    if isinstance(value, list):
+        return [item if isinstance(item, dict) else getattr(item, "__dict__", item) for item in value]
+    return value
 
-    path = find_checkpoint(target, options.ckpt_dir)
-    payload = read_checkpoint(path)
-    config = config_for_resume(payload, path, overrides, warn=warn)
-    done = int(payload["epoch"]) + 1
-    if done >= config.epochs and not payload.get("batch_in_epoch"):
-        raise AlreadyCompleted(f"already completed (last epoch {done} of {config.epochs})")
-    saved_epochs = int((payload.get("config") or {}).get("epochs", config.epochs))
-    if config.epochs > saved_epochs and done >= saved_epochs:
-        warn(f"extending {config.name} from {saved_epochs} to {config.epochs} epochs: the cosine "
-             "schedule is re-planned for the new horizon from the current step")
-    return config, path
+
+def plan_resume(target: str, overrides: dict[str, Any], options: RunOptions,
+                warn=print) -> tuple[TrainingConfig, ResumePoint]:
+    """`--resume TARGET`: the checkpoint (last.pt first) and its config with the overrides."""
+    point = read_resume_point(resume_file(target, options.ckpt_dir, warn=warn))
+    return config_for_resume(point.payload, point.path, overrides, warn=warn), point
+
+
+def plan_auto_resume(wanted: TrainingConfig, options: RunOptions,
+                     warn=print) -> tuple[TrainingConfig, ResumePoint | None]:
+    """`--resume auto`: continue the run these flags name if it has a checkpoint, else start
+    it. Every key of `wanted` must match the checkpoint's, except the harmless ones."""
+    folder = run_dir(wanted.name, options.ckpt_dir)
+    if not any((folder / name).is_file() for name in LAST_FIRST):
+        return wanted, None
+    point = read_resume_point(resume_file(folder, None, warn=warn))
+    assign_network(wanted, warn=lambda _: None)
+    saved_network = (point.payload.get("config") or {}).get("network")
+    overrides = wanted.to_dict()
+    if saved_network is None:  # written before `network` existed: the arch names it
+        overrides.pop("network")
+    return config_for_resume(point.payload, point.path, overrides, warn=warn), point
+
+
+def assign_network(config: TrainingConfig, warn=print) -> None:
+    """Fix which built-in network a run trains: `network`, else the arch when it names one,
+    else the default mlp under the arch label (with one notice line)."""
+    if config.network is not None:
+        return
+    if config.arch not in ARCH_NAMES:
+        warn(f"arch {config.arch!r} names no built-in network; training the default mlp under "
+             f"that label (choose one with --network {'|'.join(ARCH_NAMES)})")
+    config.network = config.arch if config.arch in ARCH_NAMES else "mlp"
 
 
 def clear_run(folder: Path) -> None:
@@ -108,30 +154,68 @@ def clear_run(folder: Path) -> None:
     shutil.rmtree(folder / "wandb", ignore_errors=True)
 
 
-def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Path | None = None,
-                 warn=print) -> dict[str, Any]:
-    """Build everything from `config`, train, return FlowTrainer.train()'s result dict."""
-    import torch
-
-    from study.data.dataset import resolve_dataset
-    from study.flow_matching.device import resolve_device
-    from study.flow_matching.models import build_model
-    from study.flow_matching.trainer import FlowTrainer
+def run_training(config: TrainingConfig, options: RunOptions, *,
+                 resume: ResumePoint | None = None, warn=print) -> dict[str, Any]:
+    """Lock the run folder, check what is there, build everything, train; returns
+    FlowTrainer.train()'s result dict. AlreadyCompleted when the checkpoint needs no work."""
     from study.runs.lock import RunLock
-    from study.signals import GracefulStop, parse_signal
 
     root = checkpoint_root(options.ckpt_dir)
     if root.exists() and not root.is_dir():
         raise UsageError(f"checkpoint root {root} is a file, not a folder; pass another --ckpt-dir")
     folder = run_dir(config.name, options.ckpt_dir)
-    if resume_path is None and any((folder / n).is_file() for n in (BEST_NAME, LAST_NAME)):
-        if not options.overwrite:
-            raise UsageError(f"run {config.name} already has checkpoints in {folder}; continue it "
-                             f"with `flowctl resume {config.name}` or pass --overwrite to start over")
-        lock = RunLock(folder, config.name)
-        lock.acquire(warn=warn)  # refuses if a live process owns the run
-        clear_run(folder)
+    created = not folder.exists()
+    lock = RunLock(folder, config.name)
+    lock.acquire(warn=warn)  # first: a live owner is the one thing to report
+    try:
+        if resume is None:
+            _claim_fresh_folder(folder, config.name, options.overwrite)
+        else:
+            resume = _check_resume(resume, config, warn)
+        assign_network(config, warn=warn)
+        return _build_and_train(config, options, folder, lock, resume, warn)
+    finally:
         lock.release()
+        if created:  # bad input before anything was written: leave no empty run folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _claim_fresh_folder(folder: Path, name: str, overwrite: bool) -> None:
+    if any((folder / n).is_file() for n in (BEST_NAME, LAST_NAME)):
+        if not overwrite:
+            raise UsageError(f"run {name} already has checkpoints in {folder}; continue it "
+                             f"with `flowctl resume {name}` or pass --overwrite to start over")
+        clear_run(folder)
+
+
+def _check_resume(resume: ResumePoint, config: TrainingConfig, warn) -> ResumePoint:
+    """Re-read a checkpoint that changed before we held the lock; is there work left?"""
+    if resume.path.stat().st_mtime_ns != resume.mtime_ns:
+        resume = read_resume_point(resume.path)
+    payload = resume.payload
+    done = int(payload["epoch"]) + 1
+    if done >= config.epochs and not payload.get("batch_in_epoch"):
+        raise AlreadyCompleted(f"already completed (last epoch {done} of {config.epochs})")
+    saved_epochs = int((payload.get("config") or {}).get("epochs", config.epochs))
+    if config.epochs > saved_epochs and done >= saved_epochs:
+        warn(f"extending {config.name} from {saved_epochs} to {config.epochs} epochs: the "
+             "schedule is re-planned for the new horizon from the current step")
+    return resume
+
+
+def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, lock,
+                     resume: ResumePoint | None, warn) -> dict[str, Any]:
+    import torch
+
+    from study.data.dataset import resolve_dataset
+    from study.data.training_data import TrainingData
+    from study.flow_matching.device import is_main_process, resolve_device
+    from study.flow_matching.models import build_model
+    from study.flow_matching.trainer import FlowTrainer
+    from study.runs.recorder import RunRecorder
+    from study.runs.tracking import resolve_wandb_mode
+    from study.signals import GracefulStop, parse_signal
 
     device = resolve_device(options.device)
     splits = resolve_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction,
@@ -141,14 +225,19 @@ def run_training(config: TrainingConfig, options: RunOptions, *, resume_path: Pa
         from study.flow_matching.reflow import coupled_sources
 
         train_x0, val_x0, splits = coupled_sources(config, splits, folder, device, warn=warn)
+    data = TrainingData.prepare(splits.train, splits.val, device=device,
+                                stats=splits.normalization_stats(), checksum=splits.checksum,
+                                train_x0=train_x0, val_x0=val_x0)
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
-    model = build_model(config.arch, splits.dim, width=config.width, depth=config.depth,
+    model = build_model(config.network, splits.dim, width=config.width, depth=config.depth,
                         activation=config.activation)
-    stop = GracefulStop(parse_signal(options.requeue_signal))
-    trainer = FlowTrainer(
-        model, config, splits.train, splits.val, device, wandb_project=options.wandb_project,
-        resume_path=resume_path, ckpt_root=options.ckpt_dir, wandb_mode=options.wandb_mode,
-        stats=splits.normalization_stats(), dataset_checksum=splits.checksum,
-        progress=options.progress, stop=stop, train_x0=train_x0, val_x0=val_x0,
-        tensorboard=options.tensorboard, warn=warn)
+    recorder = RunRecorder(folder, config.name, wandb_project=options.wandb_project,
+                           wandb_mode=resolve_wandb_mode(options.wandb_mode),
+                           enabled=is_main_process(), tensorboard=options.tensorboard,
+                           lock=lock, warn=warn)
+    trainer = FlowTrainer.from_parts(
+        model, config, data, recorder, device,
+        resume=resume.payload if resume else None, resume_source=resume.path if resume else None,
+        progress=options.progress, stop=GracefulStop(parse_signal(options.requeue_signal)),
+        warn=warn)
     return trainer.train()

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from study.data.normalize import denormalize
 from study.errors import RunFailed, UsageError
-from study.runs.paths import BEST_NAME, LAST_NAME
+from study.runs.paths import BEST_FIRST, find_checkpoint
 
 log = logging.getLogger("flowctl")
 
@@ -39,11 +40,8 @@ def teacher_of(config) -> str:
 
 def resolve_teacher(teacher: str, checkpoint_root: Path) -> Path:
     """A .pt file, a run folder (best.pt, else last.pt) or a run name under the root."""
-    from study.flow_matching.launch import find_checkpoint
-
     try:
-        return find_checkpoint(str(Path(teacher).expanduser()), str(checkpoint_root),
-                               prefer=(BEST_NAME, LAST_NAME))
+        return find_checkpoint(teacher, checkpoint_root, prefer=BEST_FIRST)
     except UsageError as err:
         raise UsageError(f"teacher: {err}") from None
 
@@ -120,7 +118,6 @@ def generate_pairs(loaded, key: dict, source: str, device: torch.device) -> dict
     """
     from study.data.toy import sample_source
     from study.flow_matching.solvers import integrate
-    from study.flow_matching.state import denormalize
 
     model = loaded.model.to(device)
     # Own stream, independent of the student's data/t/noise generators for the same seed.

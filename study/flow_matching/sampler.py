@@ -1,15 +1,37 @@
-"""Which rows make up each minibatch: the one place a distributed sampler would go.
+"""Where the randomness of a run comes from: which rows make up each minibatch, the seeded
+generators for t, noise, OT and sources, and the fixed validation draws.
 
 Each epoch draws one permutation of the training rows from a seeded CPU generator and cuts
 it into `len // batch_size` full batches (the last partial batch is dropped so every step
 sees the same batch size, which OT pairing and fused kernels like). The generator's state
 at the start of an epoch plus the batch index pin the data position exactly, so a run
-stopped mid-epoch resumes on the very next batch.
+stopped mid-epoch resumes on the very next batch. Every other draw comes from its own
+generator (`make_generators`), whose state goes into the checkpoint.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
+from study.data.toy import source_like
+
+# Each generator gets its own stream: seed << 8 plus a fixed offset per purpose.
+GENERATOR_OFFSETS = {"data": 0, "t": 1, "noise": 2, "ot": 3, "source": 4}
+VAL_SEED_OFFSET = 200  # fixed validation draws; regenerated from the seed, never saved
+DEVICE_GENERATORS = ("t", "noise")  # drawn on the training device; the rest on the CPU
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """The seed of one purpose's stream (`data`, `t`, `noise`, `ot`, `source`, or `val`)."""
+    return (seed << 8) + GENERATOR_OFFSETS.get(purpose, VAL_SEED_OFFSET)
+
+
+def make_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """Seeded generators for t, noise (x_0, eps, augmentation), OT sampling and sources."""
+    return {name: torch.Generator(device if name in DEVICE_GENERATORS else "cpu")
+            .manual_seed(derive_seed(seed, name))
+            for name in GENERATOR_OFFSETS if name != "data"}
 
 
 class EpochSampler:
@@ -26,15 +48,33 @@ class EpochSampler:
     def batches_per_epoch(self) -> int:
         return self.num_rows // self.batch_size
 
-    def start_epoch(self, device: torch.device) -> torch.Tensor:
+    def start_epoch(self, device: torch.device) -> Tensor:
         """Remember the generator state, then draw this epoch's permutation ([num_rows], on device)."""
         self.epoch_start_state = self.generator.get_state()
         return torch.randperm(self.num_rows, generator=self.generator).to(device)
 
-    def state_dict(self, *, mid_epoch: bool) -> torch.Tensor:
+    def state_dict(self, *, mid_epoch: bool) -> Tensor:
         """Generator state to restore: the current epoch's start if stopping mid-epoch."""
         return self.epoch_start_state if mid_epoch else self.generator.get_state()
 
-    def load_state_dict(self, state: torch.Tensor) -> None:
+    def load_state_dict(self, state: Tensor) -> None:
         self.generator.set_state(state)
         self.epoch_start_state = state
+
+
+def fixed_validation_batches(val_x: Tensor, *, seed: int, source: str, batch_size: int,
+                             device: torch.device, val_x0: Tensor | None = None
+                             ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """(x_0, x_1, t, eps) batches drawn once from the seed, so val/loss is comparable across
+    epochs (and identical on CPU and GPU: drawn on the CPU, then moved).
+
+    val_x: [N, D] normalised validation rows; `val_x0`: pre-coupled sources (reflow)
+    instead of fresh draws. Each batch holds at most `batch_size` rows.
+    """
+    generator = torch.Generator().manual_seed(derive_seed(seed, "val"))
+    x_1 = val_x.cpu()
+    x_0 = val_x0.cpu() if val_x0 is not None else source_like(source, x_1, generator, generator)
+    t = torch.rand(len(x_1), generator=generator)
+    eps = torch.randn(x_1.shape, generator=generator)
+    return [tuple(part[i:i + batch_size].to(device) for part in (x_0, x_1, t, eps))
+            for i in range(0, len(x_1), batch_size)]

@@ -1,14 +1,15 @@
-"""FlowTrainer: the training loop, written out.
+"""FlowTrainer: the training loop, written out, and the state it owns.
 
 Per step: take a batch x_1, draw x_0, t and eps from seeded generators, let the flow
 matcher pair the batch and build (x_t, u_t), regress model(x_t, t) on u_t with MSE, clip,
-AdamW step, LR schedule step, EMA update. Every `log_every` steps one log row; at each
-epoch end a validation pass on the EMA weights, best/last checkpoints and early stopping.
-The loss stays on the device between log steps (no per-step host sync).
+AdamW step at the step's learning rate, EMA update. Every `log_every` steps one log row; at
+each epoch end a validation pass on the EMA weights, best/last checkpoints and early
+stopping. The loss stays on the device between log steps (no per-step host sync).
 
-Exact resume: every random draw comes from a generator whose state is in the checkpoint,
-together with the data position (epoch, batch), the log window and the stage, so a run
-that is stopped and resumed ends bit-identical (on CPU) to one that never stopped.
+Exact resume: every random draw comes from a generator whose state is in `state_dict()`,
+together with the data position (epoch, batch), the log window and the stage; the learning
+rate is a pure function of the step. A run stopped and resumed ends bit-identical (on CPU)
+to one that never stopped.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from study.errors import RunFailed
-from study.flow_matching import state as run_state
+from study.data.augment import augment
+from study.data.toy import source_like
+from study.data.training_data import TrainingData
+from study.errors import RunFailed, UsageError
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.flows import build_flow
+from study.flow_matching.log_window import LogWindow
+from study.flow_matching.optim import EMAModel, fast_adamw_options
 from study.flow_matching.progress import SilentProgress
-from study.flow_matching.sampler import EpochSampler
+from study.flow_matching.sampler import EpochSampler, derive_seed, make_generators
+from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.stages import plan_stages, stage_for_epoch
-from study.flow_matching.utils import EMAModel, get_cosine_schedule_with_warmup
+from study.flow_matching.validation import Validator
+from study.runs.checkpoint import checkpoint_metadata, read_checkpoint, restore_modules
 from study.runs.paths import BEST_NAME, LAST_NAME, run_dir
 from study.runs.recorder import RunRecorder
 from study.runs.tracking import resolve_wandb_mode
@@ -39,88 +46,81 @@ log = logging.getLogger("flowctl")
 
 
 class FlowTrainer:
-    """Train `model` (forward(x [B, D], t [B]) -> [B, D]) on `train_ds` with flow matching.
+    """Train `model` (forward(x [B, D], t [B]) -> [B, D]) with flow matching.
 
-    `train_ds`/`val_ds`: tensors [N, D] (raw values; the trainer normalises with the
-    training split's mean/std, or with `stats` when given) or objects with an `x` tensor.
-    `train_x0`/`val_x0` [N, D]: pre-coupled sources for x_1 row by row (reflow); otherwise
-    x_0 is drawn from `config.source` each step.
+    `FlowTrainer(model, config, train_ds, val_ds, device, wandb_project, resume_path)` is the
+    original study's signature: raw splits (tensors [N, D] or objects with an `x` tensor),
+    normalised here, and a checkpoint path to resume. flowctl itself builds the parts first
+    and calls `FlowTrainer.from_parts`.
     """
 
     def __init__(self, model, config: TrainingConfig, train_ds, val_ds, device,
                  wandb_project: str = "flow-matching-study", resume_path=None, *,
-                 ckpt_root=None, wandb_mode: str | None = None, stats: dict | None = None,
-                 dataset_checksum: str = "", progress=None, stop: GracefulStop | None = None,
-                 train_x0: torch.Tensor | None = None, val_x0: torch.Tensor | None = None,
-                 tensorboard: bool = False, warn=print):
-        self.config, self.warn = config, warn
+                 ckpt_root=None, wandb_mode: str | None = None):
+        data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device))
+        recorder = RunRecorder(run_dir(config.name, ckpt_root), config.name,
+                               wandb_project=wandb_project, wandb_mode=resolve_wandb_mode(wandb_mode))
+        resume = None if resume_path is None else read_checkpoint(resume_path)
+        self._assemble(model, config, data, recorder, device, resume=resume,
+                       resume_source=resume_path)
+
+    @classmethod
+    def from_parts(cls, model, config: TrainingConfig, data: TrainingData, recorder: RunRecorder,
+                   device, *, resume: dict[str, Any] | None = None, resume_source=None,
+                   progress=None, stop: GracefulStop | None = None, warn=print) -> FlowTrainer:
+        """A trainer from built parts; `resume`: a checkpoint payload already read."""
+        trainer = cls.__new__(cls)
+        trainer._assemble(model, config, data, recorder, device, resume=resume,
+                          resume_source=resume_source, progress=progress, stop=stop, warn=warn)
+        return trainer
+
+    def _assemble(self, model, config, data, recorder, device, *, resume=None, resume_source=None,
+                  progress=None, stop=None, warn=print) -> None:
+        self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
         self.device = torch.device(device)
         self.model = model.to(self.device)
         log.info("model on %s (%d parameters)", self.device, sum(p.numel() for p in model.parameters()))
-        train_x, val_x = _as_tensor(train_ds), _as_tensor(val_ds)
-        self.stats = stats or run_state.normalization_stats(train_x)
-        self.train_x = run_state.normalize(train_x, self.stats).to(self.device)
-        self.val_x = run_state.normalize(val_x, self.stats).to(self.device)
-        self.train_x0 = None if train_x0 is None else train_x0.to(self.device)
-        self.dataset_checksum = dataset_checksum
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
+        self.run_dir = recorder.run_dir
 
-        self.sampler = EpochSampler(len(self.train_x), config.batch_size,
-                                    seed=run_state.derive_seed(config.seed, "data"))
-        self.generators = run_state.make_generators(config.seed, self.device)
+        self.sampler = EpochSampler(len(data.train), config.batch_size,
+                                    seed=derive_seed(config.seed, "data"))
+        self.generators = make_generators(config.seed, self.device)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.sampler.batches_per_epoch
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
-                                           **run_state.fast_adamw_options(self.device))
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, config.warmup_steps, self.total_steps, lr_scale=self._stage_lr_scale)
+        self.learning_rate = LRSchedule(config, self.stages, self.steps_per_epoch)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.learning_rate(0),
+                                           weight_decay=config.weight_decay,
+                                           **fast_adamw_options(self.device))
         self.ema = EMAModel(self.model, decay=config.ema_decay)
-        self.val_batch = run_state.fixed_validation_noise(self.val_x, config, self.device, val_x0)
+        self.validator = Validator(data.val, seed=config.seed, source=config.source,
+                                   batch_size=config.batch_size, device=self.device,
+                                   val_x0=data.val_x0)
 
         # Progress counters: `epoch` is the last completed epoch (-1: none yet).
         self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
         self.best_loss, self.epochs_without_improvement = math.inf, 0
-        self.window = run_state.LogWindow(self.device)
+        self.window = LogWindow(self.device)
         self.last_train_loss: float | None = None
         self.wandb_run_id: str | None = None
         self.resumed_from: int | None = None
-        if resume_path is not None:
-            self._resume(Path(resume_path))
-
-        self.run_dir = run_dir(config.name, ckpt_root)
-        self.recorder = RunRecorder(self.run_dir, config.name, wandb_project=wandb_project,
-                                    wandb_mode=resolve_wandb_mode(wandb_mode),
-                                    tensorboard=tensorboard, warn=warn)
-        self.wandb_project = wandb_project
-
-    def _stage_lr_scale(self, step: int) -> float:
-        return stage_for_epoch(self.stages, step // self.steps_per_epoch).lr_scale
-
-    def _resume(self, path: Path) -> None:
-        restored = run_state.restore(self, path)
-        self.resumed_from = self.global_step
-        stage = stage_for_epoch(self.stages, self.epoch + 1)
-        log.info("resuming %s at epoch %d, step %d, stage %r (stage step %d)%s", path,
-                 self.epoch + 1, self.global_step, stage.name, self._stage_step(stage),
-                 "" if restored.exact else " (legacy checkpoint: exactness not guaranteed)")
-
-    def _stage_step(self, stage) -> int:
-        return self.global_step - stage.start_epoch * self.steps_per_epoch
+        if resume is not None:
+            self.load_state_dict(resume, source=resume_source)
 
     # -- the loop ------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         cfg = self.config
         self.stop.install()  # before wandb starts: a signal during start-up still stops cleanly
         try:
-            self.recorder.open(config=cfg.to_dict(), group=cfg.group, total_epochs=cfg.epochs,
-                               resume_step=self.resumed_from, wandb_run_id=self.wandb_run_id)
+            self.wandb_run_id = self.recorder.open(
+                config=cfg.to_dict(), group=cfg.group, total_epochs=cfg.epochs,
+                resume_step=self.resumed_from, wandb_run_id=self.wandb_run_id)
         except BaseException:
             self.stop.uninstall()
             raise
-        self.wandb_run_id = self.recorder.wandb_run_id
         self.progress.start(total_steps=self.total_steps, initial_step=self.global_step,
                             run_name=cfg.name)
         started, status = time.perf_counter(), "finished"
@@ -182,9 +182,9 @@ class FlowTrainer:
 
     def _train_step(self, rows: torch.Tensor, flow, stage) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, gens = self.config, self.generators
-        x_1 = run_state.augment_batch(self.train_x[rows], stage, gens["noise"])
-        x_0 = (self.train_x0[rows] if self.train_x0 is not None
-               else run_state.sample_source(cfg.source, x_1, gens["noise"], gens["source"]))
+        x_1 = augment(stage.aug, self.data.train[rows], std=stage.aug_std, generator=gens["noise"])
+        x_0 = (self.data.train_x0[rows] if self.data.train_x0 is not None
+               else source_like(cfg.source, x_1, gens["noise"], gens["source"]))
         t = torch.rand(x_1.shape[0], generator=gens["t"], device=self.device)
         eps = torch.randn(x_1.shape, generator=gens["noise"], device=self.device)
         x_0, x_1 = flow.pair(x_0, x_1, generator=gens["ot"])
@@ -196,9 +196,13 @@ class FlowTrainer:
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         self.optimizer.step()
-        self.scheduler.step()
+        self._set_learning_rate(self.global_step + 1)  # for the next step
         self.ema.update(self.model)
         return loss.detach(), grad_norm
+
+    def _set_learning_rate(self, step: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
 
     def _train_log_row(self, epoch: int, stage) -> dict[str, Any]:
         """Mean loss and grad norm over the window; one host sync per `log_every` steps."""
@@ -210,7 +214,7 @@ class FlowTrainer:
                              loss=loss)
         self.last_train_loss = loss
         return {"train/loss": loss, "train/grad_norm": grad_norm,
-                "train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch,
+                "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
                 "metrics/stage_id": stage.index}
 
     def _validate_epoch(self, epoch: int, stage) -> dict[str, Any]:
@@ -228,21 +232,10 @@ class FlowTrainer:
         return {"val/loss": val_loss, "val/best_loss": self.best_loss, "epoch": epoch,
                 "metrics/stage_id": stage.index}
 
-    @torch.no_grad()
     def validate(self, stage=None) -> float:
         """Mean validation MSE with the EMA weights on fixed x_0, t and eps."""
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
-        flow = build_flow(stage.flow, sigma=stage.sigma)
-        pairing = torch.Generator().manual_seed(self.config.seed + run_state.VAL_SEED_OFFSET)
-        total = torch.zeros((), device=self.device)
-        with self.ema.average_parameters(self.model):
-            self.model.eval()
-            for x_0, x_1, t, eps in self.val_batch:
-                x_0, x_1 = flow.pair(x_0, x_1, generator=pairing)
-                x_t, u_t = flow.path(x_0, x_1, t, eps)
-                total += F.mse_loss(self.model(x_t, t), u_t, reduction="sum") / u_t.shape[-1]
-            self.model.train()
-        return (total / len(self.val_x)).item()
+        return self.validator.loss(self.model, self.ema, stage)
 
     def _save(self, names: list[str]) -> None:
         """Checkpoint the current state, unless it is already non-finite (a diverging run
@@ -251,9 +244,94 @@ class FlowTrainer:
                               *(torch.isfinite(p).all() for p in self.params)]).all()
         if not finite:  # one host sync per checkpoint
             raise RunFailed(f"non-finite loss at step {self.global_step}")
-        self.recorder.save_checkpoint(run_state.checkpoint_payload(self),
-                                      [self.run_dir / name for name in names])
+        self.recorder.save_checkpoint(self.state_dict(), [self.run_dir / name for name in names])
 
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs, as one plain dict (the checkpoint)."""
+        stage = stage_for_epoch(self.stages, self.epoch + 1)  # the epoch in progress or next
+        rng_states = {name: gen.get_state() for name, gen in self.generators.items()}
+        rng_states["data"] = self.sampler.state_dict(mid_epoch=self.batch_in_epoch > 0)
+        lr = self.optimizer.param_groups[0]["lr"]
+        return {
+            **checkpoint_metadata(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "model_state_dict": self.model.state_dict(),
+            "ema_shadow": self.ema.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "optimizer_type": type(self.optimizer).__name__,
+            # LambdaLR's layout, so the study's helpers can still load it; flowctl derives
+            # the LR from global_step.
+            "scheduler_state_dict": {"base_lrs": [self.config.lr], "last_epoch": self.global_step,
+                                     "_step_count": self.global_step + 1, "_is_initial": False,
+                                     "_get_lr_called_within_step": False, "_last_lr": [lr],
+                                     "lr_lambdas": [None]},
+            "rng_states": rng_states,
+            "best_loss": float(self.best_loss),
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "log_window": self.window.state_dict(),
+            "last_train_loss": self.last_train_loss,
+            "stage": {"current_stage": stage.index, "stage_name": stage.name,
+                      "stage_step": self.global_step - stage.start_epoch * self.steps_per_epoch,
+                      "schedule": [s.to_dict() for s in self.stages]},
+            "config": self.config.to_dict(),
+            "normalization_stats": dict(self.data.stats),
+            "dataset_checksum": self.data.checksum,
+            "wandb_run_id": self.wandb_run_id,
+            "wandb_project": self.recorder.wandb_project,
+        }
+
+    def load_state_dict(self, payload: dict[str, Any], *, source=None) -> None:
+        """Restore `state_dict()`'s output (or an original study checkpoint) into this trainer.
+
+        `source` names the checkpoint in messages. The LR is re-derived from the step:
+        identical for an exact resume, re-planned when `--epochs` was extended.
+        """
+        source = Path(source) if source is not None else Path("checkpoint")
+        saved_mean = (payload.get("normalization_stats") or {}).get("mean")
+        if saved_mean is not None and saved_mean.numel() != self.data.dim:
+            raise UsageError(f"dataset {self.config.dataset} has dimension {self.data.dim} but "
+                             f"the checkpoint {source} was trained on dimension {saved_mean.numel()}")
+        restore_modules(payload, source, self.model, self.ema, self.optimizer)
+        self.epoch = int(payload["epoch"])
+        self.best_loss = float(payload["best_loss"])
+        exact = "rng_states" in payload and "global_step" in payload
+        self.global_step = int(payload.get("global_step", (self.epoch + 1) * self.steps_per_epoch))
+        self.batch_in_epoch = int(payload.get("batch_in_epoch", 0))
+        self.epochs_without_improvement = int(payload.get("epochs_without_improvement", 0))
+        self.wandb_run_id = payload.get("wandb_run_id")
+        self.last_train_loss = payload.get("last_train_loss")
+        if "log_window" in payload:
+            self.window.load_state_dict(payload["log_window"])
+        if exact:
+            self.sampler.load_state_dict(payload["rng_states"]["data"])
+            for name, generator in self.generators.items():
+                generator.set_state(payload["rng_states"][name])
+        else:
+            self.warn(f"{source} has no RNG or step state (original study format); resuming with "
+                      "defaults, so the result is not guaranteed to match an uninterrupted run")
+        self._set_learning_rate(self.global_step)
+        self._warn_if_data_changed(payload, source)
+        self.resumed_from = self.global_step
+        stage = stage_for_epoch(self.stages, self.epoch + 1)
+        log.info("resuming %s at epoch %d, step %d, stage %r (stage step %d)%s", source,
+                 self.epoch + 1, self.global_step, stage.name,
+                 self.global_step - stage.start_epoch * self.steps_per_epoch,
+                 "" if exact else " (legacy checkpoint: exactness not guaranteed)")
+
+    def _warn_if_data_changed(self, payload: dict[str, Any], source: Path) -> None:
+        saved_steps = payload.get("steps_per_epoch")
+        if saved_steps is not None and saved_steps != self.steps_per_epoch:
+            self.warn(f"{source} was trained with {saved_steps} steps per epoch, now "
+                      f"{self.steps_per_epoch}: the data changed size; data order will differ")
+        checksum = payload.get("dataset_checksum")
+        if checksum and self.data.checksum and checksum != self.data.checksum:
+            self.warn(f"the dataset changed since {source.name} was written (checksum differs)")
+
+    # -- reporting -----------------------------------------------------------------------
     def _progress_fields(self, stage) -> dict[str, Any]:
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
         return {"epoch": self.epoch + 1, "global_step": self.global_step, "stage": stage.name,
@@ -269,15 +347,4 @@ class FlowTrainer:
 
     def finish(self) -> None:
         """Close logging if `train()` did not (kept for the study's notebooks)."""
-        self.recorder.flush()
-        self.recorder.tracker.finish()
-        self.recorder.metrics.close()
-        self.recorder.lock.release()
-
-
-def _as_tensor(dataset) -> torch.Tensor:
-    if isinstance(dataset, torch.Tensor):
-        return dataset.float()
-    if hasattr(dataset, "x"):
-        return dataset.x.float()
-    return torch.stack([torch.as_tensor(dataset[i]) for i in range(len(dataset))]).float()
+        self.recorder.finish()

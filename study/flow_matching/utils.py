@@ -1,128 +1,33 @@
-"""Training utilities the study's code and notebooks import by name.
+"""The original study's helper API, kept importable by name for its scripts and notebooks.
 
-EMAModel, get_cosine_schedule_with_warmup and get_checkpoint_path live here; the checkpoint
-functions are defined in `checkpoint.py` and re-exported so `from study.flow_matching.utils
-import save_checkpoint` keeps working.
+EMAModel, get_cosine_schedule_with_warmup and cosine_warmup_factor live in `optim.py`;
+the checkpoint helpers below are thin wrappers over `study.runs.checkpoint` (atomic write,
+the one weights_only loader). flowctl itself does not use this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Iterator
+import dataclasses
+import logging
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from study.flow_matching.optim import (
+    EMAModel,
+    cosine_warmup_factor,
+    get_cosine_schedule_with_warmup,
+)
+from study.runs.checkpoint import (
+    checkpoint_metadata,
+    read_checkpoint,
+    restore_modules,
+    serialize,
+    write_atomic,
+)
 from study.runs.paths import BEST_NAME, run_dir
 
-
-class EMAModel:
-    """Exponential moving average of a model's floating-point parameters and buffers.
-
-    shadow = decay * shadow + (1 - decay) * param, updated with one fused foreach call per
-    step (no Python loop over tensors). `shadow` maps state_dict names to tensors on the
-    model's device; `state_dict()` returns exactly that mapping (plain tensors).
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
-        assert 0.0 <= decay < 1.0, f"expected decay in [0, 1), got {decay}"
-        self.decay = decay
-        self.shadow: dict[str, torch.Tensor] = {
-            name: tensor.detach().clone()
-            for name, tensor in model.state_dict().items()
-            if tensor.dtype.is_floating_point
-        }
-        self._bind(model)
-
-    def _bind(self, model: nn.Module) -> None:
-        """Cache matching (shadow, live) tensor lists for the foreach update."""
-        live = model.state_dict(keep_vars=True)
-        missing = sorted(set(self.shadow) - set(live))
-        assert not missing, f"expected the model to have EMA tensors {missing[:3]}, got none"
-        self._model_id = id(model)
-        self._shadow_list = [self.shadow[name] for name in self.shadow]
-        self._live_list = [live[name].detach() for name in self.shadow]
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the shadow one step towards `model`'s current weights."""
-        if id(model) != self._model_id:
-            self._bind(model)
-        torch._foreach_lerp_(self._shadow_list, self._live_list, 1.0 - self.decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy saved shadow tensors in place (keeps the cached foreach lists valid)."""
-        missing = sorted(set(self.shadow) - set(state))
-        if missing:
-            raise KeyError(f"EMA state lacks {missing[:3]}")
-        for name, tensor in self.shadow.items():
-            tensor.copy_(state[name])
-
-    @contextlib.contextmanager
-    def average_parameters(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Temporarily swap the EMA weights into `model` (for validation or sampling)."""
-        live = model.state_dict()
-        backup = {name: live[name].detach().clone() for name in self.shadow}
-        with torch.no_grad():
-            for name, tensor in self.shadow.items():
-                live[name].copy_(tensor)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for name, tensor in backup.items():
-                    live[name].copy_(tensor)
-
-    def copy_to(self, model: nn.Module) -> None:
-        """Write the EMA weights into `model` permanently (for export or evaluation)."""
-        model.load_state_dict(self.shadow, strict=False)
-
-
-def cosine_warmup_factor(step: int, num_warmup_steps: int, num_training_steps: int) -> float:
-    """LR multiplier at optimizer step `step`: linear warmup to 1, then cosine decay to 0.
-
-    A pure function of the step, so a resumed run (or an extended one, with a larger
-    `num_training_steps`) gets its learning rate from the step alone.
-    """
-    if step < num_warmup_steps:
-        return (step + 1) / num_warmup_steps
-    decay_steps = max(1, num_training_steps - num_warmup_steps)
-    progress = min(1.0, (step - num_warmup_steps) / decay_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def get_cosine_schedule_with_warmup(
-    optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_training_steps: int,
-    lr_scale: callable | None = None,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over `cosine_warmup_factor`; step it once per optimizer step.
-
-    `lr_scale(step)` optionally multiplies the factor (stage-specific learning rates).
-    Its state_dict holds only primitives (`last_epoch`, `base_lrs`, `_last_lr`).
-    """
-    def factor(step: int) -> float:
-        scale = lr_scale(step) if lr_scale is not None else 1.0
-        return scale * cosine_warmup_factor(step, num_warmup_steps, num_training_steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def get_checkpoint_path(run_name: str, root: str | Path | None = None) -> Path:
-    """`{checkpoint root}/{run_name}/best.pt` (root: --ckpt-dir, $FLOWCTL_CKPT_DIR or study/checkpoints)."""
-    return run_dir(run_name, root) / BEST_NAME
-
-
-from study.flow_matching.checkpoint import (  # noqa: E402  (re-export; checkpoint imports EMAModel)
-    load_checkpoint,
-    load_checkpoint_with_stats_check,
-    save_checkpoint,
-)
+log = logging.getLogger("flowctl")
 
 __all__ = [
     "EMAModel",
@@ -133,3 +38,85 @@ __all__ = [
     "load_checkpoint_with_stats_check",
     "save_checkpoint",
 ]
+
+
+def get_checkpoint_path(run_name: str, root: str | Path | None = None) -> str:
+    """'{checkpoint root}/{run_name}/best.pt' as a string, as the study compares it
+    (root: the argument, else $FLOWCTL_CKPT_DIR, else study/checkpoints)."""
+    return str(run_dir(run_name, root) / BEST_NAME)
+
+
+def save_checkpoint(path, epoch, model, ema, optimizer, scheduler, best_loss, config, stats,
+                    **extra) -> Path:
+    """Write the study's checkpoint dict (plus `extra` keys) atomically to `path`."""
+    if dataclasses.is_dataclass(config):
+        config = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+    payload = {
+        **checkpoint_metadata(),
+        "epoch": int(epoch),
+        "model_state_dict": model.state_dict(),
+        "ema_shadow": ema.state_dict() if ema is not None else {},
+        "optimizer_state_dict": optimizer.state_dict(),
+        "optimizer_type": type(optimizer).__name__,
+        "scheduler_state_dict": {} if scheduler is None else scheduler.state_dict(),
+        "best_loss": float(best_loss),
+        "config": dict(config),
+        "normalization_stats": dict(stats or {}),
+        **extra,
+    }
+    path = Path(path)
+    write_atomic(path, serialize(payload))
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(path, model, ema, optimizer, scheduler, device) -> tuple[int, float]:
+    """Restore model, EMA, optimizer and scheduler; returns (start_epoch = epoch + 1, best_loss).
+
+    The scheduler's `last_epoch` comes back exactly, so the warmup is not repeated.
+    """
+    payload = read_checkpoint(path)
+    _restore(payload, Path(path), model, ema, optimizer, scheduler)
+    return int(payload["epoch"]) + 1, float(payload["best_loss"])
+
+
+def load_checkpoint_with_stats_check(path, model, ema, optimizer, scheduler, device,
+                                     current_stats: dict | None = None) -> tuple[int, float]:
+    """`load_checkpoint`, plus a warning when the normalization stats differ from the data's."""
+    payload = read_checkpoint(path)
+    difference = stats_difference(payload.get("normalization_stats"), current_stats)
+    if difference is not None:
+        log.warning("normalization stats of %s differ from the current data's (largest: %s)",
+                    path, difference[0])
+    _restore(payload, Path(path), model, ema, optimizer, scheduler)
+    return int(payload["epoch"]) + 1, float(payload["best_loss"])
+
+
+def _restore(payload: dict, path: Path, model, ema, optimizer, scheduler) -> None:
+    restore_modules(payload, path, model, ema, optimizer)
+    if scheduler is not None and payload.get("scheduler_state_dict"):
+        state = dict(payload["scheduler_state_dict"])
+        state.setdefault("lr_lambdas", [None] * len(scheduler.base_lrs))
+        scheduler.load_state_dict(state)
+
+
+def stats_difference(saved: dict | None, current: dict | None) -> tuple[str, float] | None:
+    """The largest absolute difference between two {mean, std} dicts, or None if equal."""
+    if not saved or not current:
+        return None
+    worst: tuple[str, float] | None = None
+    for key in ("mean", "std"):
+        if key not in saved or key not in current:
+            continue
+        a = torch.as_tensor(saved[key], dtype=torch.float64).cpu()
+        b = torch.as_tensor(current[key], dtype=torch.float64).cpu()
+        if a.shape != b.shape:
+            return (f"{key} shape {tuple(a.shape)} vs {tuple(b.shape)}", float("inf"))
+        diff = (a - b).abs()
+        if diff.numel() and (worst is None or diff.max().item() > worst[1]):
+            index = int(diff.argmax())
+            worst = (f"{key}[{index}]: {a[index].item():.6g} vs {b[index].item():.6g}",
+                     diff.max().item())
+    return worst if worst and worst[1] > 1e-6 else None
+
+

@@ -147,6 +147,37 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return removed
 
 
+def checkpoint_metadata() -> dict[str, Any]:
+    """Who wrote a checkpoint and when: format, versions, host, time (primitives only)."""
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    import study
+
+    return {"format_version": FORMAT_VERSION, "torch_version": str(torch.__version__),
+            "flowctl_version": study.__version__, "host": platform.node(),
+            "saved_at": datetime.now(timezone.utc).isoformat()}
+
+
+def restore_modules(payload: dict[str, Any], path: str | os.PathLike, model, ema=None,
+                    optimizer=None) -> None:
+    """Load model -> EMA -> optimizer from a read checkpoint (anything with load_state_dict);
+    a checkpoint that does not fit is one UsageError line naming the first mismatch."""
+    try:
+        model.load_state_dict(payload["model_state_dict"])
+        if ema is not None and payload.get("ema_shadow"):
+            ema.load_state_dict(payload["ema_shadow"])
+        if optimizer is not None and payload.get("optimizer_state_dict"):
+            optimizer.load_state_dict(payload["optimizer_state_dict"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        lines = str(err).strip().splitlines()
+        detail = next((line.strip() for line in lines if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), lines[0] if lines else type(err).__name__)
+        raise UsageError(f"checkpoint {path} does not fit the model: {detail}") from None
+
+
 def _allow_globals(torch, allowed: list) -> contextlib.AbstractContextManager:
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     return safe_globals(allowed) if safe_globals else contextlib.nullcontext()

@@ -56,9 +56,12 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self, warn=print) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the folder was removed as we opened: make it again
+                continue
             try:
                 claimed = self._claim(fd, warn)
             except BaseException:

@@ -60,5 +60,5 @@ def find_checkpoint(target: str | os.PathLike, ckpt_dir: str | os.PathLike | Non
                          "see `flowctl list-runs`")
     if path.suffix == ".pt" or len(path.parts) > 1:
         raise UsageError(f"checkpoint {target} does not exist; see `flowctl list-runs`")
-    raise UsageError(f"no checkpoint file, run folder or run named {str(target)!r} under "
-                     f"{root}; see `flowctl list-runs`")
+    raise UsageError(f"no checkpoint or run named {str(target)!r} (looked under {root}); "
+                     "see `flowctl list-runs`")

@@ -1,8 +1,10 @@
 """RunRecorder: every byte a run writes, in one place, and only on the main process.
 
-Checkpoints, run.json, metrics.csv and wandb all go through here. Under torchrun the
-other ranks get a recorder with `enabled=False` and every method returns at once, so
-the trainer never needs an `if rank == 0`.
+Checkpoints, run.json, metrics.csv, wandb and TensorBoard all go through here. Under
+torchrun the other ranks get a recorder with `enabled=False` and every method returns at
+once, so the trainer never needs an `if rank == 0`. The run lock is taken by `open()`
+unless the caller already holds it (flowctl's launch takes it first and keeps it for the
+whole run); it is released by `close()` either way.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ RUN_JSON_THROTTLE_S = 2.0
 
 class RunRecorder:
     def __init__(self, run_dir: Path, run_name: str, *, wandb_project: str, wandb_mode: str,
-                 enabled: bool = True, tensorboard: bool = False, warn=print):
+                 enabled: bool = True, tensorboard: bool = False, lock: RunLock | None = None,
+                 warn=print):
         self.run_dir = Path(run_dir)
         self.run_name = run_name
         self.enabled = enabled
@@ -34,7 +37,7 @@ class RunRecorder:
         self.tracker = WandbTracker(wandb_mode)
         self.status = RunStatusFile(self.run_dir)
         self.metrics = MetricsLog(self.run_dir)
-        self.lock = RunLock(self.run_dir, run_name)
+        self.lock = lock or RunLock(self.run_dir, run_name)
         self.warn = warn
         # TensorBoard continues automatically in a run that already has it.
         self.use_tensorboard = tensorboard or (self.run_dir / "tb").is_dir()
@@ -48,19 +51,24 @@ class RunRecorder:
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self, *, config: dict[str, Any], group: str, total_epochs: int,
-             resume_step: int | None, wandb_run_id: str | None) -> None:
-        """Claim the run folder, align metrics.csv with the checkpoint, start wandb."""
+             resume_step: int | None, wandb_run_id: str | None) -> str | None:
+        """Claim the run folder, align metrics.csv with the checkpoint, start wandb.
+
+        Returns the wandb run id (the given one on resume; None without wandb).
+        """
         if not self.enabled:
-            return
+            return wandb_run_id
         if self.use_tensorboard:
             TensorBoardWriter.check_available()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire(warn=self.warn)
+        if not self.lock.held:
+            self.lock.acquire(warn=self.warn)
         try:
             self._open_locked(config, group, total_epochs, resume_step, wandb_run_id)
         except BaseException:
             self.lock.release()
             raise
+        return self.wandb_run_id
 
     def _open_locked(self, config, group, total_epochs, resume_step, wandb_run_id) -> None:
         remove_stale_temp_files(self.run_dir)
@@ -170,7 +178,13 @@ class RunRecorder:
                                elapsed_s=round(self.elapsed_s(), 3), wandb=self.tracker.status,
                                **(progress or {}))
         finally:
-            self.metrics.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-            self.lock.release()
+            self.finish()
+
+    def finish(self) -> None:
+        """Stop writing: wandb, metrics.csv, TensorBoard, then the lock (safe to call twice)."""
+        self.tracker.finish()
+        self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+        self.lock.release()

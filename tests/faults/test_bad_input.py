@@ -150,7 +150,7 @@ def test_hostile_pickle_as_a_run_folders_last_pt_is_refused_everywhere(
 @pytest.mark.parametrize("flags, fragment", [
     (["--activation", "swish"], "unknown activation 'swish'"),
     (["--source", "nowhere"], "unknown source 'nowhere'"),
-    (["--arch", "transformer"], "unknown arch 'transformer'"),
+    (["--network", "transformer"], "unknown network 'transformer'"),
     (["--width", "0"], "width must be a positive integer, got 0"),
     (["--depth", "-1"], "depth must be a positive integer, got -1"),
     (["--batch-size", "-3"], "batch_size must be a positive integer, got -3"),

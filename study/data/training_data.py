@@ -1,0 +1,50 @@
+"""What a trainer trains on: normalised train/val rows, their statistics, optional sources.
+
+`TrainingData.prepare` takes raw splits (tensors [N, D], or datasets with an `x` tensor),
+normalises them with the training split's statistics (or the given ones, e.g. a resumed
+checkpoint's) and moves them to the training device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from study.data.normalize import normalization_stats, normalize
+
+
+@dataclass
+class TrainingData:
+    train: Tensor  # [N_train, D] normalised, on the training device
+    val: Tensor  # [N_val, D] normalised
+    stats: dict[str, Tensor]  # {"mean": [D], "std": [D]} of the raw training split
+    checksum: str = ""  # of the data files (or a built-in's name and seed); "" if unknown
+    train_x0: Tensor | None = None  # [N_train, D] pre-coupled sources (reflow), else None
+    val_x0: Tensor | None = None  # [N_val, D]
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+    @classmethod
+    def prepare(cls, train, val, *, device: torch.device | str = "cpu",
+                stats: dict[str, Tensor] | None = None, checksum: str = "",
+                train_x0: Tensor | None = None, val_x0: Tensor | None = None) -> TrainingData:
+        """Normalise raw `train`/`val` rows and move everything to `device`."""
+        train_x, val_x = as_tensor(train), as_tensor(val)
+        stats = stats or normalization_stats(train_x)
+        return cls(normalize(train_x, stats).to(device), normalize(val_x, stats).to(device),
+                   stats, checksum,
+                   None if train_x0 is None else train_x0.to(device),
+                   None if val_x0 is None else val_x0.to(device))
+
+
+def as_tensor(dataset) -> Tensor:
+    """A float32 tensor [N, D] from a tensor, an object with an `x` tensor, or a sequence."""
+    if isinstance(dataset, Tensor):
+        return dataset.float()
+    if hasattr(dataset, "x"):
+        return dataset.x.float()
+    return torch.stack([torch.as_tensor(dataset[i]) for i in range(len(dataset))]).float()

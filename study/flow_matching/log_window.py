@@ -1,0 +1,40 @@
+"""The training rows' window: loss and grad-norm sums since the last log row, on the device.
+
+Adding to device tensors costs no host sync; `mean_and_reset` syncs once per log row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class LogWindow:
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.grad_norm_sum = torch.zeros((), device=device)
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.grad_norm_sum += grad_norm
+        self.steps += 1
+
+    def mean_and_reset(self) -> tuple[float, float]:
+        """(mean loss, mean grad norm) over the window as floats; empties the window."""
+        steps = max(self.steps, 1)
+        loss, grad_norm = (self.loss_sum / steps).item(), (self.grad_norm_sum / steps).item()
+        self.loss_sum.zero_()
+        self.grad_norm_sum.zero_()
+        self.steps = 0
+        return loss, grad_norm
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum.cpu(), "grad_norm_sum": self.grad_norm_sum.cpu(),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum.copy_(state["loss_sum"])
+        self.grad_norm_sum.copy_(state["grad_norm_sum"])
+        self.steps = int(state["steps"])

@@ -1,0 +1,116 @@
+"""Optimisation helpers: the EMA of the weights, the learning-rate schedule, fast AdamW.
+
+The learning rate is a pure function of the optimizer step (`cosine_warmup_factor`), so a
+resumed or extended run gets its LR from the step alone and no scheduler object holds state.
+`get_cosine_schedule_with_warmup` wraps the same factor in a LambdaLR for the study's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class EMAModel:
+    """Exponential moving average of a model's floating-point parameters and buffers.
+
+    shadow = decay * shadow + (1 - decay) * param, updated with one fused foreach call per
+    step (no Python loop over tensors). `shadow` maps state_dict names to tensors on the
+    model's device; `state_dict()` returns exactly that mapping (plain tensors).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
+        assert 0.0 <= decay < 1.0, f"expected decay in [0, 1), got {decay}"
+        self.decay = decay
+        self.shadow: dict[str, torch.Tensor] = {
+            name: tensor.detach().clone()
+            for name, tensor in model.state_dict().items()
+            if tensor.dtype.is_floating_point
+        }
+        self._bind(model)
+
+    def _bind(self, model: nn.Module) -> None:
+        """Cache matching (shadow, live) tensor lists for the foreach update."""
+        live = model.state_dict(keep_vars=True)
+        missing = sorted(set(self.shadow) - set(live))
+        assert not missing, f"expected the model to have EMA tensors {missing[:3]}, got none"
+        self._model_id = id(model)
+        self._shadow_list = [self.shadow[name] for name in self.shadow]
+        self._live_list = [live[name].detach() for name in self.shadow]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the shadow one step towards `model`'s current weights."""
+        if id(model) != self._model_id:
+            self._bind(model)
+        torch._foreach_lerp_(self._shadow_list, self._live_list, 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy saved shadow tensors in place (keeps the cached foreach lists valid)."""
+        missing = sorted(set(self.shadow) - set(state))
+        if missing:
+            raise KeyError(f"EMA state lacks {missing[:3]}")
+        for name, tensor in self.shadow.items():
+            tensor.copy_(state[name])
+
+    @contextlib.contextmanager
+    def average_parameters(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily swap the EMA weights into `model` (for validation or sampling)."""
+        live = model.state_dict()
+        backup = {name: live[name].detach().clone() for name in self.shadow}
+        with torch.no_grad():
+            for name, tensor in self.shadow.items():
+                live[name].copy_(tensor)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, tensor in backup.items():
+                    live[name].copy_(tensor)
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the EMA weights into `model` permanently (for export or evaluation)."""
+        model.load_state_dict(self.shadow, strict=False)
+
+
+def cosine_warmup_factor(step: int, num_warmup_steps: int, num_training_steps: int) -> float:
+    """LR multiplier at optimizer step `step`: linear warmup to 1, then cosine decay to 0.
+
+    A pure function of the step, so a resumed run (or an extended one, with a larger
+    `num_training_steps`) gets its learning rate from the step alone.
+    """
+    if step < num_warmup_steps:
+        return (step + 1) / num_warmup_steps
+    decay_steps = max(1, num_training_steps - num_warmup_steps)
+    progress = min(1.0, (step - num_warmup_steps) / decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def get_cosine_schedule_with_warmup(
+    optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_training_steps: int,
+    lr_scale: Callable[[int], float] | None = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over `cosine_warmup_factor`; step it once per optimizer step.
+
+    `lr_scale(step)` optionally multiplies the factor (stage-specific learning rates).
+    Its state_dict holds only primitives (`last_epoch`, `base_lrs`, `_last_lr`).
+    """
+    def factor(step: int) -> float:
+        scale = lr_scale(step) if lr_scale is not None else 1.0
+        return scale * cosine_warmup_factor(step, num_warmup_steps, num_training_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fast_adamw_options(device: torch.device) -> dict[str, Any]:
+    """fused=True runs the whole AdamW update in one kernel (~1.6x the default on CPU)."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
