@@ -24,6 +24,31 @@ TINY = ["--batch-size", "64", "--width", "16", "--depth", "2", "--warmup-steps",
         "--wandb-mode", "disabled", "--plain"]
 
 
+def run_flags(data, *extra: str, epochs: int = 30) -> list[str]:
+    """`flowctl train` flags for a tiny run on `data` that never stops early."""
+    return ["--dataset", str(data), "--epochs", str(epochs), "--patience", "0", *TINY, *extra]
+
+
+def error_line(output, *fragments: str, exit_code: int | None = 2) -> str:
+    """The one `error: ` line of a failed command, holding every fragment.
+
+    `output`: a CliRunner result, a finished Popen's stderr text, or any string. Asserts no
+    traceback, exactly one error line, and every other stderr line a flowctl note or
+    warning; with a result, also its exit code (None: any).
+    """
+    stderr = output if isinstance(output, str) else output.stderr
+    if exit_code is not None and not isinstance(output, str):
+        assert output.exit_code == exit_code, output.stdout + output.stderr
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    others = [line for line in stderr.splitlines() if line and not line.startswith("error: ")]
+    assert all(line.startswith(("flowctl: ", "warning: ", "note: ")) for line in others), stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
 def vectors_file(folder: Path, rows: int = 640, dim: int = 2, seed: int = 0) -> Path:
     generator = torch.Generator().manual_seed(seed)
     path = folder / f"vectors-{rows}x{dim}.pt"

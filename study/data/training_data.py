@@ -8,11 +8,14 @@ checkpoint's) and moves them to the training device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from study.data.normalize import normalization_stats, normalize
+from study.errors import UsageError
 
 
 @dataclass
@@ -39,6 +42,22 @@ class TrainingData:
                    stats, checksum,
                    None if train_x0 is None else train_x0.to(device),
                    None if val_x0 is None else val_x0.to(device))
+
+    def check_checkpoint(self, payload: dict[str, Any], source: Path, *, dataset: str,
+                         steps_per_epoch: int, warn=print) -> None:
+        """Refuse a checkpoint trained on another dimension; warn when the data changed
+        (another number of steps per epoch, or another checksum)."""
+        saved_mean = (payload.get("normalization_stats") or {}).get("mean")
+        if saved_mean is not None and saved_mean.numel() != self.dim:
+            raise UsageError(f"dataset {dataset} has dimension {self.dim} but the checkpoint "
+                             f"{source} was trained on dimension {saved_mean.numel()}")
+        saved_steps = payload.get("steps_per_epoch")
+        if saved_steps is not None and saved_steps != steps_per_epoch:
+            warn(f"{source} was trained with {saved_steps} steps per epoch, now "
+                 f"{steps_per_epoch}: the data changed size; data order will differ")
+        checksum = payload.get("dataset_checksum")
+        if checksum and self.checksum and checksum != self.checksum:
+            warn(f"the dataset changed since {source.name} was written (checksum differs)")
 
 
 def as_tensor(dataset) -> Tensor:

@@ -23,16 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from study.data.augment import augment
-from study.data.toy import source_like
 from study.data.training_data import TrainingData
-from study.errors import RunFailed, UsageError
+from study.errors import RunFailed
+from study.flow_matching.batches import BatchMaker, FlowBatch
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
 from study.flow_matching.progress import SilentProgress
-from study.flow_matching.sampler import EpochSampler, derive_seed, make_generators
 from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.stages import plan_stages, stage_for_epoch
 from study.flow_matching.validation import Validator
@@ -84,11 +82,10 @@ class FlowTrainer:
         self.stop = stop or GracefulStop()
         self.run_dir = recorder.run_dir
 
-        self.sampler = EpochSampler(len(data.train), config.batch_size,
-                                    seed=derive_seed(config.seed, "data"))
-        self.generators = make_generators(config.seed, self.device)
+        self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
+                                  source=config.source, device=self.device)
         self.stages = plan_stages(config)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = config.epochs * self.steps_per_epoch
         self.learning_rate = LRSchedule(config, self.stages, self.steps_per_epoch)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -131,10 +128,9 @@ class FlowTrainer:
                     break
                 stage = stage_for_epoch(self.stages, epoch)
                 flow = build_flow(stage.flow, sigma=stage.sigma)
-                permutation = self.sampler.start_epoch(self.device)
+                self.batches.start_epoch()
                 for batch_index in range(self.batch_in_epoch, self.steps_per_epoch):
-                    rows = permutation[batch_index * cfg.batch_size:(batch_index + 1) * cfg.batch_size]
-                    loss, grad_norm = self._train_step(rows, flow, stage)
+                    loss, grad_norm = self._train_step(self.batches.draw(batch_index, stage, flow), flow)
                     self.global_step += 1
                     self.batch_in_epoch = batch_index + 1
                     self.window.add(loss, grad_norm)
@@ -180,20 +176,13 @@ class FlowTrainer:
                             progress=self._progress_fields(None))
         return result
 
-    def _train_step(self, rows: torch.Tensor, flow, stage) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg, gens = self.config, self.generators
-        x_1 = augment(stage.aug, self.data.train[rows], std=stage.aug_std, generator=gens["noise"])
-        x_0 = (self.data.train_x0[rows] if self.data.train_x0 is not None
-               else source_like(cfg.source, x_1, gens["noise"], gens["source"]))
-        t = torch.rand(x_1.shape[0], generator=gens["t"], device=self.device)
-        eps = torch.randn(x_1.shape, generator=gens["noise"], device=self.device)
-        x_0, x_1 = flow.pair(x_0, x_1, generator=gens["ot"])
-        x_t, u_t = flow.path(x_0, x_1, t, eps)
-        loss = F.mse_loss(self.model(x_t, t), u_t)
-
+    def _train_step(self, batch: FlowBatch, flow) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on `batch`; returns (loss, grad norm) as device scalars."""
+        x_t, u_t = flow.path(batch.x_0, batch.x_1, batch.t, batch.eps)
+        loss = F.mse_loss(self.model(x_t, batch.t), u_t)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         self.optimizer.step()
         self._set_learning_rate(self.global_step + 1)  # for the next step
@@ -250,9 +239,6 @@ class FlowTrainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, as one plain dict (the checkpoint)."""
         stage = stage_for_epoch(self.stages, self.epoch + 1)  # the epoch in progress or next
-        rng_states = {name: gen.get_state() for name, gen in self.generators.items()}
-        rng_states["data"] = self.sampler.state_dict(mid_epoch=self.batch_in_epoch > 0)
-        lr = self.optimizer.param_groups[0]["lr"]
         return {
             **checkpoint_metadata(),
             "epoch": self.epoch,
@@ -263,13 +249,8 @@ class FlowTrainer:
             "ema_shadow": self.ema.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
             "optimizer_type": type(self.optimizer).__name__,
-            # LambdaLR's layout, so the study's helpers can still load it; flowctl derives
-            # the LR from global_step.
-            "scheduler_state_dict": {"base_lrs": [self.config.lr], "last_epoch": self.global_step,
-                                     "_step_count": self.global_step + 1, "_is_initial": False,
-                                     "_get_lr_called_within_step": False, "_last_lr": [lr],
-                                     "lr_lambdas": [None]},
-            "rng_states": rng_states,
+            "scheduler_state_dict": self.learning_rate.state_dict(self.global_step),
+            "rng_states": self.batches.state_dict(mid_epoch=self.batch_in_epoch > 0),
             "best_loss": float(self.best_loss),
             "epochs_without_improvement": self.epochs_without_improvement,
             "log_window": self.window.state_dict(),
@@ -291,10 +272,8 @@ class FlowTrainer:
         identical for an exact resume, re-planned when `--epochs` was extended.
         """
         source = Path(source) if source is not None else Path("checkpoint")
-        saved_mean = (payload.get("normalization_stats") or {}).get("mean")
-        if saved_mean is not None and saved_mean.numel() != self.data.dim:
-            raise UsageError(f"dataset {self.config.dataset} has dimension {self.data.dim} but "
-                             f"the checkpoint {source} was trained on dimension {saved_mean.numel()}")
+        self.data.check_checkpoint(payload, source, dataset=self.config.dataset,
+                                   steps_per_epoch=self.steps_per_epoch, warn=self.warn)
         restore_modules(payload, source, self.model, self.ema, self.optimizer)
         self.epoch = int(payload["epoch"])
         self.best_loss = float(payload["best_loss"])
@@ -307,29 +286,17 @@ class FlowTrainer:
         if "log_window" in payload:
             self.window.load_state_dict(payload["log_window"])
         if exact:
-            self.sampler.load_state_dict(payload["rng_states"]["data"])
-            for name, generator in self.generators.items():
-                generator.set_state(payload["rng_states"][name])
+            self.batches.load_state_dict(payload["rng_states"])
         else:
             self.warn(f"{source} has no RNG or step state (original study format); resuming with "
                       "defaults, so the result is not guaranteed to match an uninterrupted run")
         self._set_learning_rate(self.global_step)
-        self._warn_if_data_changed(payload, source)
         self.resumed_from = self.global_step
         stage = stage_for_epoch(self.stages, self.epoch + 1)
-        log.info("resuming %s at epoch %d, step %d, stage %r (stage step %d)%s", source,
-                 self.epoch + 1, self.global_step, stage.name,
+        log.info("resuming %s at epoch %d of %d, step %d, stage %r (stage step %d)%s", source,
+                 self.epoch + 2, self.config.epochs, self.global_step, stage.name,
                  self.global_step - stage.start_epoch * self.steps_per_epoch,
                  "" if exact else " (legacy checkpoint: exactness not guaranteed)")
-
-    def _warn_if_data_changed(self, payload: dict[str, Any], source: Path) -> None:
-        saved_steps = payload.get("steps_per_epoch")
-        if saved_steps is not None and saved_steps != self.steps_per_epoch:
-            self.warn(f"{source} was trained with {saved_steps} steps per epoch, now "
-                      f"{self.steps_per_epoch}: the data changed size; data order will differ")
-        checksum = payload.get("dataset_checksum")
-        if checksum and self.data.checksum and checksum != self.data.checksum:
-            self.warn(f"the dataset changed since {source.name} was written (checksum differs)")
 
     # -- reporting -----------------------------------------------------------------------
     def _progress_fields(self, stage) -> dict[str, Any]:
