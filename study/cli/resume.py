@@ -10,6 +10,7 @@ from study.cli.common import (
     Plain,
     RequeueSignal,
     TensorBoard,
+    Tracker,
     WandbMode,
     WandbProject,
     user_errors,
@@ -29,6 +30,7 @@ def resume(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    tracker: Tracker = None,
 ) -> None:
     """Continue a run exactly where it stopped; the config comes from the checkpoint.
 
@@ -45,4 +47,4 @@ def resume(
         run_from_cli(overrides, config_path=None, resume=target, overwrite=False,
                      ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
                      device=device, requeue_signal=requeue_signal, plain=plain,
-                     tensorboard=tensorboard)
+                     tensorboard=tensorboard, tracker=tracker)

@@ -15,6 +15,7 @@ from study.cli.common import (
     Plain,
     RequeueSignal,
     TensorBoard,
+    Tracker,
     WandbMode,
     WandbProject,
     user_errors,
@@ -65,6 +66,7 @@ def train(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    tracker: Tracker = None,
 ) -> None:
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
 
@@ -76,28 +78,31 @@ def train(
         run_from_cli(overrides, config_path=config, resume=resume, overwrite=overwrite,
                      ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
                      device=device, requeue_signal=requeue_signal, plain=plain,
-                     tensorboard=tensorboard)
+                     tensorboard=tensorboard, tracker=tracker)
 
 
 def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
                  overwrite: bool, ckpt_dir: str | None, wandb_project: str,
                  wandb_mode: str | None, device: str, requeue_signal: str | None,
-                 plain: bool, tensorboard: bool = False) -> None:
+                 plain: bool, tensorboard: bool = False,
+                 tracker: list[str] | None = None) -> None:
     """Shared by train and resume: validate, plan, run, print the summary, map the exit code."""
     from study.flow_matching import launch
     from study.flow_matching.config import load_config
     from study.flow_matching.progress import ConsoleProgress
-    from study.runs.tracking import WANDB_MODES
+    from study.runs.tracking import WANDB_MODES, check_available, parse_tracker_option
 
     if wandb_mode is not None and wandb_mode not in WANDB_MODES:
         from study.errors import UsageError
 
         raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+    trackers = parse_tracker_option(tracker, tensorboard=tensorboard)
+    check_available((*(trackers or ()), *(("tensorboard",) if tensorboard else ())))
     setup_logging()
     options = launch.RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                                 wandb_mode=wandb_mode, overwrite=overwrite,
                                 requeue_signal=requeue_signal, tensorboard=tensorboard,
-                                progress=ConsoleProgress(force_plain=plain))
+                                trackers=trackers, progress=ConsoleProgress(force_plain=plain))
     point = None
     if resume == "auto":
         training_config, point = launch.plan_auto_resume(load_config(config_path, overrides),

@@ -49,6 +49,7 @@ class RunOptions:
     overwrite: bool = False
     requeue_signal: str | None = None
     tensorboard: bool = False
+    trackers: tuple[str, ...] | None = None  # --tracker (None: the defaults; (): none)
     progress: Any = None
 
 
@@ -234,7 +235,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     recorder = RunRecorder(folder, config.name, wandb_project=options.wandb_project,
                            wandb_mode=resolve_wandb_mode(options.wandb_mode),
                            enabled=is_main_process(), tensorboard=options.tensorboard,
-                           lock=lock, warn=warn)
+                           trackers=options.trackers, lock=lock, warn=warn)
     trainer = FlowTrainer.from_parts(
         model, config, data, recorder, device,
         resume=resume.payload if resume else None, resume_source=resume.path if resume else None,
