@@ -214,12 +214,14 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.data.training_data import TrainingData
     from study.flow_matching.device import is_main_process, resolve_device
     from study.flow_matching.models import build_model
+    from study.flow_matching.precision import check_precision
     from study.flow_matching.trainer import FlowTrainer
     from study.runs.recorder import RunRecorder
     from study.runs.tracking import resolve_wandb_mode
     from study.signals import GracefulStop, parse_signal
 
     device = resolve_device(options.device)
+    check_precision(config.precision, device)
     splits = resolve_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction,
                              min_rows=config.batch_size)
     train_x0 = val_x0 = None

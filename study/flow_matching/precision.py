@@ -19,11 +19,16 @@ from study.errors import UsageError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_precision(name: str, device: torch.device) -> None:
+    """UsageError for a precision the device cannot run."""
+    if name == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA device (it scales the loss with a "
+                         "GradScaler); use --precision bf16 on the CPU")
+
+
 class Precision:
     def __init__(self, name: str, device: torch.device):
-        if name == "fp16" and device.type != "cuda":
-            raise UsageError("--precision fp16 needs a CUDA device (it scales the loss with a "
-                             "GradScaler); use --precision bf16 on the CPU")
+        check_precision(name, device)
         self.name, self.device = name, device
         self.dtype = DTYPES.get(name)
         self.scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
