@@ -106,8 +106,11 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     """metrics.csv rows without wall-clock columns."""
     import csv
 
+    from study.runs.metrics_log import WALL_CLOCK_COLUMNS
+
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in csv.DictReader(handle)]
+        return [{k: v for k, v in row.items() if k not in WALL_CLOCK_COLUMNS}
+                for row in csv.DictReader(handle)]
 
 
 def run_json(run_dir: Path) -> dict:

@@ -71,6 +71,14 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, isolated_run_root):
     (["--wandb-mode", "sometimes"], "unknown --wandb-mode 'sometimes'"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--requeue-signal", "SIGNOPE"], "unknown or uncatchable signal"),
+    (["--scheduler", "exp"], "unknown scheduler 'exp'; choose one of: cosine, linear, step"),
+    (["--final-lr-scale", "2"], "scheduler.final_lr_scale must be in [0, 1]"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
+    (["--grad-accum", "3"], "batch_size 64 is not a multiple of grad_accum 3"),
+    (["--select-by", "eval_w2"], "--select-by eval_w2 needs evaluations: pass --eval-every"),
+    (["--normalize", "minmax"], "unknown normalize 'minmax'; choose one of: none, standard"),
+    (["--keep-snapshots", "-1"], "keep_snapshots must be >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, flags, fragment):
     data = vectors_file(tmp_path)

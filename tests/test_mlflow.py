@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from study.runs.metrics_log import METRIC_COLUMNS
 from study.runs.mlflow_store import flatten_params, local_uri
 from tests.helpers import (
     REPO_ROOT,
@@ -26,8 +27,8 @@ from tests.helpers import (
 )
 
 MLFLOW = ["--tracker", "mlflow"]
-HISTORY_COLUMNS = ("train/loss", "train/grad_norm", "train/lr", "val/loss", "val/best_loss",
-                   "epoch", "stage_id")
+# Every metrics.csv column a tracker gets (the step is the row's coordinate, elapsed_s local).
+HISTORY_COLUMNS = tuple(c for c in METRIC_COLUMNS if c not in ("step", "elapsed_s"))
 
 
 @pytest.fixture(autouse=True)

@@ -24,10 +24,10 @@ FLOWS = ["icfm", "otcfm", "fm", "vp", "sbcfm", "reflow"]
 STOP_AT_STEP = 11  # epoch 2 of 8-step epochs, between two log rows (log_every 3)
 
 
-def config_for(flow: str, name: str) -> TrainingConfig:
+def config_for(flow: str, name: str, **options) -> TrainingConfig:
     return TrainingConfig(flow=flow, run_name=name, epochs=3, batch_size=64, width=16, depth=2,
                           warmup_steps=5, log_every=3, patience=0, ema_decay=0.9,
-                          teacher="teacher.pt" if flow == "reflow" else None)
+                          teacher="teacher.pt" if flow == "reflow" else None, **options)
 
 
 def training_data(flow: str) -> TrainingData:
@@ -39,8 +39,8 @@ def training_data(flow: str) -> TrainingData:
 
 
 def trainer(flow: str, root: Path, name: str, *, stop: GracefulStop | None = None,
-            resume: dict | None = None) -> FlowTrainer:
-    config = config_for(flow, name)
+            resume: dict | None = None, options: dict | None = None) -> FlowTrainer:
+    config = config_for(flow, name, **(options or {}))
     torch.manual_seed(config.seed)
     model = build_model("mlp", 2, width=16, depth=2, activation="selu")
     recorder = RunRecorder(root / name, name, wandb_project="test", wandb_mode="disabled")
@@ -48,27 +48,39 @@ def trainer(flow: str, root: Path, name: str, *, stop: GracefulStop | None = Non
                                   resume=resume, stop=stop, warn=lambda message: None)
 
 
-def stop_after(model: torch.nn.Module, steps: int, stop: GracefulStop) -> None:
-    """Request a graceful stop, as SIGTERM would, during training forward number `steps`."""
+def stop_after(model: torch.nn.Module, steps: int, stop: GracefulStop, *,
+               forwards_per_step: int = 1) -> None:
+    """Request a graceful stop, as SIGTERM would, during optimizer step number `steps`."""
     calls = 0
 
     def count(module, inputs, output):
         nonlocal calls
         if module.training:
             calls += 1
-            if calls == steps:
+            if calls == steps * forwards_per_step:
                 stop.signum = signal.SIGTERM
 
     model.register_forward_hook(count)
 
 
-@pytest.mark.parametrize("flow", FLOWS)
-def test_stop_and_restore_ends_bitwise_identical(flow, isolated_run_root):
-    trainer(flow, isolated_run_root, "whole").train()
+OPTIONS = {  # every option that adds state or draws: each must resume exactly too
+    "bf16+accum": {"precision": "bf16", "grad_accum": 4},
+    "eval+linear+noise": {"eval_every": 1, "eval_samples": 64, "select_by": "eval_w2",
+                          "scheduler": {"type": "linear", "final_lr_scale": 0.1},
+                          "aug": "noise", "normalize": "none"},
+}
+CASES = [(flow, {}) for flow in FLOWS] + [("otcfm", options) for options in OPTIONS.values()]
+
+
+@pytest.mark.parametrize("flow, options", CASES,
+                         ids=FLOWS + [f"otcfm-{name}" for name in OPTIONS])
+def test_stop_and_restore_ends_bitwise_identical(flow, options, isolated_run_root):
+    trainer(flow, isolated_run_root, "whole", options=options).train()
 
     stop = GracefulStop()
-    interrupted = trainer(flow, isolated_run_root, "split", stop=stop)
-    stop_after(interrupted.model, STOP_AT_STEP, stop)
+    interrupted = trainer(flow, isolated_run_root, "split", stop=stop, options=options)
+    stop_after(interrupted.model, STOP_AT_STEP, stop,
+               forwards_per_step=options.get("grad_accum", 1))
     with pytest.raises(TrainingStopped):
         interrupted.train()
     stopped = load(isolated_run_root / "split" / "last.pt")
@@ -76,7 +88,7 @@ def test_stop_and_restore_ends_bitwise_identical(flow, isolated_run_root):
     assert stopped["log_window"]["steps"] == 2, "the stop lands between two log rows"
 
     payload = read_checkpoint(isolated_run_root / "split" / "last.pt")
-    result = trainer(flow, isolated_run_root, "split", resume=payload).train()
+    result = trainer(flow, isolated_run_root, "split", resume=payload, options=options).train()
     assert result["global_step"] == 3 * 8
     assert_same_state(load(isolated_run_root / "whole" / "last.pt"),
                       load(isolated_run_root / "split" / "last.pt"))

@@ -26,7 +26,12 @@ from study.cli.common import (
 CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
                 "run_name", "epochs", "batch_size", "lr", "warmup_steps", "patience", "seed",
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
-                "width", "depth", "activation", "save_every")
+                "width", "depth", "activation", "save_every", "ema_warmup", "normalize",
+                "grad_accum", "precision", "eval_every", "eval_samples", "select_by",
+                "keep_snapshots")
+# Flags that set one key of a mapping in the config: flag -> (config key, nested key).
+NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("scheduler", "final_lr_scale"),
+                "lr_gamma": ("scheduler", "gamma"), "lr_step_size": ("scheduler", "step_size")}
 
 
 def train(
@@ -57,6 +62,18 @@ def train(
     depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
     activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
+    keep_snapshots: int | None = typer.Option(None, help="Also keep the last K epoch-numbered checkpoints (epoch-0007.pt).  [default: 0]"),
+    scheduler: str | None = typer.Option(None, help="LR after warm-up: cosine | linear | step | constant.  [default: cosine]"),
+    final_lr_scale: float | None = typer.Option(None, help="cosine/linear: final LR as a fraction of --lr.  [default: 0]"),
+    lr_gamma: float | None = typer.Option(None, help="step: multiply the LR by this ...  [default: 0.1]"),
+    lr_step_size: int | None = typer.Option(None, help="step: ... every this many epochs.  [default: 10]"),
+    grad_accum: int | None = typer.Option(None, help="Micro-batches per optimizer step; --batch-size stays the step's batch.  [default: 1]"),
+    precision: str | None = typer.Option(None, help="Forward pass in fp32 | bf16 | fp16 (CUDA) via autocast.  [default: fp32]"),
+    normalize: str | None = typer.Option(None, help="none: the model sees data units; standard: per-column z-scores.  [default: standard]"),
+    ema_warmup: bool | None = typer.Option(None, "--ema-warmup/--no-ema-warmup", help="Ramp the EMA decay up with the step.  [default: on]"),
+    eval_every: int | None = typer.Option(None, help="Epochs between W2/MMD evaluations of the EMA weights (0: never).  [default: 0]"),
+    eval_samples: int | None = typer.Option(None, help="Held-out rows compared per evaluation.  [default: 1000]"),
+    select_by: str | None = typer.Option(None, help="What best.pt and early stopping follow: val_loss | eval_w2.  [default: val_loss]"),
     resume: str | None = typer.Option(None, "--resume", help="Continue from a checkpoint file, run folder or run name; `auto`: continue the run these flags name if it has a checkpoint, else start it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over when the run already has checkpoints."),
     ckpt_dir: CkptDir = None,
@@ -74,6 +91,10 @@ def train(
     """
     values = dict(locals())
     overrides = {key: values[key] for key in CONFIG_FLAGS}
+    for flag, (key, nested) in NESTED_FLAGS.items():
+        if values[flag] is not None:
+            overrides.setdefault(key, None)
+            overrides[key] = {**(overrides[key] or {}), nested: values[flag]}
     with user_errors():
         run_from_cli(overrides, config_path=config, resume=resume, overwrite=overwrite,
                      ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
@@ -88,7 +109,7 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
                  tracker: list[str] | None = None) -> None:
     """Shared by train and resume: validate, plan, run, print the summary, map the exit code."""
     from study.flow_matching import launch
-    from study.flow_matching.config import load_config
+    from study.flow_matching.config_load import load_config
     from study.flow_matching.progress import ConsoleProgress
     from study.runs.tracking import WANDB_MODES, check_available, parse_tracker_option
 

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from study.data.normalize import normalization_stats, normalize
+from study.data.normalize import denormalize, normalization_stats
+from study.data.normalize import normalize as normalize_rows
 from study.errors import UsageError
 
 
@@ -26,22 +27,38 @@ class TrainingData:
     checksum: str = ""  # of the data files (or a built-in's name and seed); "" if unknown
     train_x0: Tensor | None = None  # [N_train, D] pre-coupled sources (reflow), else None
     val_x0: Tensor | None = None  # [N_val, D]
+    heldout: Tensor | None = None  # [M, D] raw rows for sample quality (a test split), else None
 
     @property
     def dim(self) -> int:
         return self.train.shape[1]
 
+    def describe(self) -> dict[str, Any]:
+        """What the run trains on, for run.json: the data's checksum and row counts."""
+        rows = {"train": len(self.train), "val": len(self.val)}
+        if self.heldout is not None:
+            rows["test"] = len(self.heldout)
+        return {"checksum": self.checksum, "rows": rows}
+
+    def heldout_rows(self) -> Tensor:
+        """Raw rows to compare samples with: the test split, else the val split ([M, D], CPU)."""
+        if self.heldout is not None:
+            return self.heldout.float().cpu()
+        return denormalize(self.val.float().cpu(), self.stats)
+
     @classmethod
-    def prepare(cls, train, val, *, device: torch.device | str = "cpu",
+    def prepare(cls, train, val, *, device: torch.device | str = "cpu", normalize: str = "standard",
                 stats: dict[str, Tensor] | None = None, checksum: str = "",
-                train_x0: Tensor | None = None, val_x0: Tensor | None = None) -> TrainingData:
-        """Normalise raw `train`/`val` rows and move everything to `device`."""
+                train_x0: Tensor | None = None, val_x0: Tensor | None = None,
+                heldout: Tensor | None = None) -> TrainingData:
+        """Normalise raw `train`/`val` rows (`normalize`: standard or none, unless `stats` are
+        given) and move everything to `device`."""
         train_x, val_x = as_tensor(train), as_tensor(val)
-        stats = stats or normalization_stats(train_x)
-        return cls(normalize(train_x, stats).to(device), normalize(val_x, stats).to(device),
+        stats = stats or normalization_stats(train_x, normalize)
+        return cls(normalize_rows(train_x, stats).to(device), normalize_rows(val_x, stats).to(device),
                    stats, checksum,
                    None if train_x0 is None else train_x0.to(device),
-                   None if val_x0 is None else val_x0.to(device))
+                   None if val_x0 is None else val_x0.to(device), heldout)
 
     def check_checkpoint(self, payload: dict[str, Any], source: Path, *, dataset: str,
                          steps_per_epoch: int, warn=print) -> None:

@@ -31,6 +31,14 @@ class FlowBatch:
     t: Tensor
     eps: Tensor
 
+    def split(self, parts: int) -> list[FlowBatch]:
+        """`parts` equal micro-batches, row order kept (for gradient accumulation)."""
+        if parts == 1:
+            return [self]
+        chunks = zip(*(tensor.chunk(parts) for tensor in (self.x_0, self.x_1, self.t, self.eps)),
+                     strict=True)
+        return [FlowBatch(*chunk) for chunk in chunks]
+
 
 class BatchMaker:
     def __init__(self, data: TrainingData, *, batch_size: int, seed: int, source: str,

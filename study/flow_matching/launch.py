@@ -13,14 +13,16 @@ group) wins with one printed line. `--epochs` is always the total target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.flow_matching.config import ARCH_NAMES, TrainingConfig, config_from_dict
+from study.flow_matching.config import ARCH_NAMES, TrainingConfig
+from study.flow_matching.config_load import NESTED, config_from_checkpoint
 from study.runs.paths import (
     BEST_NAME,
     LAST_FIRST,
@@ -88,13 +90,10 @@ def resume_file(target: str | Path, ckpt_dir: str | None, warn=print) -> Path:
 def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
                       warn=print) -> TrainingConfig:
     """The checkpoint's config with the allowed overrides (None: not given) applied."""
-    saved = dict(payload.get("config") or {})
-    known = {f.name for f in fields(TrainingConfig)}
-    ignored = sorted(set(saved) - known)
-    if ignored:
-        warn(f"{path.name}: ignoring config keys flowctl does not know: {', '.join(ignored)}")
-    config = config_from_dict({k: v for k, v in saved.items() if k in known}, source=str(path))
+    config = config_from_checkpoint(dict(payload.get("config") or {}), source=str(path), warn=warn)
     for key, value in overrides.items():
+        if isinstance(value, dict) and key in NESTED:  # a flag sets part of a mapping
+            value = NESTED[key](**{**_plain(getattr(config, key)), **value})
         if value is None or _plain(getattr(config, key)) == _plain(value):
             continue
         if key not in HARMLESS_OVERRIDES:
@@ -108,9 +107,11 @@ def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
 
 
 def _plain(value: Any) -> Any:
-    """Stage lists compare as dicts, whether they hold StageConfig objects or mappings."""
+    """Stages and the scheduler compare as dicts, whether dataclasses or mappings."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
     if isinstance(value, list):
-        return [item if isinstance(item, dict) else getattr(item, "__dict__", item) for item in value]
+        return [_plain(item) for item in value]
     return value
 
 
@@ -210,15 +211,18 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     import torch
 
     from study.data.dataset import resolve_dataset
+    from study.data.normalize import normalization_stats
     from study.data.training_data import TrainingData
     from study.flow_matching.device import is_main_process, resolve_device
     from study.flow_matching.models import build_model
+    from study.flow_matching.precision import check_precision
     from study.flow_matching.trainer import FlowTrainer
     from study.runs.recorder import RunRecorder
     from study.runs.tracking import resolve_wandb_mode
     from study.signals import GracefulStop, parse_signal
 
     device = resolve_device(options.device)
+    check_precision(config.precision, device)
     splits = resolve_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction,
                              min_rows=config.batch_size)
     train_x0 = val_x0 = None
@@ -226,9 +230,11 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
         from study.flow_matching.reflow import coupled_sources
 
         train_x0, val_x0, splits = coupled_sources(config, splits, folder, device, warn=warn)
-    data = TrainingData.prepare(splits.train, splits.val, device=device,
-                                stats=splits.normalization_stats(), checksum=splits.checksum,
-                                train_x0=train_x0, val_x0=val_x0)
+    stats = (splits.normalization_stats() if config.normalize == "standard"
+             else normalization_stats(splits.train, config.normalize))
+    data = TrainingData.prepare(splits.train, splits.val, device=device, stats=stats,
+                                checksum=splits.checksum, train_x0=train_x0, val_x0=val_x0,
+                                heldout=splits.test)
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
     model = build_model(config.network, splits.dim, width=config.width, depth=config.depth,
                         activation=config.activation)

@@ -1,10 +1,12 @@
 """FlowTrainer: the training loop, written out, and the state it owns.
 
 Per step: take a batch x_1, draw x_0, t and eps from seeded generators, let the flow
-matcher pair the batch and build (x_t, u_t), regress model(x_t, t) on u_t with MSE, clip,
-AdamW step at the step's learning rate, EMA update. Every `log_every` steps one log row; at
-each epoch end a validation pass on the EMA weights, best/last checkpoints and early
-stopping. The loss stays on the device between log steps (no per-step host sync).
+matcher pair the batch and build (x_t, u_t), regress model(x_t, t) on u_t with MSE (over
+`grad_accum` micro-batches, forward under autocast), clip, AdamW step at the step's
+learning rate, EMA update. Every `log_every` steps one log row; at each epoch end a
+validation pass on the EMA weights (every `eval_every` epochs also W2/MMD of samples),
+checkpoints and early stopping. The loss stays on the device between log steps (no
+per-step host sync).
 
 Exact resume: every random draw comes from a generator whose state is in `state_dict()`,
 together with the data position (epoch, batch), the log window and the stage; the learning
@@ -26,11 +28,14 @@ import torch.nn.functional as F
 from study.data.training_data import TrainingData
 from study.errors import RunFailed
 from study.flow_matching.batches import BatchMaker, FlowBatch
+from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
+from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
+from study.flow_matching.sample_quality import SampleQuality
 from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.stages import plan_stages, stage_for_epoch
 from study.flow_matching.validation import Validator
@@ -55,7 +60,8 @@ class FlowTrainer:
     def __init__(self, model, config: TrainingConfig, train_ds, val_ds, device,
                  wandb_project: str = "flow-matching-study", resume_path=None, *,
                  ckpt_root=None, wandb_mode: str | None = None):
-        data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device))
+        data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device),
+                                    normalize=config.normalize)
         recorder = RunRecorder(run_dir(config.name, ckpt_root), config.name,
                                wandb_project=wandb_project, wandb_mode=resolve_wandb_mode(wandb_mode))
         resume = None if resume_path is None else read_checkpoint(resume_path)
@@ -92,14 +98,21 @@ class FlowTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=self.learning_rate(0),
                                            weight_decay=config.weight_decay,
                                            **fast_adamw_options(self.device))
-        self.ema = EMAModel(self.model, decay=config.ema_decay)
+        self.ema = EMAModel(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
+        self.precision = Precision(config.precision, self.device)
         self.validator = Validator(data.val, seed=config.seed, source=config.source,
                                    batch_size=config.batch_size, device=self.device,
                                    val_x0=data.val_x0)
+        self.quality = None if not config.eval_every else SampleQuality(
+            data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
+            source=config.source, device=self.device)
+        self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
+                                        keep_snapshots=config.keep_snapshots)
 
         # Progress counters: `epoch` is the last completed epoch (-1: none yet).
         self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
         self.best_loss, self.epochs_without_improvement = math.inf, 0
+        self.best_score = math.inf  # of the selection metric (val loss or eval W2)
         self.window = LogWindow(self.device)
         self.last_train_loss: float | None = None
         self.wandb_run_id: str | None = None
@@ -129,6 +142,7 @@ class FlowTrainer:
                 stage = stage_for_epoch(self.stages, epoch)
                 flow = build_flow(stage.flow, sigma=stage.sigma)
                 self.batches.start_epoch()
+                epoch_started = time.perf_counter()
                 for batch_index in range(self.batch_in_epoch, self.steps_per_epoch):
                     loss, grad_norm = self._train_step(self.batches.draw(batch_index, stage, flow), flow)
                     self.global_step += 1
@@ -140,20 +154,15 @@ class FlowTrainer:
                         row = self._train_log_row(epoch, stage)
                     epoch_done = self.batch_in_epoch == self.steps_per_epoch
                     if epoch_done:
-                        row.update(self._validate_epoch(epoch, stage))
+                        row.update(self._end_epoch(epoch, stage, time.perf_counter() - epoch_started))
                     if row:  # logged before the checkpoint of this step, never after
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
-                    saved = epoch_done or (cfg.save_every and self.global_step % cfg.save_every == 0)
-                    if epoch_done:
-                        # best.pt goes in place first: a crash between the two renames
-                        # leaves last.pt older, and the resume recomputes (and rewrites) both.
-                        improved = self.epochs_without_improvement == 0
-                        self._save([BEST_NAME, LAST_NAME] if improved else [LAST_NAME])
-                    elif saved:
-                        self._save([LAST_NAME])
-                    if self.stop.requested:  # set by the signal handler; we save here, not there
-                        if not saved:
-                            self._save([LAST_NAME])
+                    # The signal handler only sets stop.requested: we save here, not there.
+                    self.checkpoints.after_step(
+                        step=self.global_step, epoch=epoch, epoch_done=epoch_done,
+                        improved=epoch_done and self.epochs_without_improvement == 0,
+                        stopping=self.stop.requested, state=self.state_dict, finite=self._finite)
+                    if self.stop.requested:
                         self.recorder.flush()
                         raise TrainingStopped(self.stop.signum)
                 self.batch_in_epoch = 0
@@ -177,17 +186,22 @@ class FlowTrainer:
         return result
 
     def _train_step(self, batch: FlowBatch, flow) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on `batch`; returns (loss, grad norm) as device scalars."""
-        x_t, u_t = flow.path(batch.x_0, batch.x_1, batch.t, batch.eps)
-        loss = F.mse_loss(self.model(x_t, batch.t), u_t)
+        """One optimizer step on `batch`, in `grad_accum` equal micro-batches whose mean
+        gradient is the whole batch's; returns (loss, grad norm) as device scalars."""
+        parts = self.config.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        self.optimizer.step()
+        loss = torch.zeros((), device=self.device)
+        for part in batch.split(parts):
+            x_t, u_t = flow.path(part.x_0, part.x_1, part.t, part.eps)
+            with self.precision.autocast():
+                v_t = self.model(x_t, part.t)
+            part_loss = F.mse_loss(v_t.float(), u_t) / parts
+            self.precision.backward(part_loss)
+            loss += part_loss.detach()
+        grad_norm = self.precision.clip_and_step(self.optimizer, self.params, self.config.grad_clip)
         self._set_learning_rate(self.global_step + 1)  # for the next step
-        self.ema.update(self.model)
-        return loss.detach(), grad_norm
+        self.ema.update(self.model, n=self.global_step)
+        return loss, grad_norm
 
     def _set_learning_rate(self, step: int) -> None:
         for group in self.optimizer.param_groups:
@@ -206,34 +220,37 @@ class FlowTrainer:
                 "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
                 "metrics/stage_id": stage.index}
 
-    def _validate_epoch(self, epoch: int, stage) -> dict[str, Any]:
-        """Validate on the EMA weights, track the best and the patience counter."""
+    def _end_epoch(self, epoch: int, stage, seconds: float) -> dict[str, Any]:
+        """Validate (and every `eval_every` epochs evaluate) the EMA weights; track the
+        best of the selection metric and the patience counter."""
+        cfg = self.config
         val_loss = self.validate(stage)
         if not math.isfinite(val_loss):
             raise RunFailed(f"non-finite validation loss at step {self.global_step}")
-        if val_loss < self.best_loss:
-            self.best_loss, self.epochs_without_improvement = val_loss, 0
+        self.best_loss = min(self.best_loss, val_loss)
+        row = {"val/loss": val_loss, "val/best_loss": self.best_loss, "epoch": epoch,
+               "metrics/stage_id": stage.index, "epoch_time_s": round(seconds, 4)}
+        if self.quality is not None and (epoch + 1) % cfg.eval_every == 0:
+            row.update(self.quality(self.model, self.ema))
+        score = row.get("eval/w2") if cfg.select_by == "eval_w2" else val_loss
+        if score is not None and score < self.best_score:
+            self.best_score, self.epochs_without_improvement = score, 0
         else:
             self.epochs_without_improvement += 1
         self.epoch, self.batch_in_epoch = epoch, 0
-        self.progress.update(step=self.global_step, epoch=epoch, total_epochs=self.config.epochs,
+        self.progress.update(step=self.global_step, epoch=epoch, total_epochs=cfg.epochs,
                              loss=self.last_train_loss, val_loss=val_loss)
-        return {"val/loss": val_loss, "val/best_loss": self.best_loss, "epoch": epoch,
-                "metrics/stage_id": stage.index}
+        return row
 
     def validate(self, stage=None) -> float:
         """Mean validation MSE with the EMA weights on fixed x_0, t and eps."""
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
         return self.validator.loss(self.model, self.ema, stage)
 
-    def _save(self, names: list[str]) -> None:
-        """Checkpoint the current state, unless it is already non-finite (a diverging run
-        between log steps must not overwrite the last good last.pt)."""
-        finite = torch.stack([torch.isfinite(self.window.loss_sum),
-                              *(torch.isfinite(p).all() for p in self.params)]).all()
-        if not finite:  # one host sync per checkpoint
-            raise RunFailed(f"non-finite loss at step {self.global_step}")
-        self.recorder.save_checkpoint(self.state_dict(), [self.run_dir / name for name in names])
+    def _finite(self) -> torch.Tensor:
+        """Whether the weights and the pending window loss are finite (a device bool)."""
+        return torch.stack([torch.isfinite(self.window.loss_sum),
+                            *(torch.isfinite(p).all() for p in self.params)]).all()
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -252,8 +269,10 @@ class FlowTrainer:
             "scheduler_state_dict": self.learning_rate.state_dict(self.global_step),
             "rng_states": self.batches.state_dict(mid_epoch=self.batch_in_epoch > 0),
             "best_loss": float(self.best_loss),
+            "best_score": float(self.best_score),
             "epochs_without_improvement": self.epochs_without_improvement,
             "log_window": self.window.state_dict(),
+            "grad_scaler": self.precision.state_dict(),
             "last_train_loss": self.last_train_loss,
             "stage": {"current_stage": stage.index, "stage_name": stage.name,
                       "stage_step": self.global_step - stage.start_epoch * self.steps_per_epoch,
@@ -277,6 +296,8 @@ class FlowTrainer:
         restore_modules(payload, source, self.model, self.ema, self.optimizer)
         self.epoch = int(payload["epoch"])
         self.best_loss = float(payload["best_loss"])
+        self.best_score = float(payload.get("best_score", self.best_loss))
+        self.precision.load_state_dict(payload.get("grad_scaler") or {})
         exact = "rng_states" in payload and "global_step" in payload
         self.global_step = int(payload.get("global_step", (self.epoch + 1) * self.steps_per_epoch))
         self.batch_in_epoch = int(payload.get("batch_in_epoch", 0))
@@ -303,14 +324,19 @@ class FlowTrainer:
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
         return {"epoch": self.epoch + 1, "global_step": self.global_step, "stage": stage.name,
                 "train_loss": self.last_train_loss,
-                "best_val_loss": self.best_loss if math.isfinite(self.best_loss) else None}
+                "best_val_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+                "lr": self.optimizer.param_groups[0]["lr"], "scheduler": self.config.scheduler.type,
+                "dataset": self.data.describe()}
 
     def _result(self, status: str, elapsed_s: float) -> dict[str, Any]:
         best = self.run_dir / BEST_NAME
         return {"status": status, "epochs_run": self.epoch + 1, "final_epoch": self.epoch,
                 "best_val_loss": self.best_loss, "global_step": self.global_step,
                 "checkpoint_path": str(best), "last_checkpoint_path": str(self.run_dir / LAST_NAME),
-                "elapsed_s": elapsed_s, "wandb_run_id": self.wandb_run_id, "run_dir": str(self.run_dir)}
+                "elapsed_s": elapsed_s, "wandb_run_id": self.wandb_run_id, "run_dir": str(self.run_dir),
+                "scheduler": self.config.scheduler.type,
+                "lrs": [group["lr"] for group in self.optimizer.param_groups],
+                "dataset": self.data.describe()}
 
     def finish(self) -> None:
         """Close logging if `train()` did not (kept for the study's notebooks)."""

@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.runs.metrics_log import METRIC_COLUMNS
+from study.runs.metrics_log import METRIC_COLUMNS, NOT_REPLAYED
 
 LOCAL_STORE = "mlruns"
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "artifacts"
 URI_ENV = "MLFLOW_TRACKING_URI"
 INSTALL_HINT = "pip install 'flowctl[mlflow]' (or pip install mlflow-skinny sqlalchemy alembic)"
-# The keys of the trainer's history rows (what metrics.csv holds and can replay); the last
-# step of a resumed run is read from these alone, never from eval/* or summary metrics.
-HISTORY_KEYS = (*(c for c in METRIC_COLUMNS if "/" in c), "epoch", "metrics/stage_id")
+# Keys only the trainer's history rows hold (every row has `epoch`): the last step of a
+# resumed run is read from these alone, never from eval/* (`flowctl eval` adds those at the
+# run's step of the moment, which may be ahead of what the trainer had stored) or summaries.
+HISTORY_KEYS = (*(c for c in METRIC_COLUMNS if c not in NOT_REPLAYED and not c.startswith("eval/")),
+                "epoch", "metrics/stage_id")
 # MLflow caps a param value at 6,000 characters (2.x; 8,000 in 3.x) and a batch at 100 params.
 MAX_PARAM_CHARS = 6000
 MAX_PARAMS_PER_BATCH = 100

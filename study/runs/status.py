@@ -106,6 +106,7 @@ RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
     "updated_at": (str,), "finished_at": (str,), "elapsed_s": (int, float), "pid": (int,),
     "host": (str,), "wandb_run_id": (str,), "wandb_mode": (str,), "wandb": (str,),
     "error": (dict,), "checkpoints": (dict,), "resumed_from_step": (int,),
+    "lr": (int, float), "scheduler": (str,), "dataset": (dict,),
     # {tracker name: ok | disabled | unavailable} of the trackers the run logs to (a resume
     # without --tracker uses the same ones); the MLflow run a resume continues, and its
     # store when that was $MLFLOW_TRACKING_URI rather than the run's own mlruns/.
