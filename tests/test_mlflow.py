@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from study.runs.metrics_log import METRIC_COLUMNS
+from study.runs.metrics_log import METRIC_COLUMNS, read_metrics
 from study.runs.mlflow_store import flatten_params, local_uri
 from tests.helpers import (
     REPO_ROOT,
@@ -57,7 +57,7 @@ def assert_history_matches_metrics_csv(run_dir) -> None:
     """Every metrics.csv cell is in MLflow at the same step with the same value, each
     key's steps strictly increase in the order they were stored, and nothing else is there."""
     client, run = mlflow_run(run_dir)
-    rows = metrics_rows(run_dir)
+    rows = read_metrics(run_dir / "metrics.csv")
     for column in HISTORY_COLUMNS:
         key = "metrics/stage_id" if column == "stage_id" else column
         expected = [(int(row["step"]), float(row[column])) for row in rows if row[column] != ""]
@@ -69,6 +69,7 @@ def assert_history_matches_metrics_csv(run_dir) -> None:
 
 def test_mlflow_run_holds_the_params_and_metrics_of_metrics_csv(tmp_path, isolated_run_root):
     result = cli("train", "--run-name", "ml", "--group", "grid", "--log-every", "4",
+                 "--eval-every", "2", "--eval-samples", "64",
                  *run_flags(vectors_file(tmp_path), epochs=3), *MLFLOW)
     assert result.exit_code == 0, result.stderr
     run_dir = isolated_run_root / "ml"
@@ -78,6 +79,7 @@ def test_mlflow_run_holds_the_params_and_metrics_of_metrics_csv(tmp_path, isolat
     assert_history_matches_metrics_csv(run_dir)
 
     client, run = mlflow_run(run_dir)
+    assert [step for step, _ in history(client, run, "eval/w2")] == [18]  # every 2nd epoch
     assert run.info.run_name == "ml" and run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "flow-matching-study"
     assert run.data.params == flatten_params(status["config"])
@@ -227,7 +229,7 @@ def test_tracker_mlflow_without_the_package_is_one_line_exit_2(tmp_path, monkeyp
     # `import mlflow` and importlib's lookup fail, as for a package that is not installed.
     monkeypatch.setitem(sys.modules, "mlflow", None)
     result = cli("train", "--run-name", "x", *run_flags(vectors_file(tmp_path)), *MLFLOW)
-    error_line(result, "needs mlflow", "pip install 'flowctl[mlflow]'")
+    error_line(result, "needs mlflow", "pip install mlflow-skinny sqlalchemy alembic")
 
 
 def test_mlflow_is_imported_only_when_chosen(tmp_path):

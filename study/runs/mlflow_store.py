@@ -24,7 +24,7 @@ LOCAL_STORE = "mlruns"
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "artifacts"
 URI_ENV = "MLFLOW_TRACKING_URI"
-INSTALL_HINT = "pip install 'flowctl[mlflow]' (or pip install mlflow-skinny sqlalchemy alembic)"
+INSTALL_HINT = "pip install mlflow-skinny sqlalchemy alembic (or pip install -e '.[mlflow]')"
 # Keys only the trainer's history rows hold (every row has `epoch`): the last step of a
 # resumed run is read from these alone, never from eval/* (`flowctl eval` adds those at the
 # run's step of the moment, which may be ahead of what the trainer had stored) or summaries.
@@ -46,10 +46,12 @@ def tracking_uri(run_dir: Path, recorded: str | None = None) -> str:
 
 
 def check_mlflow_available(uri: str | None = None) -> None:
-    """UsageError (one line, with the pip command) when mlflow, or for a SQLite store
-    SQLAlchemy and Alembic, are missing. Looks the packages up without importing them."""
+    """UsageError (one line, with the pip command) when mlflow, or for a database store
+    (the local SQLite one included) SQLAlchemy and Alembic, are missing. Looks the packages
+    up without importing them."""
     uri = uri if uri is not None else os.environ.get(URI_ENV, "sqlite:")
-    needed = ["mlflow"] + (["sqlalchemy", "alembic"] if uri.startswith("sqlite:") else [])
+    server = uri.startswith(("http://", "https://", "databricks"))
+    needed = ["mlflow"] + ([] if server else ["sqlalchemy", "alembic"])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise UsageError(f"MLflow tracking needs {' and '.join(missing)}: {INSTALL_HINT}; "
