@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from study.runs.metrics_log import METRIC_COLUMNS, read_metrics
+from study.runs.metrics_log import METRIC_COLUMNS, WALL_CLOCK_COLUMNS, read_metrics
 from study.runs.mlflow_store import flatten_params, local_uri
 from tests.helpers import (
     REPO_ROOT,
@@ -64,7 +64,10 @@ def assert_history_matches_metrics_csv(run_dir) -> None:
         stored = history(client, run, key)
         steps = [step for step, _ in stored]
         assert steps == sorted(set(steps)), f"{key}: steps must strictly increase, got {steps}"
-        assert stored == expected, f"{key}: MLflow history differs from metrics.csv"
+        if column in WALL_CLOCK_COLUMNS:  # a killed segment's row may hold its own timing
+            assert steps == [step for step, _ in expected], f"{key}: steps differ from metrics.csv"
+        else:
+            assert stored == expected, f"{key}: MLflow history differs from metrics.csv"
 
 
 def test_mlflow_run_holds_the_params_and_metrics_of_metrics_csv(tmp_path, isolated_run_root):

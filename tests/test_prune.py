@@ -260,3 +260,16 @@ def test_a_training_run_is_never_pruned_and_its_crash_is(tmp_path, isolated_run_
     done = prune_json("--status", "crashed", "--yes")
     assert [(r["run_name"], r["action"]) for r in done["runs"]] == [("live", "removed")]
     assert not run_dir.exists()
+
+
+def test_prune_imports_no_torch_wandb_or_mlflow(isolated_run_root):
+    make_run(isolated_run_root, "f", status="failed")
+    code = ("import sys\nfrom study.cli.app import app\n"
+            "try:\n    app(args=['prune', '--status', 'failed', '--yes'])\n"
+            "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
+            "print([name for name in ('torch', 'wandb', 'mlflow') if name in sys.modules])\n")
+    env = {**os.environ, "FLOWCTL_CKPT_DIR": str(isolated_run_root)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]" and not (isolated_run_root / "f").exists()
