@@ -236,30 +236,26 @@ def test_tracker_mlflow_without_the_package_is_one_line_exit_2(tmp_path, monkeyp
 
 
 def test_mlflow_is_imported_only_when_chosen(tmp_path):
-    """A real interpreter: train and eval without MLflow never import it; with it they do."""
+    """One real interpreter: train and eval with the default trackers and with none never
+    import mlflow; then with --tracker mlflow they do (the control)."""
     script = (
         "import sys\n"
-        "from tests.helpers import cli, run_flags, vectors_file\n"
         "from pathlib import Path\n"
+        "from tests.helpers import cli, run_flags, vectors_file\n"
         f"data = vectors_file(Path({str(tmp_path)!r}))\n"
-        "extra = sys.argv[1:]\n"
-        "assert cli('train', '--run-name', 'r', *run_flags(data, epochs=1), *extra).exit_code == 0\n"
-        "assert cli('eval', 'r', '--n', '32', '--steps', '2').exit_code == 0\n"
-        "print('mlflow' in sys.modules)\n"
+        "for extra in ([], ['--tracker', 'none'], ['--tracker', 'mlflow']):\n"
+        "    flags = run_flags(data, '--overwrite', *extra, epochs=1)\n"
+        "    assert cli('train', '--run-name', 'r', *flags).exit_code == 0\n"
+        "    assert cli('eval', 'r', '--n', '32', '--steps', '2').exit_code == 0\n"
+        "    print('mlflow' in sys.modules)\n"
     )
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))},
            "FLOWCTL_CKPT_DIR": str(tmp_path / "ckpt"), "WANDB_SILENT": "true",
            "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO_ROOT)}
-
-    def imported(*extra: str) -> bool:
-        done = subprocess.run([sys.executable, "-c", script, *extra], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.strip().splitlines()[-1] == "True"
-
-    assert not imported("--overwrite")
-    assert not imported("--overwrite", "--tracker", "none")
-    assert imported("--overwrite", "--tracker", "mlflow")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "True"]
 
 
 def test_flatten_params_nests_with_dots_and_lists_as_json():

@@ -222,13 +222,14 @@ def test_terminal_confirmation(isolated_run_root):
                                     "failed"], cwd=REPO_ROOT, env=env, stdin=follower,
                                    stdout=follower, stderr=subprocess.PIPE)
         os.close(follower)
-        screen, deadline = b"", time.monotonic() + 60
+        screen, deadline = b"", time.monotonic() + 120
         while b"delete 1 run folder?" not in screen:
             assert time.monotonic() < deadline, screen
             if select.select([leader], [], [], 0.5)[0]:
                 screen += os.read(leader, 4096)
         os.write(leader, reply)
         while process.poll() is None or select.select([leader], [], [], 0.1)[0]:
+            assert time.monotonic() < deadline, screen
             try:
                 screen += os.read(leader, 4096)
             except OSError:  # the child closed the terminal
