@@ -80,5 +80,5 @@ TensorBoard = Annotated[bool, typer.Option(
     "--tensorboard", help="Also write scalars to {run}/tb/ (needs the tensorboard package).")]
 Tracker = Annotated[list[str] | None, typer.Option(
     "--tracker", help="Where metrics go besides metrics.csv: wandb | mlflow | tensorboard | none; "
-    "repeat it or comma-separate (--tracker wandb,mlflow).  [default: wandb (plus tensorboard "
-    "with --tensorboard); a resume keeps the run's trackers]")]
+    "repeat it or comma-separate (--tracker wandb,mlflow). Default: wandb (plus tensorboard "
+    "with --tensorboard); a resume keeps the run's trackers.")]
