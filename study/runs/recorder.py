@@ -187,6 +187,7 @@ class RunRecorder:
                                 notes=error_info["message"] if error_info else None,
                                 preempting=status == "preempted")
             self.status.update(status=status, finished_at=utc_now(), error=error_info,
+                               exit_code=exit_code,
                                elapsed_s=round(self.elapsed_s(), 3), wandb=self.tracker.status,
                                **(progress or {}))
         finally:

@@ -104,7 +104,7 @@ RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
     "updated_at": (str,), "finished_at": (str,), "elapsed_s": (int, float), "pid": (int,),
     "host": (str,), "wandb_run_id": (str,), "wandb_mode": (str,), "wandb": (str,),
     "error": (dict,), "checkpoints": (dict,), "resumed_from_step": (int,),
-    "lr": (int, float), "scheduler": (str,), "dataset": (dict,),
+    "lr": (int, float), "scheduler": (str,), "dataset": (dict,), "exit_code": (int,),
 }
 
 
