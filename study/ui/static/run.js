@@ -2,11 +2,11 @@
 // config, pictures and the resume command. Polls every 2 s; metrics arrive incrementally.
 import { drawChart } from "./chart.js";
 import {
-  apiRunUrl, el, formatAge, formatBytes, formatDuration, formatEpochs, formatNumber, getJson, poll, setText,
-  statusBadge,
+  apiRunUrl, el, formatAge, formatBytes, formatDuration, formatEpochs, formatNumber, getJson, poll,
+  setText, statusBadge,
 } from "./util.js";
 
-const state = { rows: [], lastStep: -1, checkpointsSeen: null, pictures: "" };
+const state = { rows: [], lastStep: -1, checkpointsSeen: null, pictures: "", stageNames: [] };
 
 function byId(id) { return document.getElementById(id); }
 
@@ -29,7 +29,9 @@ function drawCharts() {
   const series = (key) => rows.filter((row) => typeof row[key] === "number").map((row) => [row.step, row[key]]);
   const markers = [];
   rows.forEach((row, index) => {
-    if (index > 0 && row.stage_id !== rows[index - 1].stage_id) markers.push({ x: row.step, label: `stage ${row.stage_id}` });
+    if (index > 0 && row.stage_id !== rows[index - 1].stage_id) {
+      markers.push({ x: row.step, label: state.stageNames[row.stage_id] || `stage ${row.stage_id}` });
+    }
   });
   drawChart(byId("loss-chart"), {
     logY: byId("log-scale").checked, markers, empty: "waiting for the first logged loss",
@@ -65,6 +67,7 @@ function showRunFacts(detail) {
   byId("eval-card").hidden = evalEntries.length === 0;
   keyValues(byId("eval-table"), evalEntries);
   const config = (detail.run_json && detail.run_json.config) || {};
+  state.stageNames = (Array.isArray(config.stages) ? config.stages : []).map((stage) => stage && stage.name);
   keyValues(byId("config-table"), Object.entries(config));
   const pictureKey = JSON.stringify(detail.pictures);
   if (pictureKey !== state.pictures) {
