@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
-from tests.helpers import cli, get_json, spawn, start_ui, stop
+import pytest
+
+from tests.helpers import REPO_ROOT, cli, get_json, spawn, start_ui, stop
 from tests.test_list_runs import APP_MAIN, _run_python, write_run
 
 
@@ -89,3 +95,30 @@ def test_other_host_only_when_asked_with_a_warning_line(isolated_run_root: Path)
         f"warning: listening on 0.0.0.0:{started['port']}, not loopback: anyone who can reach "
         "this machine can read these runs (read-only, no login)"]
     assert server.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_built_wheel_serves_the_page(tmp_path: Path):
+    """The page ships as package data: a non-editable install has it (pyproject package-data)."""
+    pytest.importorskip("setuptools", reason="building the wheel needs setuptools in this venv")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    shutil.copytree(REPO_ROOT / "study", source / "study",
+                    ignore=shutil.ignore_patterns("__pycache__", "checkpoints", "splits"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "wheel"), str(source)], check=True, capture_output=True,
+                   timeout=300)
+    wheel = next((tmp_path / "wheel").glob("flowctl-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(tmp_path / "site"), str(wheel)], check=True, capture_output=True, timeout=300)
+    shipped = sorted(path.name for path in (REPO_ROOT / "study" / "ui" / "static").iterdir())
+    code = ("import study.ui.server as server; print(server.__file__); "
+            "print(sorted(server.load_static()))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    location, names = done.stdout.splitlines()
+    assert location.startswith(str(tmp_path / "site"))  # the installed copy, not the checkout
+    assert ast.literal_eval(names) == shipped and "index.html" in shipped
