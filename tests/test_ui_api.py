@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -75,13 +77,44 @@ def test_runs_table_rows_newest_first_with_progress(served: str, isolated_run_ro
     assert "unknown status 'nope'" in get_json(f"{served}/api/runs?status=nope", status=400)["error"]
 
 
+def test_table_follows_every_change_between_polls(served: str, isolated_run_root: Path):
+    """/api/runs remembers settled folders between polls; nothing it shows may go stale."""
+    from study.runs.status import write_json_atomic
+
+    def statuses() -> dict:
+        return {row["folder"]: (row["status"], row["reason"]) for row in get_json(f"{served}/api/runs")["runs"]}
+
+    record = write_run(isolated_run_root, "done")
+    empty = isolated_run_root / "empty"
+    empty.mkdir()
+    os.utime(empty, (1e9, 1e9))  # an old folder: whatever is added next changes its mtime
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        write_run(isolated_run_root, "live", status="running", host=socket.gethostname(),
+                  pid=sleeper.pid)
+        assert statuses() == {"done": ("finished", None), "empty": ("unknown", "run.json missing"),
+                              "live": ("running", None)}
+        write_json_atomic(isolated_run_root / "done" / "run.json", {**record, "status": "failed"})
+        (empty / "best.pt").write_bytes(b"weights")
+        sleeper.kill()
+        sleeper.wait()
+        assert statuses() == {
+            "done": ("failed", None), "empty": ("unknown", "run.json missing (checkpoints present)"),
+            "live": ("crashed", f"pid {sleeper.pid} is no longer running on {socket.gethostname()}")}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    shutil.rmtree(isolated_run_root / "done")
+    assert set(statuses()) == {"empty", "live"}
+
+
 def test_status_has_the_directive_shape(served: str, isolated_run_root: Path):
     write_run(isolated_run_root, "live", status="running", epoch=7, total_epochs=15,
               train_loss=4.94, host="another-host", global_step=700)
     status = get_json(f"{served}/api/runs/live/status")
     assert status == {"running": True, "current_epoch": 7, "total_epochs": 15, "loss": 4.94,
                       "status": "running", "global_step": 700}
-    write_run(isolated_run_root, "dead", status="running", host=os.uname().nodename, pid=2**22 + 12345)
+    write_run(isolated_run_root, "dead", status="running", host=socket.gethostname(), pid=2**22 + 12345)
     dead = get_json(f"{served}/api/runs/dead/status")
     assert dead["running"] is False and dead["status"] == "crashed"
 

@@ -29,6 +29,7 @@ from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, read_run, s
 from study.ui.checkpoint_view import CheckpointSummaries
 from study.ui.metrics_feed import MetricsFeed
 from study.ui.resolve import file_in_run, links_outside, plain_name, run_folder
+from study.ui.run_cache import RunInfoCache
 
 EVAL_JSON = "eval.json"  # written by `flowctl eval` (study.flow_matching.evaluate, which imports torch)
 PICTURE_SUFFIX = ".png"
@@ -53,6 +54,7 @@ class DashboardApi:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.metrics_feed = MetricsFeed()
+        self.run_cache = RunInfoCache()
         self.summaries = CheckpointSummaries()
         default = os.path.realpath(DEFAULT_CKPT_ROOT) == os.path.realpath(self.root)
         self.resume_suffix = "" if default else f" --ckpt-dir {shlex.quote(str(self.root.resolve()))}"
@@ -68,7 +70,9 @@ class DashboardApi:
         now = time.time()
         root_real = os.path.realpath(self.root)
         rows, hidden = [], []
-        for info in scan_runs(self.root, now=now):
+        infos = scan_runs(self.root, now=now, reader=self.run_cache)
+        self.run_cache.forget_unseen()
+        for info in infos:
             if links_outside(root_real, str(info.path)):
                 hidden.append({"folder": os.path.basename(info.path),
                                "reason": "a symlink to a folder outside the checkpoint root"})
@@ -125,7 +129,8 @@ class DashboardApi:
         path = file_in_run(folder, METRICS_CSV)
         columns, rows, last_step = ([], [], -1) if path is None else \
             self.metrics_feed.rows_after(path, since)
-        return Reply(200, {"columns": columns, "since": since, "last_step": last_step, "rows": rows})
+        head = json.dumps({"columns": columns, "since": since, "last_step": last_step})
+        return Reply(200, b"".join([head[:-1].encode(), b',"rows":[', b",".join(rows), b"]}"]))
 
     def picture(self, name: str, filename: str) -> Reply:
         """A PNG from the run folder (loss.png, samples.png, marginals.png, ...)."""

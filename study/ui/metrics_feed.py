@@ -5,7 +5,8 @@ would cost the server far more than the new rows are worth. Each file keeps its 
 and the byte offset reached. The file is re-read from the start when it is replaced or cut
 (a resume drops the rows past its checkpoint; `--overwrite` starts a new file): detected by
 a new inode, a smaller size, or a changed first line block. Only complete lines are taken,
-so a row being written is picked up at the next poll, never half.
+so a row being written is picked up at the next poll, never half. Rows are kept as JSON
+text, encoded once: answering 100,000 rows is then a join, not 100,000 json.dumps calls.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import bisect
 import csv
 import io
+import json
 import math
 import os
 import threading
@@ -32,7 +34,7 @@ class ParsedFile:
     prefix: bytes = b""
     offset: int = 0
     columns: list[str] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[bytes] = field(default_factory=list)  # each row as a JSON object
     steps: list[int] = field(default_factory=list)  # rows' steps, non-decreasing, for bisect
 
 
@@ -43,11 +45,11 @@ class MetricsFeed:
         self._files: dict[str, ParsedFile] = {}
         self._lock = threading.Lock()
 
-    def rows_after(self, path: str, since: int) -> tuple[list[str], list[dict[str, Any]], int]:
-        """(columns, rows with step > since, largest step in the file or -1).
+    def rows_after(self, path: str, since: int) -> tuple[list[str], list[bytes], int]:
+        """(columns, rows with step > since as JSON objects, largest step in the file or -1).
 
-        Rows are dicts of the file's columns; empty cells are left out, numbers are int
-        (step, epoch, stage_id) or float, and a non-finite float becomes None.
+        A row is an object of the file's columns; empty cells are left out, numbers are int
+        (step, epoch, stage_id) or float, and a non-finite float becomes null.
         A missing file gives ([], [], -1).
         """
         with self._lock:
@@ -101,7 +103,7 @@ class MetricsFeed:
                 continue
             if parsed.steps and row["step"] < parsed.steps[-1]:
                 continue  # out of order: keep the steps sorted for bisect
-            parsed.rows.append(row)
+            parsed.rows.append(json.dumps(row, separators=(",", ":")).encode())
             parsed.steps.append(row["step"])
 
 

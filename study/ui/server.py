@@ -91,6 +91,9 @@ class DashboardHandler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "flowctl-ui"
     protocol_version = "HTTP/1.1"  # keep-alive: a polling page reuses one connection
+    # Headers and body go out as two writes; with Nagle's algorithm the second waits for the
+    # client's delayed ACK, 40 ms per answer on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.answer(self.route(), with_body=True)
