@@ -72,10 +72,11 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str, int]:
     return server, started["url"].rstrip("/"), started["port"]
 
 
-def timed_gets(port: int, path: str, repeats: int) -> tuple[list[float], int]:
-    """Wall seconds of `repeats` GETs on one keep-alive connection (after one warm-up)."""
+def timed_gets(port: int, path: str, repeats: int) -> tuple[list[float], int, float]:
+    """(wall seconds of `repeats` GETs on one keep-alive connection after one warm-up,
+    response bytes, wall seconds of the warm-up: the first answer, nothing remembered yet)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    times, size = [], 0
+    times, size, first = [], 0, 0.0
     for attempt in range(repeats + 1):
         started = time.perf_counter()
         connection.request("GET", path)
@@ -86,8 +87,10 @@ def timed_gets(port: int, path: str, repeats: int) -> tuple[list[float], int]:
         size = len(body)
         if attempt:
             times.append(elapsed)
+        else:
+            first = elapsed
     connection.close()
-    return times, size
+    return times, size, first
 
 
 def browser_times(url: str, runs: int, polls: int) -> dict[str, float] | None:
@@ -157,7 +160,7 @@ def main() -> None:
         server, url, port = start_server(root)
         try:
             cases = {
-                f"scan_runs in-process ({args.runs} runs)": (scan, None),
+                f"scan_runs in-process ({args.runs} runs)": (scan, None, None),
                 f"GET /api/runs ({args.runs} runs)": timed_gets(port, "/api/runs", args.repeats),
                 "GET /api/runs/{name}/status": timed_gets(port, f"/api/runs/{long_run.name}/status",
                                                           args.repeats),
@@ -176,12 +179,14 @@ def main() -> None:
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
           f"{args.repeats} requests per row after a warm-up, one keep-alive connection\n")
     width = max(len(label) for label in cases)
-    print(f"| {'what':<{width}} | median ms | p90 ms | max ms | response |")
-    print(f"|{'-' * (width + 2)}|----------:|-------:|-------:|---------:|")
-    for label, (times, size) in cases.items():
+    print(f"| {'what':<{width}} | first ms | median ms | p90 ms | max ms | response |")
+    print(f"|{'-' * (width + 2)}|---------:|----------:|-------:|-------:|---------:|")
+    for label, (times, size, first) in cases.items():
         median, p90, worst = summary(times)
         shown = "-" if size is None else f"{size / 1000:.0f} kB"
-        print(f"| {label:<{width}} | {median * 1000:9.1f} | {p90 * 1000:6.1f} | {worst * 1000:6.1f} | {shown:>8} |")
+        cold = "-" if first is None else f"{first * 1000:.1f}"
+        print(f"| {label:<{width}} | {cold:>8} | {median * 1000:9.1f} | {p90 * 1000:6.1f} | "
+              f"{worst * 1000:6.1f} | {shown:>8} |")
     if page is None:
         print("\n(page timings skipped: no chromium/chromedriver, or --no-browser)")
     else:
