@@ -69,10 +69,11 @@ def test_port_in_use_is_one_line_and_exit_2(isolated_run_root: Path):
         "or --port 0 for any free port"]
 
 
-def test_bad_host_and_root_that_is_a_file_are_exit_2(tmp_path: Path):
+def test_bad_host_port_and_root_that_is_a_file_are_exit_2(tmp_path: Path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     for args, expected in (
+        (["--port", "70000"], "--port must be between 0 and 65535, got 70000; 0 picks a free port"),
         (["--ckpt-dir", str(not_a_folder)], f"checkpoint root {not_a_folder} is not a folder"),
         (["--host", "no-such-host.invalid"], "cannot listen on host 'no-such-host.invalid'"),
     ):

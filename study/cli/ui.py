@@ -22,7 +22,7 @@ def ui(
     ckpt_dir: Path | None = typer.Option(
         None, "--ckpt-dir", help="Checkpoint root (default: $FLOWCTL_CKPT_DIR, else study/checkpoints)."
     ),
-    port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port; 0 picks a free one."),
+    port: int = typer.Option(8765, "--port", help="TCP port; 0 picks a free one."),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to listen on. Anything but loopback shares your runs "
         "with whoever can reach this machine (printed as a warning)."
@@ -38,6 +38,8 @@ def ui(
     from study.ui.api import DashboardApi
     from study.ui.server import DashboardServer, is_loopback
 
+    if not 0 <= port <= 65535:
+        raise fail(f"--port must be between 0 and 65535, got {port}; 0 picks a free port")
     root = checkpoint_root(ckpt_dir)
     if root.exists() and not root.is_dir():
         raise fail(f"checkpoint root {root} is not a folder; pass --ckpt-dir FOLDER")

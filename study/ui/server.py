@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import socketserver
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -68,6 +69,12 @@ class DashboardServer(ThreadingHTTPServer):
         self.static = load_static()
         self.check_host = is_loopback(host)
         super().__init__((host, port), DashboardHandler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's socket.getfqdn(host): a reverse DNS lookup that can stall
+        for seconds on a cluster node without a resolver."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
     @property
     def port(self) -> int:

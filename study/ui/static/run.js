@@ -118,6 +118,7 @@ export function showRun(name) {
   poll(async () => {
     const [detail, , fresh] = await Promise.all([
       getJson(`${apiRunUrl(name)}?checkpoint=0`), pullStatus(name), pullMetrics(name)]);
+    byId("run-body").hidden = false; // before drawing: a hidden SVG has no width
     showRunFacts(detail);
     setText(byId("root"), detail.root);
     if (fresh || !byId("loss-chart").hasChildNodes()) drawCharts();
@@ -129,5 +130,8 @@ export function showRun(name) {
         showCheckpoint(full.checkpoint);
       }).catch(() => {}).finally(() => { checkpointPending = false; });
     }
+  }, (error) => {
+    byId("run-problem").hidden = false;
+    setText(byId("run-problem"), error.message);
   });
 }

@@ -10,7 +10,8 @@ export async function getJson(url) {
 }
 
 // Call `tick` now and then POLL_MS after each call settles; show the connection state.
-export function poll(tick) {
+// `onError(error)`, if given, also tells the page (e.g. a run that does not exist).
+export function poll(tick, onError) {
   const live = document.getElementById("live");
   const run = async () => {
     try {
@@ -20,6 +21,7 @@ export function poll(tick) {
     } catch (error) {
       live.textContent = `not updating: ${error.message}`;
       live.classList.add("down");
+      if (onError) onError(error);
     }
     setTimeout(run, POLL_MS);
   };
