@@ -323,8 +323,10 @@ def test_live_run_served_by_a_real_flowctl_ui(tmp_path: Path, isolated_run_root:
         first = get_json(metrics_url)
         wait_for(lambda: get_json(metrics_url)["last_step"] > max(first["last_step"], 0),
                  process=trainer, timeout=120, interval=0.05, what="metrics to grow")
+        wait_for(lambda: len({row["step"] for row in get_json(metrics_url)["rows"]}) >= 3,
+                 process=trainer, timeout=120, interval=0.05, what="three logged steps")
         grown = get_json(metrics_url)
-        cut = grown["rows"][len(grown["rows"]) // 2]["step"]
+        cut = sorted({row["step"] for row in grown["rows"]})[1]  # rows on both sides of it
         newer = get_json(f"{metrics_url}?since={cut}")["rows"]
         assert newer and all(row["step"] > cut for row in newer)
         assert newer[:len([r for r in grown["rows"] if r["step"] > cut])] == \
