@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -58,6 +59,26 @@ def wait_for(condition, *, timeout: float = 60.0, process: subprocess.Popen | No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def serve_root(root: Path):
+    """A `flowctl ui` server (DashboardServer) over `root` on a free loopback port, served
+    from a thread of this process; yields its base URL (no trailing slash)."""
+    import threading
+
+    from study.ui.api import DashboardApi
+    from study.ui.server import DashboardServer
+
+    server = DashboardServer(DashboardApi(root), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def start_ui(*args: str, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
