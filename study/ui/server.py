@@ -1,6 +1,6 @@
 """The HTTP plumbing of `flowctl ui`: the standard library's ThreadingHTTPServer, GET only.
 
-Why the standard library: the dashboard serves a few small JSON views and five static
+Why the standard library: the dashboard serves a few small JSON views and seven static
 files to one person's browser on loopback. http.server does that in one thread per request
 with nothing to install, and nothing to keep up to date; an ASGI stack (uvicorn,
 starlette) would add two dependencies for features not used here (websockets, middleware).
