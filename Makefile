@@ -26,9 +26,6 @@ train: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
-test-fast: install
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(ARGS)
-
 lint: install
 	$(BIN)/ruff check study tests scripts
 
