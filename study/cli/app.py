@@ -30,7 +30,7 @@ def _global_options(
 
 def _register() -> None:
     from study.cli import eval as eval_cmd
-    from study.cli import inspect_ckpt, list_runs, plot, prune, resume, sample, train
+    from study.cli import inspect_ckpt, list_runs, plot, prune, resume, sample, train, ui
 
     app.command("train")(train.train)
     app.command("resume")(resume.resume)
@@ -39,6 +39,7 @@ def _register() -> None:
     app.command("sample")(sample.sample)
     app.command("eval")(eval_cmd.eval_command)
     app.command("plot")(plot.plot)
+    app.command("ui")(ui.ui)
     app.command("prune")(prune.prune)
 
 

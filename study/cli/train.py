@@ -12,8 +12,11 @@ import typer
 from study.cli.common import (
     CkptDir,
     Device,
+    MaxRestarts,
+    Nproc,
     Plain,
     RequeueSignal,
+    StrictWorldSize,
     TensorBoard,
     Tracker,
     WandbMode,
@@ -21,6 +24,7 @@ from study.cli.common import (
     user_errors,
     warn,
 )
+from study.cli.torchrun import worker_args
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
 CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
@@ -35,6 +39,7 @@ NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("schedule
 
 
 def train(
+    ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainingConfig keys; flags override it."),
     arch: str | None = typer.Option(None, help="Architecture label, part of the run name; mlp | resmlp also pick that network.  [default: mlp]"),
     network: str | None = typer.Option(None, help="Built-in velocity network: mlp | resmlp.  [default: the arch if it names one, else mlp]"),
@@ -83,6 +88,9 @@ def train(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    nproc: Nproc = None,
+    max_restarts: MaxRestarts = 0,
+    strict_world_size: StrictWorldSize = False,
     tracker: Tracker = None,
 ) -> None:
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
@@ -96,20 +104,20 @@ def train(
             overrides.setdefault(key, None)
             overrides[key] = {**(overrides[key] or {}), nested: values[flag]}
     with user_errors():
-        run_from_cli(overrides, config_path=config, resume=resume, overwrite=overwrite,
-                     ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
-                     device=device, requeue_signal=requeue_signal, plain=plain,
-                     tensorboard=tensorboard, tracker=tracker)
+        options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
+                              wandb_mode=wandb_mode, overwrite=overwrite,
+                              requeue_signal=requeue_signal, tensorboard=tensorboard,
+                              strict_world_size=strict_world_size, plain=plain,
+                              tracker=tracker)
+        launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
+        run_from_cli(overrides, config_path=config, resume=resume, options=options,
+                     launcher=launcher)
 
 
-def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
-                 overwrite: bool, ckpt_dir: str | None, wandb_project: str,
-                 wandb_mode: str | None, device: str, requeue_signal: str | None,
-                 plain: bool, tensorboard: bool = False,
-                 tracker: list[str] | None = None) -> None:
-    """Shared by train and resume: validate, plan, run, print the summary, map the exit code."""
-    from study.flow_matching import launch
-    from study.flow_matching.config_load import load_config
+def run_options(*, plain: bool, wandb_mode: str | None, tracker: list[str] | None = None,
+                **fields: Any):
+    """RunOptions from the flags every training command shares (checked here)."""
+    from study.flow_matching.launch import RunOptions
     from study.flow_matching.progress import ConsoleProgress
     from study.runs.tracking import WANDB_MODES, check_available, parse_tracker_option
 
@@ -117,13 +125,24 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
         from study.errors import UsageError
 
         raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+    tensorboard = bool(fields.get("tensorboard"))
     trackers = parse_tracker_option(tracker, tensorboard=tensorboard)
     check_available((*(trackers or ()), *(("tensorboard",) if tensorboard else ())))
+    return RunOptions(wandb_mode=wandb_mode, progress=ConsoleProgress(force_plain=plain),
+                      trackers=trackers, **fields)
+
+
+def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
+                 options, launcher: tuple[int, int, list[str]] | None = None) -> None:
+    """Shared by train and resume: validate, plan, run (here, or on `launcher` = (nproc,
+    max restarts, worker args) processes under torchrun), print the summary."""
+    from study.flow_matching import launch
+    from study.flow_matching.config_load import load_config
+    from study.flow_matching.distributed import restarted_by_torchrun
+
     setup_logging()
-    options = launch.RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
-                                wandb_mode=wandb_mode, overwrite=overwrite,
-                                requeue_signal=requeue_signal, tensorboard=tensorboard,
-                                trackers=trackers, progress=ConsoleProgress(force_plain=plain))
+    if restarted_by_torchrun():  # a rank died and torchrun restarted us: continue the run
+        resume, options.overwrite = resume or "auto", False
     point = None
     if resume == "auto":
         training_config, point = launch.plan_auto_resume(load_config(config_path, overrides),
@@ -134,12 +153,33 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
         training_config, point = launch.plan_resume(resume, overrides, options, warn=warn)
     else:
         training_config = load_config(config_path, overrides)
+    if launcher is not None:
+        raise typer.Exit(launch_processes(training_config, options, point, *launcher))
     try:
         result = execute(training_config, options, point)
     except launch.AlreadyCompleted as done:
         typer.echo(str(done))
         return
     print_summary(result)
+
+
+def launch_processes(config, options, point, nproc: int, max_restarts: int,
+                     args: list[str]) -> int:
+    """Check what can be checked here, then train on `nproc` processes under torchrun."""
+    from study.cli.torchrun import run_under_torchrun
+    from study.errors import UsageError
+    from study.flow_matching.launch import check_world_size
+    from study.runs.paths import run_dir
+
+    if nproc < 1 or max_restarts < 0:
+        raise UsageError(f"--nproc must be >= 1 and --max-restarts >= 0, got {nproc} and {max_restarts}")
+    if config.batch_size % (nproc * config.grad_accum):
+        raise UsageError(f"--batch-size {config.batch_size} (the global batch) must split into "
+                         f"{nproc} process(es) x {config.grad_accum} micro-batch(es)")
+    if point is not None:
+        check_world_size(point, nproc, strict=options.strict_world_size, warn=lambda m: None)
+    return run_under_torchrun(args, nproc=nproc, max_restarts=max_restarts,
+                              run_folder=run_dir(config.name, options.ckpt_dir))
 
 
 def execute(config, options, resume) -> dict[str, Any]:

@@ -6,11 +6,20 @@ permutation's next rows, augmented (noise generator); x_0 from the source (noise
 source generator for a built-in 2-D source; pre-coupled rows for reflow); t (t generator);
 eps (noise generator); then the flow's pairing (OT generator). `state_dict()` holds every
 generator's state, so a resumed run draws exactly what an uninterrupted one would.
+
+Under torchrun every rank draws the whole global batch (`batch_size` rows: the same random
+numbers on every rank, keyed by the position in the global batch, never by rank), pairs it
+whole, and trains on its slice: rows [r B/W, (r+1) B/W). So 1, 2 or 8 ranks see the same
+global batches, OT pairs over the global batch, and a resume at another world size
+continues the same data stream. Set $FLOWCTL_SAMPLE_LOG to a folder to have each rank
+append the row ids it trains on (one line per step) to rank{r}.txt there (tests use it).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,8 +51,13 @@ class FlowBatch:
 
 class BatchMaker:
     def __init__(self, data: TrainingData, *, batch_size: int, seed: int, source: str,
-                 device: torch.device):
+                 device: torch.device, rank: int = 0, world_size: int = 1):
+        assert batch_size % world_size == 0, f"expected batch_size divisible by {world_size}"
         self.data, self.batch_size, self.source, self.device = data, batch_size, source, device
+        share = batch_size // world_size
+        self.rank_rows = slice(rank * share, (rank + 1) * share)
+        log_dir = os.environ.get("FLOWCTL_SAMPLE_LOG")
+        self.sample_log = Path(log_dir) / f"rank{rank}.txt" if log_dir else None
         self.sampler = EpochSampler(len(data.train), batch_size, seed=derive_seed(seed, "data"))
         self.generators = make_generators(seed, device)
         self.permutation: Tensor | None = None
@@ -57,7 +71,8 @@ class BatchMaker:
         self.permutation = self.sampler.start_epoch(self.device)
 
     def draw(self, batch_index: int, stage, flow) -> FlowBatch:
-        """Batch `batch_index` of the current epoch under `stage`, paired by `flow`."""
+        """This rank's slice of global batch `batch_index` of the current epoch, under
+        `stage`, paired by `flow` over the whole global batch."""
         gens = self.generators
         rows = self.permutation[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
         x_1 = augment(stage.aug, self.data.train[rows], std=stage.aug_std, generator=gens["noise"])
@@ -66,7 +81,13 @@ class BatchMaker:
         t = torch.rand(x_1.shape[0], generator=gens["t"], device=self.device)
         eps = torch.randn(x_1.shape, generator=gens["noise"], device=self.device)
         x_0, x_1 = flow.pair(x_0, x_1, generator=gens["ot"])
-        return FlowBatch(x_0, x_1, t, eps)
+        mine = self.rank_rows
+        if self.sample_log is not None:
+            with open(self.sample_log, "a") as handle:
+                handle.write(" ".join(map(str, rows[mine].tolist())) + "\n")
+        if mine.stop - mine.start == len(rows):
+            return FlowBatch(x_0, x_1, t, eps)
+        return FlowBatch(x_0[mine], x_1[mine], t[mine], eps[mine])
 
     def state_dict(self, *, mid_epoch: bool) -> dict[str, Any]:
         """{generator name: state}; `data` is the epoch's start when stopping mid-epoch."""

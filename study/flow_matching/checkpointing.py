@@ -44,7 +44,9 @@ class Checkpointer:
 
     def write(self, names: list[str], *, state: Callable[[], dict[str, Any]],
               finite: Callable[[], torch.Tensor], step: int) -> None:
-        if not finite():  # one host sync per checkpoint
+        if not finite():  # one host sync per checkpoint, on every rank alike
             raise RunFailed(f"non-finite loss at step {step}")
+        if not self.recorder.enabled:  # only rank 0 writes
+            return
         self.recorder.save_checkpoint(state(), [self.recorder.run_dir / name for name in names],
                                       keep_snapshots=self.keep_snapshots)

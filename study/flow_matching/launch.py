@@ -51,6 +51,7 @@ class RunOptions:
     overwrite: bool = False
     requeue_signal: str | None = None
     tensorboard: bool = False
+    strict_world_size: bool = False  # refuse to resume on another number of processes
     trackers: tuple[str, ...] | None = None  # --tracker (None: the defaults; (): none)
     progress: Any = None
 
@@ -159,28 +160,59 @@ def clear_run(folder: Path) -> None:
 def run_training(config: TrainingConfig, options: RunOptions, *,
                  resume: ResumePoint | None = None, warn=print) -> dict[str, Any]:
     """Lock the run folder, check what is there, build everything, train; returns
-    FlowTrainer.train()'s result dict. AlreadyCompleted when the checkpoint needs no work."""
+    FlowTrainer.train()'s result dict. AlreadyCompleted when the checkpoint needs no work.
+
+    Under torchrun, rank 0 takes the lock and decides (fresh, overwrite, resume, nothing
+    to do, or an error); the other ranks follow its decision and only read."""
+    from study.flow_matching import distributed
+    from study.flow_matching.device import is_main_process, resolve_device
     from study.runs.lock import RunLock
 
     root = checkpoint_root(options.ckpt_dir)
     if root.exists() and not root.is_dir():
         raise UsageError(f"checkpoint root {root} is a file, not a folder; pass another --ckpt-dir")
+    device = resolve_device(options.device)
+    distributed.init_process_group(device)
+    main = is_main_process()
+    if not main:
+        warn = _silent
+        logging.getLogger("flowctl").setLevel(logging.WARNING)
     folder = run_dir(config.name, options.ckpt_dir)
     created = not folder.exists()
     lock = RunLock(folder, config.name)
-    lock.acquire(warn=warn)  # first: a live owner is the one thing to report
     try:
-        if resume is None:
-            _claim_fresh_folder(folder, config.name, options.overwrite)
-        else:
-            resume = _check_resume(resume, config, warn)
+        outcome: BaseException | None = None
+        if main:
+            try:
+                lock.acquire(warn=warn)  # first: a live owner is the one thing to report
+                resume = _prepare_folder(folder, config, options, resume, warn)
+            except (UsageError, AlreadyCompleted) as error:
+                outcome = error
+        outcome = distributed.broadcast_from_main(outcome)
+        if outcome is not None:
+            raise outcome
+        if not main and resume is not None:
+            resume = _check_resume(resume, config, options, warn)
         assign_network(config, warn=warn)
-        return _build_and_train(config, options, folder, lock, resume, warn)
+        return _build_and_train(config, options, folder, lock, resume, device, warn)
     finally:
         lock.release()
-        if created:  # bad input before anything was written: leave no empty run folder
+        if created and main:  # bad input before anything was written: no empty run folder
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        distributed.shutdown()
+
+
+def _silent(message: str) -> None:
+    """The other ranks' `warn`: rank 0 says it once."""
+
+
+def _prepare_folder(folder: Path, config: TrainingConfig, options: RunOptions,
+                    resume: ResumePoint | None, warn) -> ResumePoint | None:
+    if resume is None:
+        _claim_fresh_folder(folder, config.name, options.overwrite)
+        return None
+    return _check_resume(resume, config, options, warn)
 
 
 def _claim_fresh_folder(folder: Path, name: str, overwrite: bool) -> None:
@@ -191,11 +223,29 @@ def _claim_fresh_folder(folder: Path, name: str, overwrite: bool) -> None:
         clear_run(folder)
 
 
-def _check_resume(resume: ResumePoint, config: TrainingConfig, warn) -> ResumePoint:
+def check_world_size(resume: ResumePoint, processes: int, *, strict: bool, warn) -> None:
+    """A resume on another number of processes continues the same global batches; with
+    `strict` it is refused."""
+    saved = int(resume.payload.get("world_size", 1))
+    if saved == processes:
+        return
+    if strict:
+        raise UsageError(f"{resume.path} was trained on {saved} process(es), this run has "
+                         f"{processes}; drop --strict-world-size to continue the same data "
+                         "stream anyway")
+    warn(f"continuing on {processes} process(es) a run trained on {saved}: the same global "
+         "batches; results differ only by reduction order (~1e-6)")
+
+
+def _check_resume(resume: ResumePoint, config: TrainingConfig, options: RunOptions,
+                  warn) -> ResumePoint:
     """Re-read a checkpoint that changed before we held the lock; is there work left?"""
+    from study.flow_matching.distributed import world_size
+
     if resume.path.stat().st_mtime_ns != resume.mtime_ns:
         resume = read_resume_point(resume.path)
     payload = resume.payload
+    check_world_size(resume, world_size(), strict=options.strict_world_size, warn=warn)
     done = int(payload["epoch"]) + 1
     if done >= config.epochs and not payload.get("batch_in_epoch"):
         raise AlreadyCompleted(f"already completed (last epoch {done} of {config.epochs})")
@@ -207,22 +257,26 @@ def _check_resume(resume: ResumePoint, config: TrainingConfig, warn) -> ResumePo
 
 
 def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, lock,
-                     resume: ResumePoint | None, warn) -> dict[str, Any]:
+                     resume: ResumePoint | None, device, warn) -> dict[str, Any]:
     import torch
 
     from study.data.dataset import resolve_dataset
     from study.data.normalize import normalization_stats
     from study.data.training_data import TrainingData
-    from study.flow_matching.device import is_main_process, resolve_device
+    from study.flow_matching.device import is_main_process
+    from study.flow_matching.distributed import world_size
     from study.flow_matching.models import build_model
     from study.flow_matching.precision import check_precision
+    from study.flow_matching.progress import SilentProgress
     from study.flow_matching.trainer import FlowTrainer
     from study.runs.recorder import RunRecorder
     from study.runs.tracking import resolve_wandb_mode
     from study.signals import GracefulStop, parse_signal
 
-    device = resolve_device(options.device)
     check_precision(config.precision, device)
+    if config.batch_size % (world_size() * config.grad_accum):
+        raise UsageError(f"--batch-size {config.batch_size} (the global batch) must split into "
+                         f"{world_size()} process(es) x {config.grad_accum} micro-batch(es)")
     splits = resolve_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction,
                              min_rows=config.batch_size)
     train_x0 = val_x0 = None
@@ -245,6 +299,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     trainer = FlowTrainer.from_parts(
         model, config, data, recorder, device,
         resume=resume.payload if resume else None, resume_source=resume.path if resume else None,
-        progress=options.progress, stop=GracefulStop(parse_signal(options.requeue_signal)),
+        progress=options.progress if is_main_process() else SilentProgress(),
+        stop=GracefulStop(parse_signal(options.requeue_signal)),
         warn=warn)
     return trainer.train()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ from study.errors import RunFailed
 from study.flow_matching.batches import BatchMaker, FlowBatch
 from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
+from study.flow_matching.distributed import (
+    StopAgreement,
+    gradient_sync,
+    mean_across_ranks,
+    rank,
+    world_size,
+    wrap_model,
+)
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
@@ -83,13 +92,16 @@ class FlowTrainer:
         self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun
         log.info("model on %s (%d parameters)", self.device, sum(p.numel() for p in model.parameters()))
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
         self.run_dir = recorder.run_dir
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
-                                  source=config.source, device=self.device)
+                                  source=config.source, device=self.device, rank=rank(),
+                                  world_size=world_size())
+        self.stop_agreement = StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -157,14 +169,16 @@ class FlowTrainer:
                         row.update(self._end_epoch(epoch, stage, time.perf_counter() - epoch_started))
                     if row:  # logged before the checkpoint of this step, never after
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
-                    # The signal handler only sets stop.requested: we save here, not there.
+                    # The signal handler only sets stop.requested: we save here, not there,
+                    # and under torchrun every rank stops at the same step.
+                    stopping = self.stop_agreement.should_stop(self.stop.requested, self.global_step)
                     self.checkpoints.after_step(
                         step=self.global_step, epoch=epoch, epoch_done=epoch_done,
                         improved=epoch_done and self.epochs_without_improvement == 0,
-                        stopping=self.stop.requested, state=self.state_dict, finite=self._finite)
-                    if self.stop.requested:
+                        stopping=stopping, state=self.state_dict, finite=self._finite)
+                    if stopping:
                         self.recorder.flush()
-                        raise TrainingStopped(self.stop.signum)
+                        raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
         except TrainingStopped as stopped:
@@ -191,12 +205,13 @@ class FlowTrainer:
         parts = self.config.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.device)
-        for part in batch.split(parts):
+        for index, part in enumerate(batch.split(parts)):
             x_t, u_t = flow.path(part.x_0, part.x_1, part.t, part.eps)
-            with self.precision.autocast():
-                v_t = self.model(x_t, part.t)
-            part_loss = F.mse_loss(v_t.float(), u_t) / parts
-            self.precision.backward(part_loss)
+            with gradient_sync(self.train_model, index == parts - 1):  # DDP: once per step
+                with self.precision.autocast():
+                    v_t = self.train_model(x_t, part.t)
+                part_loss = F.mse_loss(v_t.float(), u_t) / parts
+                self.precision.backward(part_loss)
             loss += part_loss.detach()
         grad_norm = self.precision.clip_and_step(self.optimizer, self.params, self.config.grad_clip)
         self._set_learning_rate(self.global_step + 1)  # for the next step
@@ -209,7 +224,7 @@ class FlowTrainer:
 
     def _train_log_row(self, epoch: int, stage) -> dict[str, Any]:
         """Mean loss and grad norm over the window; one host sync per `log_every` steps."""
-        loss, grad_norm = self.window.mean_and_reset()
+        loss, grad_norm = self.window.mean_and_reset(reduce=mean_across_ranks)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             raise RunFailed(f"non-finite {what} at step {self.global_step}")
@@ -260,6 +275,7 @@ class FlowTrainer:
             **checkpoint_metadata(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "world_size": world_size(),
             "batch_in_epoch": self.batch_in_epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "model_state_dict": self.model.state_dict(),

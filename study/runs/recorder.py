@@ -184,7 +184,7 @@ class RunRecorder:
             self.trackers.finish(status=status, exit_code=exit_code, summary=summary,
                                  notes=error_info["message"] if error_info else None)
             self.status.update(status=status, finished_at=utc_now(), error=error_info,
-                               elapsed_s=round(self.elapsed_s(), 3),
+                               exit_code=exit_code, elapsed_s=round(self.elapsed_s(), 3),
                                **self.trackers.status_fields(), **(progress or {}))
         finally:
             self.finish()
