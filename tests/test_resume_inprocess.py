@@ -39,13 +39,15 @@ def training_data(flow: str) -> TrainingData:
 
 
 def trainer(flow: str, root: Path, name: str, *, stop: GracefulStop | None = None,
-            resume: dict | None = None, options: dict | None = None) -> FlowTrainer:
+            resume: dict | None = None, options: dict | None = None,
+            pairing_workers: int = 0) -> FlowTrainer:
     config = config_for(flow, name, **(options or {}))
     torch.manual_seed(config.seed)
     model = build_model("mlp", 2, width=16, depth=2, activation="selu")
     recorder = RunRecorder(root / name, name, wandb_project="test", wandb_mode="disabled")
     return FlowTrainer.from_parts(model, config, training_data(flow), recorder, "cpu",
-                                  resume=resume, stop=stop, warn=lambda message: None)
+                                  resume=resume, stop=stop, pairing_workers=pairing_workers,
+                                  warn=lambda message: None)
 
 
 def stop_after(model: torch.nn.Module, steps: int, stop: GracefulStop, *,
@@ -109,3 +111,20 @@ def test_state_dict_round_trips_into_a_fresh_trainer(isolated_run_root):
     for name, generator in source.batches.generators.items():
         assert torch.equal(restored.batches.generators[name].get_state(), generator.get_state()), name
     assert restored.optimizer.param_groups[0]["lr"] == source.optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("flow", ["otcfm", "sbcfm"])
+def test_pairing_ahead_on_workers_gives_the_same_run_and_resumes_exactly(flow, isolated_run_root):
+    """Plans solved ahead on 2 threads: bitwise the run paired on the critical path, also
+    when the stop lands while batches drawn ahead are waiting (they are drawn again)."""
+    trainer(flow, isolated_run_root, "inline").train()
+    stop = GracefulStop()
+    ahead = trainer(flow, isolated_run_root, "ahead", stop=stop, pairing_workers=2)
+    stop_after(ahead.model, STOP_AT_STEP, stop)
+    with pytest.raises(TrainingStopped):
+        ahead.train()
+    assert ahead.batches.ahead, "the stop must land with batches drawn ahead"
+    payload = read_checkpoint(isolated_run_root / "ahead" / "last.pt")
+    trainer(flow, isolated_run_root, "ahead", resume=payload, pairing_workers=2).train()
+    assert_same_state(load(isolated_run_root / "inline" / "last.pt"),
+                      load(isolated_run_root / "ahead" / "last.pt"))

@@ -9,6 +9,7 @@ from study.cli.common import (
     Device,
     MaxRestarts,
     Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
     StrictWorldSize,
@@ -33,6 +34,7 @@ def resume(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
     nproc: Nproc = None,
     max_restarts: MaxRestarts = 0,
     strict_world_size: StrictWorldSize = False,
@@ -53,7 +55,8 @@ def resume(
         options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                               wandb_mode=wandb_mode, overwrite=False,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
-                              strict_world_size=strict_world_size, plain=plain)
+                              strict_world_size=strict_world_size, plain=plain,
+                              pairing_workers=pairing_workers)
         launcher = (nproc, max_restarts, ["--resume", target, *worker_args(ctx)]) if nproc else None
         run_from_cli(overrides, config_path=None, resume=target, options=options,
                      launcher=launcher)

@@ -14,6 +14,7 @@ from study.cli.common import (
     Device,
     MaxRestarts,
     Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
     StrictWorldSize,
@@ -87,6 +88,7 @@ def train(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
     nproc: Nproc = None,
     max_restarts: MaxRestarts = 0,
     strict_world_size: StrictWorldSize = False,
@@ -105,7 +107,8 @@ def train(
         options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                               wandb_mode=wandb_mode, overwrite=overwrite,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
-                              strict_world_size=strict_world_size, plain=plain)
+                              strict_world_size=strict_world_size, plain=plain,
+                              pairing_workers=pairing_workers)
         launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
         run_from_cli(overrides, config_path=config, resume=resume, options=options,
                      launcher=launcher)
