@@ -25,9 +25,10 @@ STOP_AT_STEP = 11  # epoch 2 of 8-step epochs, between two log rows (log_every 3
 
 
 def config_for(flow: str, name: str, **options) -> TrainingConfig:
-    return TrainingConfig(flow=flow, run_name=name, epochs=3, batch_size=64, width=16, depth=2,
-                          warmup_steps=5, log_every=3, patience=0, ema_decay=0.9,
-                          teacher="teacher.pt" if flow == "reflow" else None, **options)
+    base = dict(flow=flow, run_name=name, epochs=3, batch_size=64, width=16, depth=2,
+                checkpoint_interval=0, warmup_steps=5, log_every=3, patience=0, ema_decay=0.9,
+                teacher="teacher.pt" if flow == "reflow" else None)
+    return TrainingConfig(**{**base, **options})
 
 
 def training_data(flow: str) -> TrainingData:
@@ -67,6 +68,7 @@ def stop_after(model: torch.nn.Module, steps: int, stop: GracefulStop, *,
 
 OPTIONS = {  # every option that adds state or draws: each must resume exactly too
     "bf16+accum": {"precision": "bf16", "grad_accum": 4},
+    "checkpoint-budget": {"checkpoint_interval": 3600.0},
     "eval+linear+noise": {"eval_every": 1, "eval_samples": 64, "select_by": "eval_w2",
                           "scheduler": {"type": "linear", "final_lr_scale": 0.1},
                           "aug": "noise", "normalize": "none"},

@@ -32,7 +32,7 @@ CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source"
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
                 "width", "depth", "activation", "save_every", "ema_warmup", "normalize",
                 "grad_accum", "precision", "eval_every", "eval_samples", "select_by",
-                "keep_snapshots")
+                "keep_snapshots", "checkpoint_interval")
 # Flags that set one key of a mapping in the config: flag -> (config key, nested key).
 NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("scheduler", "final_lr_scale"),
                 "lr_gamma": ("scheduler", "gamma"), "lr_step_size": ("scheduler", "step_size")}
@@ -67,6 +67,7 @@ def train(
     depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
     activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
+    checkpoint_interval: float | None = typer.Option(None, help="Seconds between epoch-end checkpoints (0: every epoch); a pending best.pt is written with them.  [default: 30]"),
     keep_snapshots: int | None = typer.Option(None, help="Also keep the last K epoch-numbered checkpoints (epoch-0007.pt).  [default: 0]"),
     scheduler: str | None = typer.Option(None, help="LR after warm-up: cosine | linear | step | constant.  [default: cosine]"),
     final_lr_scale: float | None = typer.Option(None, help="cosine/linear: final LR as a fraction of --lr.  [default: 0]"),

@@ -38,7 +38,8 @@ from study.secrets import mask_secrets
 
 log = logging.getLogger("flowctl")
 
-HARMLESS_OVERRIDES = ("epochs", "patience", "log_every", "save_every", "group")
+HARMLESS_OVERRIDES = ("epochs", "patience", "log_every", "save_every", "group",
+                      "checkpoint_interval")
 
 
 @dataclass

@@ -122,7 +122,8 @@ class FlowTrainer:
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
-                                        keep_snapshots=config.keep_snapshots)
+                                        keep_snapshots=config.keep_snapshots,
+                                        interval_s=config.checkpoint_interval)
 
         # Progress counters: `epoch` is the last completed epoch (-1: none yet).
         self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
@@ -183,6 +184,8 @@ class FlowTrainer:
                         self.recorder.flush()
                         raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
+            self.checkpoints.finish(step=self.global_step, state=self.state_dict,
+                                    finite=self._finite)
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
         except TrainingStopped as stopped:
             self.recorder.close("preempted", exit_code=stopped.exit_code,
