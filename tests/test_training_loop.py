@@ -24,6 +24,7 @@ STEPS_PER_EPOCH = 512 // 64
 
 def tiny(**overrides) -> TrainingConfig:
     base = dict(epochs=3, batch_size=64, width=16, depth=2, warmup_steps=5, log_every=4,
+                checkpoint_interval=0,
                 patience=0, run_name="loop")
     return TrainingConfig(**{**base, **overrides}).validate()
 

@@ -76,6 +76,9 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 RequeueSignal = Annotated[str | None, typer.Option(
     "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM).")]
 Plain = Annotated[bool, typer.Option("--plain", help="Plain progress lines even on a terminal.")]
+PairingWorkers = Annotated[int | None, typer.Option(
+    "--pairing-workers", help="Threads solving the next batches' OT plans while a step trains "
+    "(0: pair on the critical path).  [default: OT flows: spare cores, at most 4]")]
 Nproc = Annotated[int | None, typer.Option(
     "--nproc", help="Train on N processes under torchrun (one per GPU; gloo on CPUs).")]
 MaxRestarts = Annotated[int, typer.Option(

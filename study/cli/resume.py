@@ -9,6 +9,7 @@ from study.cli.common import (
     Device,
     MaxRestarts,
     Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
     StrictWorldSize,
@@ -34,6 +35,7 @@ def resume(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
     nproc: Nproc = None,
     max_restarts: MaxRestarts = 0,
     strict_world_size: StrictWorldSize = False,
@@ -56,7 +58,7 @@ def resume(
                               wandb_mode=wandb_mode, overwrite=False,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
                               strict_world_size=strict_world_size, plain=plain,
-                              tracker=tracker)
+                              pairing_workers=pairing_workers, tracker=tracker)
         join_tracker_values(ctx)
         launcher = (nproc, max_restarts, ["--resume", target, *worker_args(ctx)]) if nproc else None
         run_from_cli(overrides, config_path=None, resume=target, options=options,

@@ -14,6 +14,7 @@ from study.cli.common import (
     Device,
     MaxRestarts,
     Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
     StrictWorldSize,
@@ -32,7 +33,7 @@ CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source"
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
                 "width", "depth", "activation", "save_every", "ema_warmup", "normalize",
                 "grad_accum", "precision", "eval_every", "eval_samples", "select_by",
-                "keep_snapshots")
+                "keep_snapshots", "checkpoint_interval")
 # Flags that set one key of a mapping in the config: flag -> (config key, nested key).
 NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("scheduler", "final_lr_scale"),
                 "lr_gamma": ("scheduler", "gamma"), "lr_step_size": ("scheduler", "step_size")}
@@ -67,6 +68,7 @@ def train(
     depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
     activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
+    checkpoint_interval: float | None = typer.Option(None, help="Seconds between epoch-end checkpoints (0: every epoch); a pending best.pt is written with them.  [default: 30]"),
     keep_snapshots: int | None = typer.Option(None, help="Also keep the last K epoch-numbered checkpoints (epoch-0007.pt).  [default: 0]"),
     scheduler: str | None = typer.Option(None, help="LR after warm-up: cosine | linear | step | constant.  [default: cosine]"),
     final_lr_scale: float | None = typer.Option(None, help="cosine/linear: final LR as a fraction of --lr.  [default: 0]"),
@@ -88,6 +90,7 @@ def train(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
     nproc: Nproc = None,
     max_restarts: MaxRestarts = 0,
     strict_world_size: StrictWorldSize = False,
@@ -108,7 +111,7 @@ def train(
                               wandb_mode=wandb_mode, overwrite=overwrite,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
                               strict_world_size=strict_world_size, plain=plain,
-                              tracker=tracker)
+                              pairing_workers=pairing_workers, tracker=tracker)
         join_tracker_values(ctx)
         launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
         run_from_cli(overrides, config_path=config, resume=resume, options=options,

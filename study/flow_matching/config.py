@@ -89,6 +89,7 @@ class TrainingConfig:
     depth: int = 3
     activation: str = "selu"
     save_every: int = 0  # also write last.pt every N optimizer steps; 0: epoch ends only
+    checkpoint_interval: float = 30.0  # seconds between epoch-end checkpoints; 0: every epoch
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the step's batch)
     precision: str = "fp32"  # autocast dtype of the forward pass: fp32 | bf16 | fp16 (CUDA)
@@ -154,7 +155,8 @@ class TrainingConfig:
             if getattr(self, key) <= 0:
                 raise UsageError(f"{key} must be a positive integer, got {getattr(self, key)}")
         non_negative = ("warmup_steps", "patience", "weight_decay", "grad_clip", "sigma",
-                        "aug_std", "save_every", "eval_every", "keep_snapshots")
+                        "aug_std", "save_every", "eval_every", "keep_snapshots",
+                        "checkpoint_interval")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise UsageError(f"{key} must be >= 0, got {getattr(self, key)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ from study.secrets import mask_secrets
 
 log = logging.getLogger("flowctl")
 
-HARMLESS_OVERRIDES = ("epochs", "patience", "log_every", "save_every", "group")
+HARMLESS_OVERRIDES = ("epochs", "patience", "log_every", "save_every", "group",
+                      "checkpoint_interval")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class RunOptions:
     requeue_signal: str | None = None
     tensorboard: bool = False
     strict_world_size: bool = False  # refuse to resume on another number of processes
+    pairing_workers: int | None = None  # OT plans solved ahead; None: auto (see pairing_workers)
     trackers: tuple[str, ...] | None = None  # --tracker (None: the defaults; (): none)
     progress: Any = None
 
@@ -148,6 +151,18 @@ def assign_network(config: TrainingConfig, warn=print) -> None:
         warn(f"arch {config.arch!r} names no built-in network; training the default mlp under "
              f"that label (choose one with --network {'|'.join(ARCH_NAMES)})")
     config.network = config.arch if config.arch in ARCH_NAMES else "mlp"
+
+
+def pairing_workers(config: TrainingConfig, asked: int | None) -> int:
+    """Threads that solve OT plans ahead of the step: `asked`, else for OT-based flows one
+    per spare core up to 4 (POT releases the GIL while it solves), else none."""
+    if asked is not None:
+        if asked < 0:
+            raise UsageError(f"--pairing-workers must be >= 0, got {asked}")
+        return asked
+    if not {"otcfm", "sbcfm"} & set(config.flows_used()):
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def clear_run(folder: Path) -> None:
@@ -301,5 +316,6 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
         resume=resume.payload if resume else None, resume_source=resume.path if resume else None,
         progress=options.progress if is_main_process() else SilentProgress(),
         stop=GracefulStop(parse_signal(options.requeue_signal)),
+        pairing_workers=pairing_workers(config, options.pairing_workers),
         warn=warn)
     return trainer.train()

@@ -80,15 +80,18 @@ class FlowTrainer:
     @classmethod
     def from_parts(cls, model, config: TrainingConfig, data: TrainingData, recorder: RunRecorder,
                    device, *, resume: dict[str, Any] | None = None, resume_source=None,
-                   progress=None, stop: GracefulStop | None = None, warn=print) -> FlowTrainer:
-        """A trainer from built parts; `resume`: a checkpoint payload already read."""
+                   progress=None, stop: GracefulStop | None = None, pairing_workers: int = 0,
+                   warn=print) -> FlowTrainer:
+        """A trainer from built parts; `resume`: a checkpoint payload already read;
+        `pairing_workers`: threads solving OT plans of the next batches ahead of the step."""
         trainer = cls.__new__(cls)
         trainer._assemble(model, config, data, recorder, device, resume=resume,
-                          resume_source=resume_source, progress=progress, stop=stop, warn=warn)
+                          resume_source=resume_source, progress=progress, stop=stop,
+                          pairing_workers=pairing_workers, warn=warn)
         return trainer
 
     def _assemble(self, model, config, data, recorder, device, *, resume=None, resume_source=None,
-                  progress=None, stop=None, warn=print) -> None:
+                  progress=None, stop=None, pairing_workers=0, warn=print) -> None:
         self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -100,7 +103,7 @@ class FlowTrainer:
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
                                   source=config.source, device=self.device, rank=rank(),
-                                  world_size=world_size())
+                                  world_size=world_size(), pairing_workers=pairing_workers)
         self.stop_agreement = StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
@@ -119,7 +122,8 @@ class FlowTrainer:
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
-                                        keep_snapshots=config.keep_snapshots)
+                                        keep_snapshots=config.keep_snapshots,
+                                        interval_s=config.checkpoint_interval)
 
         # Progress counters: `epoch` is the last completed epoch (-1: none yet).
         self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
@@ -180,6 +184,8 @@ class FlowTrainer:
                         self.recorder.flush()
                         raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
+            self.checkpoints.finish(step=self.global_step, state=self.state_dict,
+                                    finite=self._finite)
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
         except TrainingStopped as stopped:
             self.recorder.close("preempted", exit_code=stopped.exit_code,
@@ -192,6 +198,7 @@ class FlowTrainer:
         finally:
             self.stop.uninstall()
             self.progress.close()
+            self.batches.close()
         result = self._result(status, time.perf_counter() - started)
         self.recorder.close(status, summary={"final_epoch": result["final_epoch"],
                                              "best_val_loss": result["best_val_loss"],

@@ -123,31 +123,38 @@ class RunRecorder:
 
     def save_checkpoint(self, payload: dict[str, Any], paths: list[Path], *,
                         keep_snapshots: int = 0) -> None:
-        """Serialise now (a consistent snapshot), write in the background.
+        """Write `payload` to `paths` in the background; see `save_checkpoints`."""
+        self.save_checkpoints([(payload, paths)], keep_snapshots=keep_snapshots)
 
-        The write (temp file, fsync, os.replace, a hard link for best.pt) overlaps the next
-        training steps. One write is in flight at a time; a failed write is raised at the
-        next save or at `flush()`. With `keep_snapshots`, older epoch-numbered snapshots
-        beyond that many are removed once the write succeeded.
+    def save_checkpoints(self, jobs: list[tuple[dict[str, Any], list[Path]]], *,
+                         keep_snapshots: int = 0) -> None:
+        """Write each (payload, paths) in order, on a background thread.
+
+        Each payload must be a snapshot that nothing changes afterwards (the trainer passes
+        `checkpoint.snapshot(...)`): serialisation, the temp file, fsync, os.replace and a
+        hard link per extra path all overlap the next training steps. One batch of writes is
+        in flight at a time; a failed write is raised at the next save or at `flush()`. With
+        `keep_snapshots`, older epoch-numbered snapshots beyond that many are then removed.
         """
         if not self.enabled:
             return
-        data = serialize(payload)
         self.flush()
         self._writer = threading.Thread(target=self._write, name="checkpoint-writer",
-                                        args=(data, paths, payload.get("global_step"),
-                                              keep_snapshots))
+                                        args=(jobs, keep_snapshots))
         self._writer.start()
 
-    def _write(self, data: bytes, paths: list[Path], step: int | None, keep_snapshots: int) -> None:
+    def _write(self, jobs: list[tuple[dict[str, Any], list[Path]]], keep_snapshots: int) -> None:
+        written = []
         try:
-            write_atomic(paths[0], data, also=tuple(paths[1:]))
+            for payload, paths in jobs:
+                data = serialize(payload)
+                write_atomic(paths[0], data, also=tuple(paths[1:]))
+                written += [(path, len(data), payload.get("global_step")) for path in paths]
             if keep_snapshots:
                 prune_snapshots(self.run_dir, keep_snapshots)
         except BaseException as error:  # handed to the main thread by flush()
             self._write_error = error
-        else:
-            self._written = [(path, len(data), step) for path in paths]
+        self._written = written
 
     def flush(self) -> None:
         """Wait for the checkpoint being written, raise its error, record it in run.json."""
