@@ -147,7 +147,7 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
                  options, launcher: tuple[int, int, list[str]] | None = None) -> None:
     """Shared by train and resume: validate, plan, run (here, or on `launcher` = (nproc,
     max restarts, worker args) processes under torchrun), print the summary."""
-    from study.flow_matching import launch
+    from study.flow_matching import resume as resume_plans
     from study.flow_matching.config_load import load_config
     from study.flow_matching.distributed import restarted_by_torchrun
 
@@ -156,19 +156,20 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
         resume, options.overwrite = resume or "auto", False
     point = None
     if resume == "auto":
-        training_config, point = launch.plan_auto_resume(load_config(config_path, overrides),
-                                                         options, warn=warn)
+        training_config, point = resume_plans.plan_auto_resume(
+            load_config(config_path, overrides), options.ckpt_dir, warn=warn)
     elif resume is not None:
         if config_path is not None:
             warn("--config is ignored with --resume: the checkpoint's config wins")
-        training_config, point = launch.plan_resume(resume, overrides, options, warn=warn)
+        training_config, point = resume_plans.plan_resume(resume, overrides, options.ckpt_dir,
+                                                          warn=warn)
     else:
         training_config = load_config(config_path, overrides)
     if launcher is not None:
         raise typer.Exit(launch_processes(training_config, options, point, *launcher))
     try:
         result = execute(training_config, options, point)
-    except launch.AlreadyCompleted as done:
+    except resume_plans.AlreadyCompleted as done:
         typer.echo(str(done))
         return
     print_summary(result)
@@ -179,7 +180,7 @@ def launch_processes(config, options, point, nproc: int, max_restarts: int,
     """Check what can be checked here, then train on `nproc` processes under torchrun."""
     from study.cli.torchrun import run_under_torchrun
     from study.errors import UsageError
-    from study.flow_matching.launch import check_world_size
+    from study.flow_matching.resume import check_world_size
     from study.runs.paths import run_dir
 
     if nproc < 1 or max_restarts < 0:
@@ -196,7 +197,8 @@ def launch_processes(config, options, point, nproc: int, max_restarts: int,
 def execute(config, options, resume) -> dict[str, Any]:
     """Run training; a graceful stop exits 143/130, a failure exits 1 with one line."""
     from study.errors import FlowctlError, RunFailed
-    from study.flow_matching.launch import AlreadyCompleted, run_training
+    from study.flow_matching.launch import run_training
+    from study.flow_matching.resume import AlreadyCompleted
     from study.signals import TrainingStopped
 
     try:

@@ -127,7 +127,7 @@ class TrainingConfig:
         """Raise UsageError on the first impossible value; return self for chaining.
 
         Any arch label is accepted (a label that names no built-in network trains the
-        default one; see launch.assign_network); `network` must name a built-in one unless
+        default one; see assign_network); `network` must name a built-in one unless
         `check_arch=False` (callers that pass their own model).
         """
         if check_arch and self.network is not None:
@@ -204,3 +204,14 @@ class TrainingConfig:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def assign_network(config: TrainingConfig, warn=print) -> None:
+    """Fix which built-in network a run trains: `network`, else the arch when it names one,
+    else the default mlp under the arch label (with one notice line)."""
+    if config.network is not None:
+        return
+    if config.arch not in ARCH_NAMES:
+        warn(f"arch {config.arch!r} names no built-in network; training the default mlp under "
+             f"that label (choose one with --network {'|'.join(ARCH_NAMES)})")
+    config.network = config.arch if config.arch in ARCH_NAMES else "mlp"
