@@ -49,7 +49,7 @@ def resume(
     Example: flowctl resume mlp-icfm-moons-none --epochs 40
     """
     from study.cli.torchrun import worker_args
-    from study.cli.train import join_tracker_values, run_from_cli, run_options
+    from study.cli.train import run_from_cli, run_options
 
     overrides = {"epochs": epochs, "patience": patience, "log_every": log_every,
                  "save_every": save_every}
@@ -59,7 +59,6 @@ def resume(
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
                               strict_world_size=strict_world_size, plain=plain,
                               pairing_workers=pairing_workers, tracker=tracker)
-        join_tracker_values(ctx)
         launcher = (nproc, max_restarts, ["--resume", target, *worker_args(ctx)]) if nproc else None
         run_from_cli(overrides, config_path=None, resume=target, options=options,
                      launcher=launcher)

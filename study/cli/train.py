@@ -112,17 +112,9 @@ def train(
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
                               strict_world_size=strict_world_size, plain=plain,
                               pairing_workers=pairing_workers, tracker=tracker)
-        join_tracker_values(ctx)
         launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
         run_from_cli(overrides, config_path=config, resume=resume, options=options,
                      launcher=launcher)
-
-
-def join_tracker_values(ctx) -> None:
-    """--tracker is repeatable, but the workers' command line (torchrun.worker_args) takes
-    one value per option: hand them the choice as one comma-separated value."""
-    values = ctx.params.get("tracker")
-    ctx.params["tracker"] = ",".join(values) if values else None
 
 
 def run_options(*, plain: bool, wandb_mode: str | None, tracker: list[str] | None = None,
