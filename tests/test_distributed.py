@@ -38,11 +38,27 @@ def finish(process, timeout: float = 240) -> int:
     return process.returncode
 
 
-def workers_of(name: str) -> dict[int, int]:
-    """{rank: pid} of the live worker processes training run `name`."""
+def parent_of(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = parent_of(pid)
+    return False
+
+
+def workers_of(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the live workers under this test's own launcher (tests run in
+    parallel: another test's workers must never be touched)."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or not descends_from(int(entry.name), launcher_pid):
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
@@ -50,7 +66,7 @@ def workers_of(name: str) -> dict[int, int]:
                            if b"=" in item)
         except OSError:
             continue
-        if b"study.flow_matching.train" in cmdline and name.encode() in cmdline and b"RANK" in environ:
+        if b"study.flow_matching.train" in cmdline and b"RANK" in environ:
             found[int(environ[b"RANK"])] = int(entry.name)
     return found
 
@@ -149,8 +165,8 @@ def test_a_rank_that_dies_is_restarted_and_the_run_ends_identical(references, is
                     "--save-every", "4", "--nproc", "2", "--max-restarts", "1")
     wait_for((isolated_run_root / "two" / "last.pt").exists, process=process, what="a last.pt",
              timeout=180)
-    wait_for(lambda: 1 in workers_of("two"), process=process, what="rank 1")
-    os.kill(workers_of("two")[1], signal.SIGKILL)
+    wait_for(lambda: 1 in workers_of(process.pid), process=process, what="rank 1")
+    os.kill(workers_of(process.pid)[1], signal.SIGKILL)
     assert finish(process) == 0, process.stderr_text
     assert run_json(isolated_run_root / "two")["status"] == "finished"
     assert_same_state(load(references["root"] / "two" / "last.pt"),

@@ -19,6 +19,7 @@ from study.cli.common import (
     WandbProject,
     user_errors,
 )
+from study.cli.torchrun import exit_code_recorded
 
 
 def resume(
@@ -53,7 +54,7 @@ def resume(
 
     overrides = {"epochs": epochs, "patience": patience, "log_every": log_every,
                  "save_every": save_every}
-    with user_errors():
+    with exit_code_recorded(), user_errors():
         options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                               wandb_mode=wandb_mode, overwrite=False,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,

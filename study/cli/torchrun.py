@@ -5,20 +5,24 @@ Ctrl-C in the terminal reaches the workers once (through flowctl and torchrun's 
 twice (a second signal means "stop now"). The agent forwards SIGTERM, SIGINT, SIGUSR1 and
 SIGUSR2 to the workers (`--signals-to-handle`; by default a SIGUSR1 would kill the agent
 and orphan them) and gives them `--shutdown-timeout` seconds to save. Only rank 0's output
-is shown. The exit code is the run's: 0 finished, 1 failed, 128 + signal preempted.
+is shown. The exit code is rank 0's own (0 finished, 2 bad input, 1 failed, 128 + signal
+stopped), which it leaves in a file for the launcher (`exit_code_recorded`).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import time
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+EXIT_FILE_ENV = "FLOWCTL_EXIT_FILE"  # where rank 0 leaves its exit code for the launcher
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 SHUTDOWN_TIMEOUT_S = 120  # a checkpoint write of a large model takes seconds, not minutes
 # torchrun's own lines: its logging prefix (W1129 13:45:00.123 ...) and its error report.
@@ -53,16 +57,16 @@ def torchrun_command(args: list[str], *, nproc: int, max_restarts: int) -> list[
             "-m", "study.flow_matching.train", *args]
 
 
-def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int,
-                       run_folder: Path) -> int:
+def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int) -> int:
     """Run `python -m study.flow_matching.train ARGS` on `nproc` ranks; returns the exit code."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    exit_file = Path(tempfile.mkdtemp(prefix="flowctl-exit-")) / "rank0"
+    env[EXIT_FILE_ENV] = str(exit_file)
     agent = subprocess.Popen(torchrun_command(args, nproc=nproc, max_restarts=max_restarts),
                              env=env, stderr=subprocess.PIPE, text=True, bufsize=1,
                              start_new_session=True)
     received: list[int] = []
-    started = time.time()
 
     def forward(signum, frame) -> None:
         received.append(signum)
@@ -75,7 +79,10 @@ def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return _exit_code(agent.returncode, run_folder, received, started)
+    try:
+        return _exit_code(agent.returncode, exit_file, received)
+    finally:
+        shutil.rmtree(exit_file.parent, ignore_errors=True)
 
 
 def _pass_through(stream) -> None:
@@ -91,17 +98,34 @@ def _pass_through(stream) -> None:
         sys.stderr.write(line)
 
 
-def _exit_code(returncode: int, run_folder: Path, received: list[int], started: float) -> int:
-    from study.runs.paths import RUN_JSON
-    from study.runs.status import parse_time, read_run
+@contextlib.contextmanager
+def exit_code_recorded() -> Iterator[None]:
+    """In a worker started by `run_under_torchrun`: rank 0 writes the exit code it leaves
+    with (2 bad input, 1 failed, 143/130/138 stopped) where the launcher reads it."""
+    path = os.environ.get(EXIT_FILE_ENV)
+    if not path or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    code = 1
+    try:
+        yield
+        code = 0
+    except SystemExit as done:  # typer.Exit is raised as click's Exit, a SystemExit here or not
+        code = done.code if isinstance(done.code, int) else 1
+        raise
+    except BaseException as exit_:
+        code = getattr(exit_, "exit_code", 1)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            Path(path).write_text(str(code))
 
+
+def _exit_code(returncode: int, exit_file: Path, received: list[int]) -> int:
+    """The workers' rank 0 exit code; without one (killed), what the signal implies."""
     if returncode == 0:
         return 0
-    run = read_run(run_folder)
-    if (parse_time(run.updated_at) or 0) < started:  # the workers stopped before training
-        return 128 + received[0] if received else 2
-    status = run.status
-    if status == "preempted":  # the workers' own code: 143, 130, or 138 for a requeue signal
-        saved = json.loads((run_folder / RUN_JSON).read_text()).get("exit_code")
-        return saved if isinstance(saved, int) else 128 + (received[0] if received else signal.SIGTERM)
-    return 0 if status in ("finished", "early_stopped") else 1
+    try:
+        return int(exit_file.read_text())
+    except (OSError, ValueError):
+        return 128 + received[0] if received else 1

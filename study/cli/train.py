@@ -25,7 +25,7 @@ from study.cli.common import (
     user_errors,
     warn,
 )
-from study.cli.torchrun import worker_args
+from study.cli.torchrun import exit_code_recorded, worker_args
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
 CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
@@ -106,7 +106,7 @@ def train(
         if values[flag] is not None:
             overrides.setdefault(key, None)
             overrides[key] = {**(overrides[key] or {}), nested: values[flag]}
-    with user_errors():
+    with exit_code_recorded(), user_errors():
         options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                               wandb_mode=wandb_mode, overwrite=overwrite,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
@@ -173,7 +173,6 @@ def launch_processes(config, options, point, nproc: int, max_restarts: int,
     from study.cli.torchrun import run_under_torchrun
     from study.errors import UsageError
     from study.flow_matching.resume import check_world_size
-    from study.runs.paths import run_dir
 
     if nproc < 1 or max_restarts < 0:
         raise UsageError(f"--nproc must be >= 1 and --max-restarts >= 0, got {nproc} and {max_restarts}")
@@ -182,8 +181,7 @@ def launch_processes(config, options, point, nproc: int, max_restarts: int,
                          f"{nproc} process(es) x {config.grad_accum} micro-batch(es)")
     if point is not None:
         check_world_size(point, nproc, strict=options.strict_world_size, warn=lambda m: None)
-    return run_under_torchrun(args, nproc=nproc, max_restarts=max_restarts,
-                              run_folder=run_dir(config.name, options.ckpt_dir))
+    return run_under_torchrun(args, nproc=nproc, max_restarts=max_restarts)
 
 
 def execute(config, options, resume) -> dict[str, Any]:
