@@ -29,8 +29,9 @@ def _global_options(
 
 
 def _register() -> None:
+    from study.cli import compare as compare_cmd
     from study.cli import eval as eval_cmd
-    from study.cli import inspect_ckpt, list_runs, plot, resume, sample, train
+    from study.cli import inspect_ckpt, list_runs, plot, resume, sample, sweep, train
 
     app.command("train")(train.train)
     app.command("resume")(resume.resume)
@@ -39,6 +40,8 @@ def _register() -> None:
     app.command("sample")(sample.sample)
     app.command("eval")(eval_cmd.eval_command)
     app.command("plot")(plot.plot)
+    app.add_typer(sweep.sweep_app, name="sweep")
+    app.command("compare")(compare_cmd.compare)
 
 
 _register()
