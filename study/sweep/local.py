@@ -134,6 +134,7 @@ class LocalLauncher:
             state = read_point_state(point, self.flags.ckpt_dir)  # it may have moved on
             self.states[point.name] = state
             if state.done or (state.state == "failed" and not self.retry_failed):
+                self.display.event(f"{state.state} {point.name} (elsewhere, meanwhile)")
                 continue
             if state.state == "running":
                 self._wait_elsewhere(point, state.detail)
