@@ -7,10 +7,20 @@
 # ProctrackType=proctrack/linuxproc and TaskPlugin=task/none (no cgroups),
 # JobAcctGatherType=jobacct_gather/none, ReturnToService=2 (the node comes back by itself
 # after a restart), JobRequeue=1 (flowctl's jobs requeue themselves on the preemption signal).
+# Pass --restart to rewrite slurm.conf and restart the daemons.
 set -euo pipefail
 
 CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
 NODE=$(hostname -s)
+if [ "${1:-}" = "--restart" ]; then
+  for pidfile in /run/slurmd.pid /run/slurmctld.pid; do  # the daemons this script started
+    if [ -s "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+  done
+  for _ in $(seq 1 50); do
+    pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break
+    sleep 0.2
+  done
+fi
 if command -v scontrol >/dev/null && scontrol ping 2>/dev/null | grep -q UP \
    && sinfo -h -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; then
   echo "slurm already running ($(sinfo -h -o '%P %T %N' | head -1))"
@@ -25,6 +35,7 @@ mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge /var/log/slurm \
 if [ ! -s /etc/munge/munge.key ]; then
   dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
 fi
+chown -R root:root /etc/munge /var/lib/munge /var/log/munge /run/munge
 chmod 0700 /etc/munge /var/lib/munge /var/log/munge
 chmod 0400 /etc/munge/munge.key
 if ! pgrep -x munged >/dev/null; then
@@ -52,6 +63,9 @@ MpiDefault=none
 SwitchType=switch/none
 ReturnToService=2
 JobRequeue=1
+# A requeued job may start again after the credential of its last run expires (default
+# 120 s); 10 s keeps the requeue test short.
+AuthInfo=cred_expire=10
 MinJobAge=600
 KillWait=10
 StateSaveLocation=/var/spool/slurmctld

@@ -100,12 +100,12 @@ def launch_line(options: SlurmOptions, joined: str) -> list[str]:
     the arguments, quoted for the shell)."""
     if not options.distributed:
         return [f"exec flowctl train {joined}"]
-    gpus = max(options.gpus_per_node, 1)
+    gpus, name = max(options.gpus_per_node, 1), signal_name(options.signal)
     return [
         'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "# torchrun ignores USR2 (its default action would kill the workers mid-save); the",
+        f"# torchrun ignores {name} (its default action would kill the workers mid-save); the",
         "# workers install their own handler, and rank 0 requeues the job.",
-        "srun --kill-on-bad-exit=1 bash -c 'trap \"\" USR2; exec \"$@\"' torchrun \\",
+        f"srun --kill-on-bad-exit=1 bash -c 'trap \"\" {name}; exec \"$@\"' torchrun \\",
         f"  torchrun --nnodes \"$SLURM_NNODES\" --nproc-per-node {gpus} "
         f"--rdzv-id \"$SLURM_JOB_ID\" --rdzv-backend c10d --rdzv-endpoint \"$head:{RDZV_PORT}\" \\",
         f"  -m study.flow_matching.train {joined}",
