@@ -17,7 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null \
 		&& echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')" \
 		|| $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	@# compat mode puts the checkout on sys.path: a working folder with its own study/ data
+	@# folder (the study's layout) cannot then shadow the package as a namespace package.
+	$(BIN)/pip install -q -e ".[dev]" --config-settings editable_mode=compat
 	@touch $@
 
 train: install
@@ -26,12 +28,17 @@ train: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
+# The inner loop: everything but the long real-process tests (marked `slow`).
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(ARGS)
+
 lint: install
 	$(BIN)/ruff check study tests scripts
 
 bench: install
 	$(BIN)/python scripts/bench_trainer.py
 	$(BIN)/python scripts/bench_cli.py
+	$(BIN)/python scripts/bench_ui.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

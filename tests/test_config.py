@@ -10,12 +10,8 @@ import pytest
 from study.data.augment import AUGMENTATIONS
 from study.errors import UsageError
 from study.flow_matching import config, flows, models
-from study.flow_matching.config import (
-    StageConfig,
-    TrainingConfig,
-    config_from_dict,
-    load_config,
-)
+from study.flow_matching.config import StageConfig, TrainingConfig
+from study.flow_matching.config_load import config_from_dict, load_config
 from study.flow_matching.stages import plan_stages, stage_for_epoch
 
 PRIMITIVES = (str, int, float, bool, type(None))

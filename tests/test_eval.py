@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from study.flow_matching.models import build_model
-from tests.helpers import CreatesMarker, cli, vectors_file, wandb_files, wandb_records
+from tests.helpers import CreatesMarker, cli, error_line, vectors_file, wandb_files, wandb_records
 
 KEYS = {"w2", "mmd", "nfe", "path_energy", "npe", "straightness", "w2_floor", "mmd_floor", "n",
         "solver", "steps"}
@@ -140,15 +140,13 @@ def test_wandb_failure_is_one_warning(runs, tmp_path, monkeypatch):
 
 def test_several_runs_need_compare(runs):
     result = cli("eval", runs["trained"], runs["untrained"])
-    assert result.exit_code == 2
-    assert "add --compare" in result.stderr and result.stderr.count("\n") == 1
+    error_line(result, "add --compare")
 
 
 def test_data_with_the_wrong_dimension_is_refused(runs, tmp_path):
     data = vectors_file(tmp_path, rows=50, dim=3)
     result = cli("eval", runs["untrained"], "--data", data, "--n", "10")
-    assert result.exit_code == 2
-    assert "dimension 2" in result.stderr and result.stderr.count("\n") == 1
+    error_line(result, "dimension 2")
 
 
 def test_data_file_is_used(runs, tmp_path):
@@ -165,8 +163,7 @@ def test_data_file_is_used(runs, tmp_path):
 ])
 def test_bad_flags_are_one_line_errors(runs, args, message):
     result = cli("eval", runs["untrained"], *args)
-    assert result.exit_code == 2
-    assert message in result.stderr and result.stderr.count("\n") == 1
+    error_line(result, message)
 
 
 def test_missing_run_is_one_line_error():
@@ -179,7 +176,6 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     marker = tmp_path / "marker"
     torch.save({"model_state_dict": CreatesMarker(marker)}, tmp_path / "evil.pt")
     result = cli("eval", tmp_path / "evil.pt")
-    assert result.exit_code == 2
-    assert result.stderr.startswith("error: refusing to load") and result.stderr.count("\n") == 1
+    assert error_line(result).startswith("error: refusing to load")
     assert not marker.exists(), "unpickling ran code"
     assert not (tmp_path / "eval.json").exists()

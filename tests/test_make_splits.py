@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from study.data.dataset import resolve_dataset
+from tests.helpers import error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "make_splits.py"
@@ -83,7 +84,7 @@ def test_from_file_uses_disjoint_rows_of_the_file(tmp_path):
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
     assert make_splits.main([*args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err
+    error_line(err, fragment)
     assert not (tmp_path / "out").exists()
 
 

@@ -14,7 +14,7 @@ from study.flow_matching.flows import ICFM, build_flow
 from study.flow_matching.models import build_model
 from study.flow_matching.reflow import PAIRS_NAME
 from study.flow_matching.solvers import integrate
-from tests.helpers import cli, load, vectors_file
+from tests.helpers import cli, error_line, load, vectors_file
 
 # moons has 20,000 training rows: batch 256 keeps an epoch at 78 steps.
 SMALL = ["--batch-size", "256", "--width", "16", "--depth", "2", "--warmup-steps", "5",
@@ -38,13 +38,6 @@ def train_student(teacher: Path, *extra: str, run_name: str = "student"):
     return cli("train", "--flow", "reflow", "--teacher", teacher, "--dataset", "moons",
                "--epochs", "1", "--run-name", run_name, *SMALL, *extra)
 
-
-def one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_reflow_flow_is_icfm_on_the_given_pairs():
@@ -136,7 +129,7 @@ def test_a_new_seed_regenerates_the_pairs(teacher, isolated_run_root):
 
 
 def test_reflow_without_a_teacher_is_one_line():
-    one_line_error(cli("train", "--flow", "reflow", *SMALL), "reflow", "--teacher")
+    error_line(cli("train", "--flow", "reflow", *SMALL), "reflow", "--teacher")
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "folder"])
@@ -147,7 +140,7 @@ def test_a_teacher_that_is_not_a_checkpoint_is_one_line(kind, tmp_path):
     elif kind == "folder":
         target = tmp_path / "empty-run"
         target.mkdir()
-    one_line_error(train_student(target), str(target))
+    error_line(train_student(target), str(target))
 
 
 def test_teacher_of_another_dimension_is_one_line(tmp_path):
@@ -155,8 +148,8 @@ def test_teacher_of_another_dimension_is_one_line(tmp_path):
     trained = cli("train", "--dataset", data, "--epochs", "1", "--run-name", "teacher3d",
                   "--ckpt-dir", tmp_path / "teachers", *SMALL[2:], "--batch-size", "64")
     assert trained.exit_code == 0, trained.stderr
-    one_line_error(train_student(tmp_path / "teachers" / "teacher3d"), "dimension 3", "dimension 2")
+    error_line(train_student(tmp_path / "teachers" / "teacher3d"), "dimension 3", "dimension 2")
 
 
 def test_teacher_with_another_source_is_one_line(teacher):
-    one_line_error(train_student(teacher, "--source", "moons"), "--source gaussian")
+    error_line(train_student(teacher, "--source", "moons"), "--source gaussian")

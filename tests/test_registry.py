@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 import torch
 
 from tests.helpers import (
@@ -31,6 +32,7 @@ def listed(*args: str) -> list[dict]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_sigkill_shows_as_crashed_with_its_live_status_left_behind(tmp_path, isolated_run_root):
     args = ["--dataset", vectors_file(tmp_path), "--epochs", "40", "--patience", "0", *TINY]
     process = spawn("train", "--run-name", "doomed", *args)
@@ -45,6 +47,7 @@ def test_sigkill_shows_as_crashed_with_its_live_status_left_behind(tmp_path, iso
     assert listed("--status", "crashed") == [row] and listed("--status", "running") == []
 
 
+@pytest.mark.slow
 def test_wandb_run_continues_across_a_kill_with_the_same_id_and_increasing_steps(
         tmp_path, isolated_run_root):
     args = ["--dataset", vectors_file(tmp_path), "--epochs", "30", "--patience", "0",
@@ -76,6 +79,7 @@ def test_wandb_run_continues_across_a_kill_with_the_same_id_and_increasing_steps
     assert steps_2[-1] == 30 * 9
 
 
+@pytest.mark.slow
 def test_sigterm_tags_the_wandb_run_preempted_not_failed(tmp_path, isolated_run_root):
     args = ["--dataset", vectors_file(tmp_path), "--epochs", "40", "--patience", "0", *OFFLINE]
     process = spawn("train", "--run-name", "pre", *args)

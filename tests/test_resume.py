@@ -13,19 +13,15 @@ from tests.helpers import (
     TINY,
     assert_same_state,
     cli,
+    error_line,
     load,
     metrics_rows,
+    run_flags,
     run_json,
     spawn,
     vectors_file,
     wait_for,
 )
-
-EPOCHS = "30"  # long enough that the kill lands mid-run, short enough for CI (~270 steps)
-
-
-def flags(data, *extra: str) -> list[str]:
-    return ["--dataset", str(data), "--epochs", EPOCHS, "--patience", "0", *TINY, *extra]
 
 
 def reference(name: str, args: list[str]) -> None:
@@ -52,9 +48,10 @@ def resume_and_compare(root, name: str, reference_name: str = "a") -> None:
     assert run_json(root / name)["status"] == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flow", ["icfm", "otcfm"])
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, isolated_run_root, flow):
-    args = flags(vectors_file(tmp_path), "--flow", flow)
+    args = run_flags(vectors_file(tmp_path), "--flow", flow)
     reference("a", args)
     code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGKILL)
     assert code == -signal.SIGKILL
@@ -63,8 +60,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, isolated_run_root, f
     resume_and_compare(isolated_run_root, "b")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_marks_preempted_and_resumes_exactly(tmp_path, isolated_run_root):
-    args = flags(vectors_file(tmp_path))
+    args = run_flags(vectors_file(tmp_path))
     reference("a", args)
     code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGTERM)
     assert code == 143
@@ -73,9 +71,10 @@ def test_sigterm_saves_mid_epoch_marks_preempted_and_resumes_exactly(tmp_path, i
     resume_and_compare(isolated_run_root, "b")
 
 
+@pytest.mark.slow
 def test_save_every_lands_mid_epoch_and_still_resumes_bitwise(tmp_path, isolated_run_root):
     # 3200 rows -> 45 steps per epoch; last.pt every 7 steps, so most saves are mid-epoch.
-    args = flags(vectors_file(tmp_path, rows=3200), "--save-every", "7")
+    args = run_flags(vectors_file(tmp_path, rows=3200), "--save-every", "7")
     args[args.index("--epochs") + 1] = "8"
     reference("a", args)
     code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGKILL)
@@ -84,12 +83,13 @@ def test_save_every_lands_mid_epoch_and_still_resumes_bitwise(tmp_path, isolated
     resume_and_compare(isolated_run_root, "b")
 
 
+@pytest.mark.slow
 def test_two_stage_schedule_resumed_inside_the_second_stage(tmp_path, isolated_run_root):
     config = tmp_path / "stages.yaml"
     config.write_text(yaml.safe_dump({"stages": [
         {"name": "warm", "epochs": 2, "flow": "icfm"},
         {"name": "fine", "epochs": 10, "flow": "otcfm", "lr": 5e-4, "sigma": 0.05}]}))
-    args = flags(vectors_file(tmp_path), "--config", str(config), "--log-every", "4")
+    args = run_flags(vectors_file(tmp_path), "--config", str(config), "--log-every", "4")
     reference("a", args)
     last = isolated_run_root / "b" / "last.pt"
     code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGTERM,
@@ -104,7 +104,7 @@ def test_two_stage_schedule_resumed_inside_the_second_stage(tmp_path, isolated_r
 
 
 def test_already_completed_changes_nothing(tmp_path, isolated_run_root):
-    args = flags(vectors_file(tmp_path))
+    args = run_flags(vectors_file(tmp_path))
     args[args.index("--epochs") + 1] = "2"
     reference("a", args)
     before = {p.name: p.read_bytes() for p in (isolated_run_root / "a").iterdir() if p.is_file()}
@@ -118,7 +118,7 @@ def test_already_completed_changes_nothing(tmp_path, isolated_run_root):
 def test_extension_continues_step_and_replans_the_cosine(tmp_path, isolated_run_root):
     from study.flow_matching.utils import cosine_warmup_factor
 
-    args = flags(vectors_file(tmp_path))
+    args = run_flags(vectors_file(tmp_path))
     args[args.index("--epochs") + 1] = "4"
     reference("a", args)
     result = cli("resume", "a", "--epochs", "6")
@@ -138,7 +138,7 @@ def test_extension_continues_step_and_replans_the_cosine(tmp_path, isolated_run_
 
 
 def test_conflicting_arch_is_refused_and_harmless_override_wins_with_a_line(tmp_path, isolated_run_root):
-    args = flags(vectors_file(tmp_path))
+    args = run_flags(vectors_file(tmp_path))
     args[args.index("--epochs") + 1] = "2"
     reference("a", args)
     last = isolated_run_root / "a" / "last.pt"
@@ -159,8 +159,7 @@ def test_resume_bad_target_is_one_line_exit_2(tmp_path, target, fragment):
     (tmp_path / "empty-folder").mkdir()
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     result = cli("resume", target.format(tmp=tmp_path))
-    assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and fragment in result.stderr
+    error_line(result, fragment)
 
 
 def test_original_study_checkpoint_resumes_with_one_warning(tmp_path, isolated_run_root):

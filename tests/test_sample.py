@@ -16,7 +16,7 @@ import torch
 
 from study.flow_matching.models import build_model
 from study.flow_matching.solvers import integrate
-from tests.helpers import TINY, CreatesMarker, cli, vectors_file
+from tests.helpers import TINY, CreatesMarker, cli, error_line, vectors_file
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +129,13 @@ def test_last_uses_last_pt(run, tmp_path):
 def test_bad_flags_are_one_line_errors(run, args, message):
     code, _, stderr = sample(run, *args)
     assert code == 2
-    assert stderr.count("\n") == 1 and message in stderr, stderr
+    error_line(stderr, message)
 
 
 def test_missing_run_is_one_line_error():
     code, _, stderr = sample("no-such-run")
     assert code == 2
-    assert stderr.startswith("error: no checkpoint or run named 'no-such-run'")
-    assert stderr.count("\n") == 1
+    assert error_line(stderr).startswith("error: no checkpoint or run named 'no-such-run'")
 
 
 def test_weights_that_do_not_fit_the_config_are_one_line_error(run, tmp_path):
@@ -145,7 +144,7 @@ def test_weights_that_do_not_fit_the_config_are_one_line_error(run, tmp_path):
     torch.save(ckpt, tmp_path / "bent.pt")
     code, _, stderr = sample(tmp_path / "bent.pt")
     assert code == 2
-    assert "weights do not fit a mlp model (width 32" in stderr and stderr.count("\n") == 1, stderr
+    error_line(stderr, "weights do not fit a mlp model (width 32")
 
 
 def test_checkpoint_with_code_is_refused(tmp_path):
@@ -154,7 +153,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     torch.save({"model_state_dict": CreatesMarker(marker)}, path)
     code, _, stderr = sample(path)
     assert code == 2
-    assert stderr.startswith("error: refusing to load") and stderr.count("\n") == 1
+    assert error_line(stderr).startswith("error: refusing to load")
     assert not marker.exists(), "unpickling ran code"
     # The payload is live: unpickling it for real does create its marker.
     control = tmp_path / "control"

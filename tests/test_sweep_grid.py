@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from study.errors import UsageError
+from study.flow_matching.config import TrainingConfig
 from study.runs.status import RunStatusFile
 from study.sweep.grid import load_grid
 from study.sweep.identity import config_hash, identity_diff
@@ -83,8 +84,12 @@ def test_identity_ignores_harmless_keys_and_resolves_network():
     assert config_hash(base) == config_hash({**base, "epochs": 50, "patience": 0,
                                              "group": "x", "run_name": "y", "network": "mlp"})
     assert config_hash(base) != config_hash({**base, "lr": 0.002})
-    assert identity_diff({**base, "network": "mlp"}, base) == []
-    assert identity_diff(base, {**base, "lr": 0.002}) == ["lr: 0.001 in the run, 0.002 in the grid"]
+    full = TrainingConfig(**base).to_dict()
+    assert identity_diff({**full, "network": "mlp"}, full) == []
+    assert identity_diff(full, {**full, "lr": 0.002}) == ["lr: 0.001 in the run, 0.002 in the grid"]
+    # A run written before `ema_warmup` existed trained without it: not this grid's run.
+    legacy = {k: v for k, v in full.items() if k != "ema_warmup"}
+    assert identity_diff(legacy, full) == ["ema_warmup: False in the run, True in the grid"]
 
 
 def test_states_from_run_json_and_the_sweeps_failure_record(tmp_path, isolated_run_root):

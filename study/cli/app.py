@@ -31,7 +31,7 @@ def _global_options(
 def _register() -> None:
     from study.cli import compare as compare_cmd
     from study.cli import eval as eval_cmd
-    from study.cli import inspect_ckpt, list_runs, plot, resume, sample, slurm, sweep, train
+    from study.cli import inspect_ckpt, list_runs, plot, resume, sample, slurm, sweep, train, ui
 
     app.command("train")(train.train)
     app.command("resume")(resume.resume)
@@ -43,6 +43,7 @@ def _register() -> None:
     app.add_typer(sweep.sweep_app, name="sweep")
     app.command("compare")(compare_cmd.compare)
     app.add_typer(slurm.slurm_app, name="slurm")
+    app.command("ui")(ui.ui)
 
 
 _register()

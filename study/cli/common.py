@@ -76,5 +76,12 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 RequeueSignal = Annotated[str | None, typer.Option(
     "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM).")]
 Plain = Annotated[bool, typer.Option("--plain", help="Plain progress lines even on a terminal.")]
+Nproc = Annotated[int | None, typer.Option(
+    "--nproc", help="Train on N processes under torchrun (one per GPU; gloo on CPUs).")]
+MaxRestarts = Annotated[int, typer.Option(
+    "--max-restarts", help="With --nproc: restarts of the worker group after a rank dies; "
+    "restarted workers resume from last.pt.")]
+StrictWorldSize = Annotated[bool, typer.Option(
+    "--strict-world-size", help="Refuse to resume on another number of processes.")]
 TensorBoard = Annotated[bool, typer.Option(
     "--tensorboard", help="Also write scalars to {run}/tb/ (needs the tensorboard package).")]

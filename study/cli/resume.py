@@ -7,8 +7,11 @@ import typer
 from study.cli.common import (
     CkptDir,
     Device,
+    MaxRestarts,
+    Nproc,
     Plain,
     RequeueSignal,
+    StrictWorldSize,
     TensorBoard,
     WandbMode,
     WandbProject,
@@ -17,6 +20,7 @@ from study.cli.common import (
 
 
 def resume(
+    ctx: typer.Context,
     target: str = typer.Argument(..., help="Run name, run folder or checkpoint file."),
     epochs: int | None = typer.Option(None, help="Total epochs to reach (not 'more epochs')."),
     patience: int | None = typer.Option(None, help="Override early-stopping patience."),
@@ -29,6 +33,9 @@ def resume(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    nproc: Nproc = None,
+    max_restarts: MaxRestarts = 0,
+    strict_world_size: StrictWorldSize = False,
 ) -> None:
     """Continue a run exactly where it stopped; the config comes from the checkpoint.
 
@@ -37,12 +44,16 @@ def resume(
 
     Example: flowctl resume mlp-icfm-moons-none --epochs 40
     """
-    from study.cli.train import run_from_cli
+    from study.cli.torchrun import worker_args
+    from study.cli.train import run_from_cli, run_options
 
     overrides = {"epochs": epochs, "patience": patience, "log_every": log_every,
                  "save_every": save_every}
     with user_errors():
-        run_from_cli(overrides, config_path=None, resume=target, overwrite=False,
-                     ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
-                     device=device, requeue_signal=requeue_signal, plain=plain,
-                     tensorboard=tensorboard)
+        options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
+                              wandb_mode=wandb_mode, overwrite=False,
+                              requeue_signal=requeue_signal, tensorboard=tensorboard,
+                              strict_world_size=strict_world_size, plain=plain)
+        launcher = (nproc, max_restarts, ["--resume", target, *worker_args(ctx)]) if nproc else None
+        run_from_cli(overrides, config_path=None, resume=target, options=options,
+                     launcher=launcher)

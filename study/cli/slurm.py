@@ -42,7 +42,7 @@ def submit(
 
     Example: flowctl slurm submit runs/big.yaml --gpus-per-node 1 --time 4:00:00 --dry-run
     """
-    from study.flow_matching.config import load_config
+    from study.flow_matching.config_load import load_config
     from study.runs.paths import checkpoint_root
     from study.slurm.script import SlurmOptions, render_run_script, signal_name
     from study.slurm.submit import submit as sbatch_submit

@@ -57,10 +57,9 @@ def run(
 ) -> None:
     """Train every point of GRID.yaml that is not done; run it again to continue.
 
-    Finished points are skipped, preempted and crashed ones resumed, failed ones re-run only
-    with --retry-failed. Exit 1 names the points that failed.
+    Finished points are skipped, preempted and crashed ones resumed, failed ones re-run only with --retry-failed. Exit 1 names the points that failed.
 
-    Example: flowctl sweep examples/study_small.yaml --parallel 2
+    Example: flowctl sweep run examples/study_small.yaml --parallel 2  (`run` may be left out)
     """
     from study.sweep.commands import TrainFlags
 

@@ -12,23 +12,33 @@ import typer
 from study.cli.common import (
     CkptDir,
     Device,
+    MaxRestarts,
+    Nproc,
     Plain,
     RequeueSignal,
+    StrictWorldSize,
     TensorBoard,
     WandbMode,
     WandbProject,
     user_errors,
     warn,
 )
+from study.cli.torchrun import worker_args
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
 CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
                 "run_name", "epochs", "batch_size", "lr", "warmup_steps", "patience", "seed",
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
-                "width", "depth", "activation", "save_every")
+                "width", "depth", "activation", "save_every", "ema_warmup", "normalize",
+                "grad_accum", "precision", "eval_every", "eval_samples", "select_by",
+                "keep_snapshots")
+# Flags that set one key of a mapping in the config: flag -> (config key, nested key).
+NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("scheduler", "final_lr_scale"),
+                "lr_gamma": ("scheduler", "gamma"), "lr_step_size": ("scheduler", "step_size")}
 
 
 def train(
+    ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainingConfig keys; flags override it."),
     arch: str | None = typer.Option(None, help="Architecture label, part of the run name; mlp | resmlp also pick that network.  [default: mlp]"),
     network: str | None = typer.Option(None, help="Built-in velocity network: mlp | resmlp.  [default: the arch if it names one, else mlp]"),
@@ -56,6 +66,18 @@ def train(
     depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
     activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
+    keep_snapshots: int | None = typer.Option(None, help="Also keep the last K epoch-numbered checkpoints (epoch-0007.pt).  [default: 0]"),
+    scheduler: str | None = typer.Option(None, help="LR after warm-up: cosine | linear | step | constant.  [default: cosine]"),
+    final_lr_scale: float | None = typer.Option(None, help="cosine/linear: final LR as a fraction of --lr.  [default: 0]"),
+    lr_gamma: float | None = typer.Option(None, help="step: multiply the LR by this ...  [default: 0.1]"),
+    lr_step_size: int | None = typer.Option(None, help="step: ... every this many epochs.  [default: 10]"),
+    grad_accum: int | None = typer.Option(None, help="Micro-batches per optimizer step; --batch-size stays the step's batch.  [default: 1]"),
+    precision: str | None = typer.Option(None, help="Forward pass in fp32 | bf16 | fp16 (CUDA) via autocast.  [default: fp32]"),
+    normalize: str | None = typer.Option(None, help="none: the model sees data units; standard: per-column z-scores.  [default: standard]"),
+    ema_warmup: bool | None = typer.Option(None, "--ema-warmup/--no-ema-warmup", help="Ramp the EMA decay up with the step.  [default: on]"),
+    eval_every: int | None = typer.Option(None, help="Epochs between W2/MMD evaluations of the EMA weights (0: never).  [default: 0]"),
+    eval_samples: int | None = typer.Option(None, help="Held-out rows compared per evaluation.  [default: 1000]"),
+    select_by: str | None = typer.Option(None, help="What best.pt and early stopping follow: val_loss | eval_w2.  [default: val_loss]"),
     resume: str | None = typer.Option(None, "--resume", help="Continue from a checkpoint file, run folder or run name; `auto`: continue the run these flags name if it has a checkpoint, else start it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over when the run already has checkpoints."),
     ckpt_dir: CkptDir = None,
@@ -65,6 +87,9 @@ def train(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    nproc: Nproc = None,
+    max_restarts: MaxRestarts = 0,
+    strict_world_size: StrictWorldSize = False,
 ) -> None:
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
 
@@ -72,20 +97,23 @@ def train(
     """
     values = dict(locals())
     overrides = {key: values[key] for key in CONFIG_FLAGS}
+    for flag, (key, nested) in NESTED_FLAGS.items():
+        if values[flag] is not None:
+            overrides.setdefault(key, None)
+            overrides[key] = {**(overrides[key] or {}), nested: values[flag]}
     with user_errors():
-        run_from_cli(overrides, config_path=config, resume=resume, overwrite=overwrite,
-                     ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
-                     device=device, requeue_signal=requeue_signal, plain=plain,
-                     tensorboard=tensorboard)
+        options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
+                              wandb_mode=wandb_mode, overwrite=overwrite,
+                              requeue_signal=requeue_signal, tensorboard=tensorboard,
+                              strict_world_size=strict_world_size, plain=plain)
+        launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
+        run_from_cli(overrides, config_path=config, resume=resume, options=options,
+                     launcher=launcher)
 
 
-def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
-                 overwrite: bool, ckpt_dir: str | None, wandb_project: str,
-                 wandb_mode: str | None, device: str, requeue_signal: str | None,
-                 plain: bool, tensorboard: bool = False) -> None:
-    """Shared by train and resume: validate, plan, run, print the summary, map the exit code."""
-    from study.flow_matching import launch
-    from study.flow_matching.config import load_config
+def run_options(*, plain: bool, wandb_mode: str | None, **fields: Any):
+    """RunOptions from the flags every training command shares (checked here)."""
+    from study.flow_matching.launch import RunOptions
     from study.flow_matching.progress import ConsoleProgress
     from study.runs.tracking import WANDB_MODES
 
@@ -93,11 +121,20 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
         from study.errors import UsageError
 
         raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+    return RunOptions(wandb_mode=wandb_mode, progress=ConsoleProgress(force_plain=plain), **fields)
+
+
+def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
+                 options, launcher: tuple[int, int, list[str]] | None = None) -> None:
+    """Shared by train and resume: validate, plan, run (here, or on `launcher` = (nproc,
+    max restarts, worker args) processes under torchrun), print the summary."""
+    from study.flow_matching import launch
+    from study.flow_matching.config_load import load_config
+    from study.flow_matching.distributed import restarted_by_torchrun
+
     setup_logging()
-    options = launch.RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
-                                wandb_mode=wandb_mode, overwrite=overwrite,
-                                requeue_signal=requeue_signal, tensorboard=tensorboard,
-                                progress=ConsoleProgress(force_plain=plain))
+    if restarted_by_torchrun():  # a rank died and torchrun restarted us: continue the run
+        resume, options.overwrite = resume or "auto", False
     point = None
     if resume == "auto":
         training_config, point = launch.plan_auto_resume(load_config(config_path, overrides),
@@ -108,12 +145,33 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
         training_config, point = launch.plan_resume(resume, overrides, options, warn=warn)
     else:
         training_config = load_config(config_path, overrides)
+    if launcher is not None:
+        raise typer.Exit(launch_processes(training_config, options, point, *launcher))
     try:
         result = execute(training_config, options, point)
     except launch.AlreadyCompleted as done:
         typer.echo(str(done))
         return
     print_summary(result)
+
+
+def launch_processes(config, options, point, nproc: int, max_restarts: int,
+                     args: list[str]) -> int:
+    """Check what can be checked here, then train on `nproc` processes under torchrun."""
+    from study.cli.torchrun import run_under_torchrun
+    from study.errors import UsageError
+    from study.flow_matching.launch import check_world_size
+    from study.runs.paths import run_dir
+
+    if nproc < 1 or max_restarts < 0:
+        raise UsageError(f"--nproc must be >= 1 and --max-restarts >= 0, got {nproc} and {max_restarts}")
+    if config.batch_size % (nproc * config.grad_accum):
+        raise UsageError(f"--batch-size {config.batch_size} (the global batch) must split into "
+                         f"{nproc} process(es) x {config.grad_accum} micro-batch(es)")
+    if point is not None:
+        check_world_size(point, nproc, strict=options.strict_world_size, warn=lambda m: None)
+    return run_under_torchrun(args, nproc=nproc, max_restarts=max_restarts,
+                              run_folder=run_dir(config.name, options.ckpt_dir))
 
 
 def execute(config, options, resume) -> dict[str, Any]:

@@ -8,11 +8,15 @@ checkpoint's) and moves them to the training device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from study.data.normalize import normalization_stats, normalize
+from study.data.normalize import denormalize, normalization_stats
+from study.data.normalize import normalize as normalize_rows
+from study.errors import UsageError
 
 
 @dataclass
@@ -23,22 +27,54 @@ class TrainingData:
     checksum: str = ""  # of the data files (or a built-in's name and seed); "" if unknown
     train_x0: Tensor | None = None  # [N_train, D] pre-coupled sources (reflow), else None
     val_x0: Tensor | None = None  # [N_val, D]
+    heldout: Tensor | None = None  # [M, D] raw rows for sample quality (a test split), else None
 
     @property
     def dim(self) -> int:
         return self.train.shape[1]
 
+    def describe(self) -> dict[str, Any]:
+        """What the run trains on, for run.json: the data's checksum and row counts."""
+        rows = {"train": len(self.train), "val": len(self.val)}
+        if self.heldout is not None:
+            rows["test"] = len(self.heldout)
+        return {"checksum": self.checksum, "rows": rows}
+
+    def heldout_rows(self) -> Tensor:
+        """Raw rows to compare samples with: the test split, else the val split ([M, D], CPU)."""
+        if self.heldout is not None:
+            return self.heldout.float().cpu()
+        return denormalize(self.val.float().cpu(), self.stats)
+
     @classmethod
-    def prepare(cls, train, val, *, device: torch.device | str = "cpu",
+    def prepare(cls, train, val, *, device: torch.device | str = "cpu", normalize: str = "standard",
                 stats: dict[str, Tensor] | None = None, checksum: str = "",
-                train_x0: Tensor | None = None, val_x0: Tensor | None = None) -> TrainingData:
-        """Normalise raw `train`/`val` rows and move everything to `device`."""
+                train_x0: Tensor | None = None, val_x0: Tensor | None = None,
+                heldout: Tensor | None = None) -> TrainingData:
+        """Normalise raw `train`/`val` rows (`normalize`: standard or none, unless `stats` are
+        given) and move everything to `device`."""
         train_x, val_x = as_tensor(train), as_tensor(val)
-        stats = stats or normalization_stats(train_x)
-        return cls(normalize(train_x, stats).to(device), normalize(val_x, stats).to(device),
+        stats = stats or normalization_stats(train_x, normalize)
+        return cls(normalize_rows(train_x, stats).to(device), normalize_rows(val_x, stats).to(device),
                    stats, checksum,
                    None if train_x0 is None else train_x0.to(device),
-                   None if val_x0 is None else val_x0.to(device))
+                   None if val_x0 is None else val_x0.to(device), heldout)
+
+    def check_checkpoint(self, payload: dict[str, Any], source: Path, *, dataset: str,
+                         steps_per_epoch: int, warn=print) -> None:
+        """Refuse a checkpoint trained on another dimension; warn when the data changed
+        (another number of steps per epoch, or another checksum)."""
+        saved_mean = (payload.get("normalization_stats") or {}).get("mean")
+        if saved_mean is not None and saved_mean.numel() != self.dim:
+            raise UsageError(f"dataset {dataset} has dimension {self.dim} but the checkpoint "
+                             f"{source} was trained on dimension {saved_mean.numel()}")
+        saved_steps = payload.get("steps_per_epoch")
+        if saved_steps is not None and saved_steps != steps_per_epoch:
+            warn(f"{source} was trained with {saved_steps} steps per epoch, now "
+                 f"{steps_per_epoch}: the data changed size; data order will differ")
+        checksum = payload.get("dataset_checksum")
+        if checksum and self.checksum and checksum != self.checksum:
+            warn(f"the dataset changed since {source.name} was written (checksum differs)")
 
 
 def as_tensor(dataset) -> Tensor:

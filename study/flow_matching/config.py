@@ -1,9 +1,9 @@
-"""TrainingConfig: every knob of a run in one typed dataclass.
+"""TrainingConfig: every knob of a run in one typed dataclass, and its validation.
 
 A run is fully described by its config (plus the data it reads): the checkpoint stores
-`config.to_dict()` and a resume rebuilds the same run from it. YAML files go through
-`yaml.safe_load`; unknown keys and impossible values are `UsageError`s that name the key.
-This module imports neither torch nor wandb, so the CLI can validate input cheaply.
+`config.to_dict()` and a resume rebuilds the same run from it (config_load.py reads YAML,
+dicts and checkpoints). Impossible values are `UsageError`s that name the key. This module
+imports neither torch nor wandb, so the CLI can validate input cheaply.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from study.errors import UsageError
 
 # Names the trainer can build from a string. Kept here (not imported from the registries)
@@ -23,6 +21,10 @@ ARCH_NAMES = ("mlp", "resmlp")
 FLOW_NAMES = ("icfm", "otcfm", "fm", "vp", "sbcfm", "reflow")
 AUG_NAMES = ("none", "noise")
 ACTIVATION_NAMES = ("selu", "relu", "gelu", "silu", "tanh")
+SCHEDULER_NAMES = ("cosine", "linear", "step", "constant")
+NORMALIZE_NAMES = ("none", "standard")
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+SELECT_BY_NAMES = ("val_loss", "eval_w2")
 # Fields a stage may override; everything else is fixed for the whole run.
 STAGE_OVERRIDES = ("lr", "flow", "sigma", "aug", "aug_std", "teacher")
 
@@ -39,6 +41,20 @@ class StageConfig:
     aug: str | None = None
     aug_std: float | None = None
     teacher: str | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    """The learning rate after the linear warm-up (schedule.py has the closed forms).
+
+    cosine and linear decay to `final_lr_scale` x lr at the last step; step multiplies the
+    LR by `gamma` every `step_size` epochs; constant keeps it.
+    """
+
+    type: str = "cosine"
+    final_lr_scale: float = 0.0
+    gamma: float = 0.1
+    step_size: int = 10
 
 
 @dataclass
@@ -63,7 +79,9 @@ class TrainingConfig:
     seed: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    ema_decay: float = 0.999  # short runs: 0.9999 would leave the EMA near initialisation
+    ema_decay: float = 0.999  # the EMA's decay once warmed up
+    ema_warmup: bool = True  # effective decay min(ema_decay, (1 + n) / (10 + n)) at update n
+    normalize: str = "standard"  # none: the model sees data units; standard: per-column z-scores
     sigma: float = 0.1  # flow-matching noise level (Tong et al. 2023 use 0.1 on 2-D tasks)
     log_every: int = 10  # optimizer steps between train/* log rows
     val_fraction: float = 0.1  # used only when a dataset has no ready-made val split
@@ -71,10 +89,20 @@ class TrainingConfig:
     depth: int = 3
     activation: str = "selu"
     save_every: int = 0  # also write last.pt every N optimizer steps; 0: epoch ends only
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the step's batch)
+    precision: str = "fp32"  # autocast dtype of the forward pass: fp32 | bf16 | fp16 (CUDA)
+    eval_every: int = 0  # epochs between W2/MMD evaluations of the EMA weights; 0: never
+    eval_samples: int = 1000  # held-out rows (and samples) per evaluation
+    select_by: str = "val_loss"  # what best.pt and early stopping follow: val_loss | eval_w2
+    keep_snapshots: int = 0  # also keep the last K epoch-numbered checkpoints; 0: none
     stages: list[StageConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.stages = [s if isinstance(s, StageConfig) else _stage_from_dict(s) for s in self.stages]
+        # Python callers may pass mappings (config_load checks their keys for files and flags).
+        self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
+        if isinstance(self.scheduler, dict):
+            self.scheduler = SchedulerConfig(**self.scheduler)
 
     @property
     def name(self) -> str:
@@ -116,12 +144,17 @@ class TrainingConfig:
                                           or any(c in self.run_name for c in "/\\")):
             raise UsageError(f"--run-name {self.run_name!r} must be a single folder name "
                              "(no '/', '\\', '.' or '..')")
-        positive = ("epochs", "batch_size", "log_every", "width", "depth")
+        _check_choice("scheduler", self.scheduler.type, SCHEDULER_NAMES)
+        _check_choice("normalize", self.normalize, NORMALIZE_NAMES)
+        _check_choice("precision", self.precision, PRECISION_NAMES)
+        _check_choice("select_by", self.select_by, SELECT_BY_NAMES)
+        positive = ("epochs", "batch_size", "log_every", "width", "depth", "grad_accum",
+                    "eval_samples")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise UsageError(f"{key} must be a positive integer, got {getattr(self, key)}")
         non_negative = ("warmup_steps", "patience", "weight_decay", "grad_clip", "sigma",
-                        "aug_std", "save_every")
+                        "aug_std", "save_every", "eval_every", "keep_snapshots")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise UsageError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -131,6 +164,7 @@ class TrainingConfig:
             raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        self._check_schedule_and_batches()
         for stage in self.stages:
             if stage.epochs <= 0:
                 raise UsageError(f"stage {stage.name!r}: epochs must be positive, got {stage.epochs}")
@@ -147,6 +181,20 @@ class TrainingConfig:
                 raise UsageError("flow 'reflow' needs a teacher: pass --teacher RUN|PATH (a checkpoint)")
         return self
 
+    def _check_schedule_and_batches(self) -> None:
+        sched = self.scheduler
+        if not 0 <= sched.final_lr_scale <= 1:
+            raise UsageError(f"scheduler.final_lr_scale must be in [0, 1], got {sched.final_lr_scale}")
+        if not 0 < sched.gamma <= 1 or sched.step_size <= 0:
+            raise UsageError(f"scheduler: gamma must be in (0, 1] and step_size positive, got "
+                             f"{sched.gamma} and {sched.step_size}")
+        if self.batch_size % self.grad_accum:
+            raise UsageError(f"batch_size {self.batch_size} is not a multiple of grad_accum "
+                             f"{self.grad_accum}: each optimizer step splits its batch into "
+                             "equal micro-batches")
+        if self.select_by == "eval_w2" and not self.eval_every:
+            raise UsageError("--select-by eval_w2 needs evaluations: pass --eval-every K (epochs)")
+
     def flows_used(self) -> list[str]:
         return [self.flow] + [s.flow for s in self.stages if s.flow]
 
@@ -154,79 +202,3 @@ class TrainingConfig:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
-
-
-def _stage_from_dict(raw: Any) -> StageConfig:
-    if not isinstance(raw, dict):
-        raise UsageError(f"each entry of 'stages' must be a mapping, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(StageConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UsageError(f"unknown stage key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
-    if "name" not in raw or "epochs" not in raw:
-        raise UsageError("each stage needs 'name' and 'epochs', e.g. {name: warm, epochs: 5}")
-    return StageConfig(**{k: _coerce(StageConfig, k, v) for k, v in raw.items()})
-
-
-_FIELD_TYPES = {
-    cls: {f.name: f.type for f in dataclasses.fields(cls)} for cls in (TrainingConfig, StageConfig)
-}
-
-
-def _coerce(cls: type, key: str, value: Any) -> Any:
-    """Check a YAML/CLI value against the field's declared type (ints widen to floats)."""
-    declared = str(_FIELD_TYPES[cls][key])
-    if value is None:
-        if "None" in declared:
-            return None
-        raise UsageError(f"{key} must not be empty")
-    if key == "stages":
-        if not isinstance(value, list):
-            raise UsageError(f"stages must be a list of mappings, got {type(value).__name__}")
-        return value
-    base = declared.split("|")[0].strip()
-    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if base == "str" and isinstance(value, str):
-        return value
-    raise UsageError(f"{key} must be a {base}, got {value!r} ({type(value).__name__})")
-
-
-def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> TrainingConfig:
-    """Build a TrainingConfig from a plain dict; unknown keys are errors naming the key."""
-    if not isinstance(raw, dict):
-        raise UsageError(f"{source} must be a mapping of key: value, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(TrainingConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UsageError(
-            f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(known))}"
-        )
-    return TrainingConfig(**{k: _coerce(TrainingConfig, k, v) for k, v in raw.items()})
-
-
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
-                *, check_arch: bool = True) -> TrainingConfig:
-    """Read a YAML file (if given), apply `overrides` (None values are ignored), validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise UsageError(f"cannot read config {path}: {err.strerror or err}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise UsageError(f"config {path} is not valid YAML{where}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UsageError(f"config {path} must be a mapping of key: value, got {type(loaded).__name__}")
-        raw.update(loaded)
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(raw, source=str(path) if path else "config").validate(check_arch=check_arch)

@@ -13,14 +13,16 @@ group) wins with one printed line. `--epochs` is always the total target.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.flow_matching.config import ARCH_NAMES, TrainingConfig, config_from_dict
+from study.flow_matching.config import ARCH_NAMES, TrainingConfig
+from study.flow_matching.config_load import NESTED, config_from_checkpoint
 from study.runs.paths import (
     BEST_NAME,
     LAST_FIRST,
@@ -49,6 +51,7 @@ class RunOptions:
     overwrite: bool = False
     requeue_signal: str | None = None
     tensorboard: bool = False
+    strict_world_size: bool = False  # refuse to resume on another number of processes
     progress: Any = None
 
 
@@ -87,13 +90,10 @@ def resume_file(target: str | Path, ckpt_dir: str | None, warn=print) -> Path:
 def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
                       warn=print) -> TrainingConfig:
     """The checkpoint's config with the allowed overrides (None: not given) applied."""
-    saved = dict(payload.get("config") or {})
-    known = {f.name for f in fields(TrainingConfig)}
-    ignored = sorted(set(saved) - known)
-    if ignored:
-        warn(f"{path.name}: ignoring config keys flowctl does not know: {', '.join(ignored)}")
-    config = config_from_dict({k: v for k, v in saved.items() if k in known}, source=str(path))
+    config = config_from_checkpoint(dict(payload.get("config") or {}), source=str(path), warn=warn)
     for key, value in overrides.items():
+        if isinstance(value, dict) and key in NESTED:  # a flag sets part of a mapping
+            value = NESTED[key](**{**_plain(getattr(config, key)), **value})
         if value is None or _plain(getattr(config, key)) == _plain(value):
             continue
         if key not in HARMLESS_OVERRIDES:
@@ -107,9 +107,11 @@ def config_for_resume(payload: dict, path: Path, overrides: dict[str, Any],
 
 
 def _plain(value: Any) -> Any:
-    """Stage lists compare as dicts, whether they hold StageConfig objects or mappings."""
+    """Stages and the scheduler compare as dicts, whether dataclasses or mappings."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
     if isinstance(value, list):
-        return [item if isinstance(item, dict) else getattr(item, "__dict__", item) for item in value]
+        return [_plain(item) for item in value]
     return value
 
 
@@ -157,28 +159,59 @@ def clear_run(folder: Path) -> None:
 def run_training(config: TrainingConfig, options: RunOptions, *,
                  resume: ResumePoint | None = None, warn=print) -> dict[str, Any]:
     """Lock the run folder, check what is there, build everything, train; returns
-    FlowTrainer.train()'s result dict. AlreadyCompleted when the checkpoint needs no work."""
+    FlowTrainer.train()'s result dict. AlreadyCompleted when the checkpoint needs no work.
+
+    Under torchrun, rank 0 takes the lock and decides (fresh, overwrite, resume, nothing
+    to do, or an error); the other ranks follow its decision and only read."""
+    from study.flow_matching import distributed
+    from study.flow_matching.device import is_main_process, resolve_device
     from study.runs.lock import RunLock
 
     root = checkpoint_root(options.ckpt_dir)
     if root.exists() and not root.is_dir():
         raise UsageError(f"checkpoint root {root} is a file, not a folder; pass another --ckpt-dir")
+    device = resolve_device(options.device)
+    distributed.init_process_group(device)
+    main = is_main_process()
+    if not main:
+        warn = _silent
+        logging.getLogger("flowctl").setLevel(logging.WARNING)
     folder = run_dir(config.name, options.ckpt_dir)
     created = not folder.exists()
     lock = RunLock(folder, config.name)
-    lock.acquire(warn=warn)  # first: a live owner is the one thing to report
     try:
-        if resume is None:
-            _claim_fresh_folder(folder, config.name, options.overwrite)
-        else:
-            resume = _check_resume(resume, config, warn)
+        outcome: BaseException | None = None
+        if main:
+            try:
+                lock.acquire(warn=warn)  # first: a live owner is the one thing to report
+                resume = _prepare_folder(folder, config, options, resume, warn)
+            except (UsageError, AlreadyCompleted) as error:
+                outcome = error
+        outcome = distributed.broadcast_from_main(outcome)
+        if outcome is not None:
+            raise outcome
+        if not main and resume is not None:
+            resume = _check_resume(resume, config, options, warn)
         assign_network(config, warn=warn)
-        return _build_and_train(config, options, folder, lock, resume, warn)
+        return _build_and_train(config, options, folder, lock, resume, device, warn)
     finally:
         lock.release()
-        if created:  # bad input before anything was written: leave no empty run folder
+        if created and main:  # bad input before anything was written: no empty run folder
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        distributed.shutdown()
+
+
+def _silent(message: str) -> None:
+    """The other ranks' `warn`: rank 0 says it once."""
+
+
+def _prepare_folder(folder: Path, config: TrainingConfig, options: RunOptions,
+                    resume: ResumePoint | None, warn) -> ResumePoint | None:
+    if resume is None:
+        _claim_fresh_folder(folder, config.name, options.overwrite)
+        return None
+    return _check_resume(resume, config, options, warn)
 
 
 def _claim_fresh_folder(folder: Path, name: str, overwrite: bool) -> None:
@@ -189,11 +222,29 @@ def _claim_fresh_folder(folder: Path, name: str, overwrite: bool) -> None:
         clear_run(folder)
 
 
-def _check_resume(resume: ResumePoint, config: TrainingConfig, warn) -> ResumePoint:
+def check_world_size(resume: ResumePoint, processes: int, *, strict: bool, warn) -> None:
+    """A resume on another number of processes continues the same global batches; with
+    `strict` it is refused."""
+    saved = int(resume.payload.get("world_size", 1))
+    if saved == processes:
+        return
+    if strict:
+        raise UsageError(f"{resume.path} was trained on {saved} process(es), this run has "
+                         f"{processes}; drop --strict-world-size to continue the same data "
+                         "stream anyway")
+    warn(f"continuing on {processes} process(es) a run trained on {saved}: the same global "
+         "batches; results differ only by reduction order (~1e-6)")
+
+
+def _check_resume(resume: ResumePoint, config: TrainingConfig, options: RunOptions,
+                  warn) -> ResumePoint:
     """Re-read a checkpoint that changed before we held the lock; is there work left?"""
+    from study.flow_matching.distributed import world_size
+
     if resume.path.stat().st_mtime_ns != resume.mtime_ns:
         resume = read_resume_point(resume.path)
     payload = resume.payload
+    check_world_size(resume, world_size(), strict=options.strict_world_size, warn=warn)
     done = int(payload["epoch"]) + 1
     if done >= config.epochs and not payload.get("batch_in_epoch"):
         raise AlreadyCompleted(f"already completed (last epoch {done} of {config.epochs})")
@@ -205,19 +256,26 @@ def _check_resume(resume: ResumePoint, config: TrainingConfig, warn) -> ResumePo
 
 
 def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, lock,
-                     resume: ResumePoint | None, warn) -> dict[str, Any]:
+                     resume: ResumePoint | None, device, warn) -> dict[str, Any]:
     import torch
 
     from study.data.dataset import resolve_dataset
+    from study.data.normalize import normalization_stats
     from study.data.training_data import TrainingData
-    from study.flow_matching.device import is_main_process, resolve_device
+    from study.flow_matching.device import is_main_process
+    from study.flow_matching.distributed import world_size
     from study.flow_matching.models import build_model
+    from study.flow_matching.precision import check_precision
+    from study.flow_matching.progress import SilentProgress
     from study.flow_matching.trainer import FlowTrainer
     from study.runs.recorder import RunRecorder
     from study.runs.tracking import resolve_wandb_mode
     from study.signals import GracefulStop, parse_signal
 
-    device = resolve_device(options.device)
+    check_precision(config.precision, device)
+    if config.batch_size % (world_size() * config.grad_accum):
+        raise UsageError(f"--batch-size {config.batch_size} (the global batch) must split into "
+                         f"{world_size()} process(es) x {config.grad_accum} micro-batch(es)")
     splits = resolve_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction,
                              min_rows=config.batch_size)
     train_x0 = val_x0 = None
@@ -225,9 +283,11 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
         from study.flow_matching.reflow import coupled_sources
 
         train_x0, val_x0, splits = coupled_sources(config, splits, folder, device, warn=warn)
-    data = TrainingData.prepare(splits.train, splits.val, device=device,
-                                stats=splits.normalization_stats(), checksum=splits.checksum,
-                                train_x0=train_x0, val_x0=val_x0)
+    stats = (splits.normalization_stats() if config.normalize == "standard"
+             else normalization_stats(splits.train, config.normalize))
+    data = TrainingData.prepare(splits.train, splits.val, device=device, stats=stats,
+                                checksum=splits.checksum, train_x0=train_x0, val_x0=val_x0,
+                                heldout=splits.test)
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
     model = build_model(config.network, splits.dim, width=config.width, depth=config.depth,
                         activation=config.activation)
@@ -238,6 +298,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     trainer = FlowTrainer.from_parts(
         model, config, data, recorder, device,
         resume=resume.payload if resume else None, resume_source=resume.path if resume else None,
-        progress=options.progress, stop=GracefulStop(parse_signal(options.requeue_signal)),
+        progress=options.progress if is_main_process() else SilentProgress(),
+        stop=GracefulStop(parse_signal(options.requeue_signal)),
         warn=warn)
     return trainer.train()

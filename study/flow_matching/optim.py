@@ -19,14 +19,20 @@ from torch import nn
 class EMAModel:
     """Exponential moving average of a model's floating-point parameters and buffers.
 
-    shadow = decay * shadow + (1 - decay) * param, updated with one fused foreach call per
-    step (no Python loop over tensors). `shadow` maps state_dict names to tensors on the
-    model's device; `state_dict()` returns exactly that mapping (plain tensors).
+    shadow = d * shadow + (1 - d) * param, updated with one fused foreach call per step (no
+    Python loop over tensors). `shadow` maps state_dict names to tensors on the model's
+    device; `state_dict()` returns exactly that mapping (plain tensors).
+
+    d is `decay`, or with `warmup=True` the warm-up rule d_n = min(decay, (1 + n) / (10 + n))
+    at the n-th update (n = 0, 1, ...): the first updates follow the weights closely, so a
+    short run's EMA is not dominated by the initialisation (with decay 0.999 and no
+    warm-up, 0.999^1560 = 21% of it would still be there after 1,560 steps).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, *, warmup: bool = False):
         assert 0.0 <= decay < 1.0, f"expected decay in [0, 1), got {decay}"
         self.decay = decay
+        self.warmup = warmup
         self.shadow: dict[str, torch.Tensor] = {
             name: tensor.detach().clone()
             for name, tensor in model.state_dict().items()
@@ -43,12 +49,17 @@ class EMAModel:
         self._shadow_list = [self.shadow[name] for name in self.shadow]
         self._live_list = [live[name].detach() for name in self.shadow]
 
+    def decay_at(self, n: int) -> float:
+        """The decay of update number `n` (0-based)."""
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the shadow one step towards `model`'s current weights."""
+    def update(self, model: nn.Module, n: int = 0) -> None:
+        """Move the shadow one step towards `model`'s weights; `n`: how many updates came
+        before this one (the optimizer step), which sets the warm-up decay."""
         if id(model) != self._model_id:
             self._bind(model)
-        torch._foreach_lerp_(self._shadow_list, self._live_list, 1.0 - self.decay)
+        torch._foreach_lerp_(self._shadow_list, self._live_list, 1.0 - self.decay_at(n))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

@@ -1,10 +1,12 @@
 """FlowTrainer: the training loop, written out, and the state it owns.
 
 Per step: take a batch x_1, draw x_0, t and eps from seeded generators, let the flow
-matcher pair the batch and build (x_t, u_t), regress model(x_t, t) on u_t with MSE, clip,
-AdamW step at the step's learning rate, EMA update. Every `log_every` steps one log row; at
-each epoch end a validation pass on the EMA weights, best/last checkpoints and early
-stopping. The loss stays on the device between log steps (no per-step host sync).
+matcher pair the batch and build (x_t, u_t), regress model(x_t, t) on u_t with MSE (over
+`grad_accum` micro-batches, forward under autocast), clip, AdamW step at the step's
+learning rate, EMA update. Every `log_every` steps one log row; at each epoch end a
+validation pass on the EMA weights (every `eval_every` epochs also W2/MMD of samples),
+checkpoints and early stopping. The loss stays on the device between log steps (no
+per-step host sync).
 
 Exact resume: every random draw comes from a generator whose state is in `state_dict()`,
 together with the data position (epoch, batch), the log window and the stage; the learning
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,16 +26,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from study.data.augment import augment
-from study.data.toy import source_like
 from study.data.training_data import TrainingData
-from study.errors import RunFailed, UsageError
+from study.errors import RunFailed
+from study.flow_matching.batches import BatchMaker, FlowBatch
+from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
+from study.flow_matching.distributed import (
+    StopAgreement,
+    gradient_sync,
+    mean_across_ranks,
+    rank,
+    world_size,
+    wrap_model,
+)
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
+from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
-from study.flow_matching.sampler import EpochSampler, derive_seed, make_generators
+from study.flow_matching.sample_quality import SampleQuality
 from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.stages import plan_stages, stage_for_epoch
 from study.flow_matching.validation import Validator
@@ -57,7 +69,8 @@ class FlowTrainer:
     def __init__(self, model, config: TrainingConfig, train_ds, val_ds, device,
                  wandb_project: str = "flow-matching-study", resume_path=None, *,
                  ckpt_root=None, wandb_mode: str | None = None):
-        data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device))
+        data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device),
+                                    normalize=config.normalize)
         recorder = RunRecorder(run_dir(config.name, ckpt_root), config.name,
                                wandb_project=wandb_project, wandb_mode=resolve_wandb_mode(wandb_mode))
         resume = None if resume_path is None else read_checkpoint(resume_path)
@@ -79,30 +92,39 @@ class FlowTrainer:
         self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun
         log.info("model on %s (%d parameters)", self.device, sum(p.numel() for p in model.parameters()))
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
         self.run_dir = recorder.run_dir
 
-        self.sampler = EpochSampler(len(data.train), config.batch_size,
-                                    seed=derive_seed(config.seed, "data"))
-        self.generators = make_generators(config.seed, self.device)
+        self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
+                                  source=config.source, device=self.device, rank=rank(),
+                                  world_size=world_size())
+        self.stop_agreement = StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = config.epochs * self.steps_per_epoch
         self.learning_rate = LRSchedule(config, self.stages, self.steps_per_epoch)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.learning_rate(0),
                                            weight_decay=config.weight_decay,
                                            **fast_adamw_options(self.device))
-        self.ema = EMAModel(self.model, decay=config.ema_decay)
+        self.ema = EMAModel(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
+        self.precision = Precision(config.precision, self.device)
         self.validator = Validator(data.val, seed=config.seed, source=config.source,
                                    batch_size=config.batch_size, device=self.device,
                                    val_x0=data.val_x0)
+        self.quality = None if not config.eval_every else SampleQuality(
+            data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
+            source=config.source, device=self.device)
+        self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
+                                        keep_snapshots=config.keep_snapshots)
 
         # Progress counters: `epoch` is the last completed epoch (-1: none yet).
         self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
         self.best_loss, self.epochs_without_improvement = math.inf, 0
+        self.best_score = math.inf  # of the selection metric (val loss or eval W2)
         self.window = LogWindow(self.device)
         self.last_train_loss: float | None = None
         self.wandb_run_id: str | None = None
@@ -131,10 +153,10 @@ class FlowTrainer:
                     break
                 stage = stage_for_epoch(self.stages, epoch)
                 flow = build_flow(stage.flow, sigma=stage.sigma)
-                permutation = self.sampler.start_epoch(self.device)
+                self.batches.start_epoch()
+                epoch_started = time.perf_counter()
                 for batch_index in range(self.batch_in_epoch, self.steps_per_epoch):
-                    rows = permutation[batch_index * cfg.batch_size:(batch_index + 1) * cfg.batch_size]
-                    loss, grad_norm = self._train_step(rows, flow, stage)
+                    loss, grad_norm = self._train_step(self.batches.draw(batch_index, stage, flow), flow)
                     self.global_step += 1
                     self.batch_in_epoch = batch_index + 1
                     self.window.add(loss, grad_norm)
@@ -144,22 +166,19 @@ class FlowTrainer:
                         row = self._train_log_row(epoch, stage)
                     epoch_done = self.batch_in_epoch == self.steps_per_epoch
                     if epoch_done:
-                        row.update(self._validate_epoch(epoch, stage))
+                        row.update(self._end_epoch(epoch, stage, time.perf_counter() - epoch_started))
                     if row:  # logged before the checkpoint of this step, never after
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
-                    saved = epoch_done or (cfg.save_every and self.global_step % cfg.save_every == 0)
-                    if epoch_done:
-                        # best.pt goes in place first: a crash between the two renames
-                        # leaves last.pt older, and the resume recomputes (and rewrites) both.
-                        improved = self.epochs_without_improvement == 0
-                        self._save([BEST_NAME, LAST_NAME] if improved else [LAST_NAME])
-                    elif saved:
-                        self._save([LAST_NAME])
-                    if self.stop.requested:  # set by the signal handler; we save here, not there
-                        if not saved:
-                            self._save([LAST_NAME])
+                    # The signal handler only sets stop.requested: we save here, not there,
+                    # and under torchrun every rank stops at the same step.
+                    stopping = self.stop_agreement.should_stop(self.stop.requested, self.global_step)
+                    self.checkpoints.after_step(
+                        step=self.global_step, epoch=epoch, epoch_done=epoch_done,
+                        improved=epoch_done and self.epochs_without_improvement == 0,
+                        stopping=stopping, state=self.state_dict, finite=self._finite)
+                    if stopping:
                         self.recorder.flush()
-                        raise TrainingStopped(self.stop.signum)
+                        raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
         except TrainingStopped as stopped:
@@ -180,25 +199,24 @@ class FlowTrainer:
                             progress=self._progress_fields(None))
         return result
 
-    def _train_step(self, rows: torch.Tensor, flow, stage) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg, gens = self.config, self.generators
-        x_1 = augment(stage.aug, self.data.train[rows], std=stage.aug_std, generator=gens["noise"])
-        x_0 = (self.data.train_x0[rows] if self.data.train_x0 is not None
-               else source_like(cfg.source, x_1, gens["noise"], gens["source"]))
-        t = torch.rand(x_1.shape[0], generator=gens["t"], device=self.device)
-        eps = torch.randn(x_1.shape, generator=gens["noise"], device=self.device)
-        x_0, x_1 = flow.pair(x_0, x_1, generator=gens["ot"])
-        x_t, u_t = flow.path(x_0, x_1, t, eps)
-        loss = F.mse_loss(self.model(x_t, t), u_t)
-
+    def _train_step(self, batch: FlowBatch, flow) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on `batch`, in `grad_accum` equal micro-batches whose mean
+        gradient is the whole batch's; returns (loss, grad norm) as device scalars."""
+        parts = self.config.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        self.optimizer.step()
+        loss = torch.zeros((), device=self.device)
+        for index, part in enumerate(batch.split(parts)):
+            x_t, u_t = flow.path(part.x_0, part.x_1, part.t, part.eps)
+            with gradient_sync(self.train_model, index == parts - 1):  # DDP: once per step
+                with self.precision.autocast():
+                    v_t = self.train_model(x_t, part.t)
+                part_loss = F.mse_loss(v_t.float(), u_t) / parts
+                self.precision.backward(part_loss)
+            loss += part_loss.detach()
+        grad_norm = self.precision.clip_and_step(self.optimizer, self.params, self.config.grad_clip)
         self._set_learning_rate(self.global_step + 1)  # for the next step
-        self.ema.update(self.model)
-        return loss.detach(), grad_norm
+        self.ema.update(self.model, n=self.global_step)
+        return loss, grad_norm
 
     def _set_learning_rate(self, step: int) -> None:
         for group in self.optimizer.param_groups:
@@ -206,7 +224,7 @@ class FlowTrainer:
 
     def _train_log_row(self, epoch: int, stage) -> dict[str, Any]:
         """Mean loss and grad norm over the window; one host sync per `log_every` steps."""
-        loss, grad_norm = self.window.mean_and_reset()
+        loss, grad_norm = self.window.mean_and_reset(reduce=mean_across_ranks)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             raise RunFailed(f"non-finite {what} at step {self.global_step}")
@@ -217,62 +235,60 @@ class FlowTrainer:
                 "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
                 "metrics/stage_id": stage.index}
 
-    def _validate_epoch(self, epoch: int, stage) -> dict[str, Any]:
-        """Validate on the EMA weights, track the best and the patience counter."""
+    def _end_epoch(self, epoch: int, stage, seconds: float) -> dict[str, Any]:
+        """Validate (and every `eval_every` epochs evaluate) the EMA weights; track the
+        best of the selection metric and the patience counter."""
+        cfg = self.config
         val_loss = self.validate(stage)
         if not math.isfinite(val_loss):
             raise RunFailed(f"non-finite validation loss at step {self.global_step}")
-        if val_loss < self.best_loss:
-            self.best_loss, self.epochs_without_improvement = val_loss, 0
+        self.best_loss = min(self.best_loss, val_loss)
+        row = {"val/loss": val_loss, "val/best_loss": self.best_loss, "epoch": epoch,
+               "metrics/stage_id": stage.index, "epoch_time_s": round(seconds, 4)}
+        if self.quality is not None and (epoch + 1) % cfg.eval_every == 0:
+            row.update(self.quality(self.model, self.ema))
+        score = row.get("eval/w2") if cfg.select_by == "eval_w2" else val_loss
+        if score is not None and score < self.best_score:
+            self.best_score, self.epochs_without_improvement = score, 0
         else:
             self.epochs_without_improvement += 1
         self.epoch, self.batch_in_epoch = epoch, 0
-        self.progress.update(step=self.global_step, epoch=epoch, total_epochs=self.config.epochs,
+        self.progress.update(step=self.global_step, epoch=epoch, total_epochs=cfg.epochs,
                              loss=self.last_train_loss, val_loss=val_loss)
-        return {"val/loss": val_loss, "val/best_loss": self.best_loss, "epoch": epoch,
-                "metrics/stage_id": stage.index}
+        return row
 
     def validate(self, stage=None) -> float:
         """Mean validation MSE with the EMA weights on fixed x_0, t and eps."""
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
         return self.validator.loss(self.model, self.ema, stage)
 
-    def _save(self, names: list[str]) -> None:
-        """Checkpoint the current state, unless it is already non-finite (a diverging run
-        between log steps must not overwrite the last good last.pt)."""
-        finite = torch.stack([torch.isfinite(self.window.loss_sum),
-                              *(torch.isfinite(p).all() for p in self.params)]).all()
-        if not finite:  # one host sync per checkpoint
-            raise RunFailed(f"non-finite loss at step {self.global_step}")
-        self.recorder.save_checkpoint(self.state_dict(), [self.run_dir / name for name in names])
+    def _finite(self) -> torch.Tensor:
+        """Whether the weights and the pending window loss are finite (a device bool)."""
+        return torch.stack([torch.isfinite(self.window.loss_sum),
+                            *(torch.isfinite(p).all() for p in self.params)]).all()
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, as one plain dict (the checkpoint)."""
         stage = stage_for_epoch(self.stages, self.epoch + 1)  # the epoch in progress or next
-        rng_states = {name: gen.get_state() for name, gen in self.generators.items()}
-        rng_states["data"] = self.sampler.state_dict(mid_epoch=self.batch_in_epoch > 0)
-        lr = self.optimizer.param_groups[0]["lr"]
         return {
             **checkpoint_metadata(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "world_size": world_size(),
             "batch_in_epoch": self.batch_in_epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "model_state_dict": self.model.state_dict(),
             "ema_shadow": self.ema.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
             "optimizer_type": type(self.optimizer).__name__,
-            # LambdaLR's layout, so the study's helpers can still load it; flowctl derives
-            # the LR from global_step.
-            "scheduler_state_dict": {"base_lrs": [self.config.lr], "last_epoch": self.global_step,
-                                     "_step_count": self.global_step + 1, "_is_initial": False,
-                                     "_get_lr_called_within_step": False, "_last_lr": [lr],
-                                     "lr_lambdas": [None]},
-            "rng_states": rng_states,
+            "scheduler_state_dict": self.learning_rate.state_dict(self.global_step),
+            "rng_states": self.batches.state_dict(mid_epoch=self.batch_in_epoch > 0),
             "best_loss": float(self.best_loss),
+            "best_score": float(self.best_score),
             "epochs_without_improvement": self.epochs_without_improvement,
             "log_window": self.window.state_dict(),
+            "grad_scaler": self.precision.state_dict(),
             "last_train_loss": self.last_train_loss,
             "stage": {"current_stage": stage.index, "stage_name": stage.name,
                       "stage_step": self.global_step - stage.start_epoch * self.steps_per_epoch,
@@ -291,13 +307,13 @@ class FlowTrainer:
         identical for an exact resume, re-planned when `--epochs` was extended.
         """
         source = Path(source) if source is not None else Path("checkpoint")
-        saved_mean = (payload.get("normalization_stats") or {}).get("mean")
-        if saved_mean is not None and saved_mean.numel() != self.data.dim:
-            raise UsageError(f"dataset {self.config.dataset} has dimension {self.data.dim} but "
-                             f"the checkpoint {source} was trained on dimension {saved_mean.numel()}")
+        self.data.check_checkpoint(payload, source, dataset=self.config.dataset,
+                                   steps_per_epoch=self.steps_per_epoch, warn=self.warn)
         restore_modules(payload, source, self.model, self.ema, self.optimizer)
         self.epoch = int(payload["epoch"])
         self.best_loss = float(payload["best_loss"])
+        self.best_score = float(payload.get("best_score", self.best_loss))
+        self.precision.load_state_dict(payload.get("grad_scaler") or {})
         exact = "rng_states" in payload and "global_step" in payload
         self.global_step = int(payload.get("global_step", (self.epoch + 1) * self.steps_per_epoch))
         self.batch_in_epoch = int(payload.get("batch_in_epoch", 0))
@@ -307,43 +323,36 @@ class FlowTrainer:
         if "log_window" in payload:
             self.window.load_state_dict(payload["log_window"])
         if exact:
-            self.sampler.load_state_dict(payload["rng_states"]["data"])
-            for name, generator in self.generators.items():
-                generator.set_state(payload["rng_states"][name])
+            self.batches.load_state_dict(payload["rng_states"])
         else:
             self.warn(f"{source} has no RNG or step state (original study format); resuming with "
                       "defaults, so the result is not guaranteed to match an uninterrupted run")
         self._set_learning_rate(self.global_step)
-        self._warn_if_data_changed(payload, source)
         self.resumed_from = self.global_step
         stage = stage_for_epoch(self.stages, self.epoch + 1)
-        log.info("resuming %s at epoch %d, step %d, stage %r (stage step %d)%s", source,
-                 self.epoch + 1, self.global_step, stage.name,
+        log.info("resuming %s at epoch %d of %d, step %d, stage %r (stage step %d)%s", source,
+                 self.epoch + 2, self.config.epochs, self.global_step, stage.name,
                  self.global_step - stage.start_epoch * self.steps_per_epoch,
                  "" if exact else " (legacy checkpoint: exactness not guaranteed)")
-
-    def _warn_if_data_changed(self, payload: dict[str, Any], source: Path) -> None:
-        saved_steps = payload.get("steps_per_epoch")
-        if saved_steps is not None and saved_steps != self.steps_per_epoch:
-            self.warn(f"{source} was trained with {saved_steps} steps per epoch, now "
-                      f"{self.steps_per_epoch}: the data changed size; data order will differ")
-        checksum = payload.get("dataset_checksum")
-        if checksum and self.data.checksum and checksum != self.data.checksum:
-            self.warn(f"the dataset changed since {source.name} was written (checksum differs)")
 
     # -- reporting -----------------------------------------------------------------------
     def _progress_fields(self, stage) -> dict[str, Any]:
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
         return {"epoch": self.epoch + 1, "global_step": self.global_step, "stage": stage.name,
                 "train_loss": self.last_train_loss,
-                "best_val_loss": self.best_loss if math.isfinite(self.best_loss) else None}
+                "best_val_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+                "lr": self.optimizer.param_groups[0]["lr"], "scheduler": self.config.scheduler.type,
+                "dataset": self.data.describe()}
 
     def _result(self, status: str, elapsed_s: float) -> dict[str, Any]:
         best = self.run_dir / BEST_NAME
         return {"status": status, "epochs_run": self.epoch + 1, "final_epoch": self.epoch,
                 "best_val_loss": self.best_loss, "global_step": self.global_step,
                 "checkpoint_path": str(best), "last_checkpoint_path": str(self.run_dir / LAST_NAME),
-                "elapsed_s": elapsed_s, "wandb_run_id": self.wandb_run_id, "run_dir": str(self.run_dir)}
+                "elapsed_s": elapsed_s, "wandb_run_id": self.wandb_run_id, "run_dir": str(self.run_dir),
+                "scheduler": self.config.scheduler.type,
+                "lrs": [group["lr"] for group in self.optimizer.param_groups],
+                "dataset": self.data.describe()}
 
     def finish(self) -> None:
         """Close logging if `train()` did not (kept for the study's notebooks)."""

@@ -137,6 +137,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def prune_snapshots(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the newest `keep` epoch-numbered snapshots in `folder`."""
+    from study.runs.paths import SNAPSHOT_GLOB
+
+    snapshots = sorted(Path(folder).glob(SNAPSHOT_GLOB))
+    removed = snapshots[:-keep] if keep > 0 else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Delete temp files a killed writer left behind; returns what was removed."""
     removed = []

@@ -16,8 +16,12 @@ from typing import Any
 from study.runs.paths import METRICS_CSV
 
 METRIC_COLUMNS = ("step", "epoch", "stage_id", "train/loss", "train/grad_norm", "train/lr",
-                  "val/loss", "val/best_loss", "elapsed_s")
-WALL_CLOCK_COLUMNS = ("elapsed_s",)
+                  "val/loss", "val/best_loss", "eval/w2", "eval/mmd", "epoch_time_s",
+                  "elapsed_s")
+# Wall-clock columns differ between two runs of the same computation; the rest do not.
+WALL_CLOCK_COLUMNS = ("epoch_time_s", "elapsed_s")
+# Columns that are the row's coordinates or local bookkeeping, not tracker metrics.
+NOT_REPLAYED = ("step", "epoch", "stage_id", "elapsed_s")
 
 
 class MetricsLog:
@@ -30,19 +34,21 @@ class MetricsLog:
     def truncate_after(self, step: int) -> int:
         """Drop rows with step > `step` (logged before a crash, about to be recomputed).
 
+        A file written by an older flowctl gets today's header (new columns empty).
         Returns the largest step the file held before truncation (-1 if none).
         """
         self.close()
         if not self.path.exists():
             return -1
         with open(self.path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = list(reader)
         last_logged = max((int(row["step"]) for row in rows), default=-1)
         kept = [row for row in rows if int(row["step"]) <= step]
-        if len(kept) != len(rows):
+        if len(kept) != len(rows) or tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
             temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             with open(temp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+                writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(kept)
             os.replace(temp, self.path)
@@ -57,7 +63,7 @@ class MetricsLog:
             step = int(row["step"])
             if after_step < step <= through_step:
                 metrics = {key: float(value) for key, value in row.items()
-                           if "/" in key and value != ""}
+                           if key not in NOT_REPLAYED and value not in ("", None)}
                 metrics["epoch"] = int(row["epoch"])
                 metrics["metrics/stage_id"] = int(row["stage_id"])
                 replay.append((step, metrics))

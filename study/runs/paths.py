@@ -25,6 +25,14 @@ BEST_FIRST = (BEST_NAME, LAST_NAME)
 LAST_FIRST = (LAST_NAME, BEST_NAME)
 
 
+SNAPSHOT_GLOB = "epoch-*.pt"
+
+
+def snapshot_name(epoch: int) -> str:
+    """`epoch-0007.pt`: the checkpoint kept after epoch 7 (1-based) by --keep-snapshots."""
+    return f"epoch-{epoch + 1:04d}.pt"
+
+
 def checkpoint_root(override: str | os.PathLike | None = None) -> Path:
     """The folder that holds one sub-folder per run."""
     if override:

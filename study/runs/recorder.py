@@ -16,7 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study.runs.checkpoint import remove_stale_temp_files, serialize, write_atomic
+from study.runs.checkpoint import (
+    prune_snapshots,
+    remove_stale_temp_files,
+    serialize,
+    write_atomic,
+)
 from study.runs.lock import RunLock, utc_now
 from study.runs.metrics_log import MetricsLog
 from study.runs.status import RunStatusFile
@@ -117,24 +122,29 @@ class RunRecorder:
         self.status.update(throttle_s=RUN_JSON_THROTTLE_S, elapsed_s=round(elapsed, 3),
                            wandb=self.tracker.status, **{**progress, "global_step": step})
 
-    def save_checkpoint(self, payload: dict[str, Any], paths: list[Path]) -> None:
+    def save_checkpoint(self, payload: dict[str, Any], paths: list[Path], *,
+                        keep_snapshots: int = 0) -> None:
         """Serialise now (a consistent snapshot), write in the background.
 
         The write (temp file, fsync, os.replace, a hard link for best.pt) overlaps the next
         training steps. One write is in flight at a time; a failed write is raised at the
-        next save or at `flush()`.
+        next save or at `flush()`. With `keep_snapshots`, older epoch-numbered snapshots
+        beyond that many are removed once the write succeeded.
         """
         if not self.enabled:
             return
         data = serialize(payload)
         self.flush()
         self._writer = threading.Thread(target=self._write, name="checkpoint-writer",
-                                        args=(data, paths, payload.get("global_step")))
+                                        args=(data, paths, payload.get("global_step"),
+                                              keep_snapshots))
         self._writer.start()
 
-    def _write(self, data: bytes, paths: list[Path], step: int | None) -> None:
+    def _write(self, data: bytes, paths: list[Path], step: int | None, keep_snapshots: int) -> None:
         try:
             write_atomic(paths[0], data, also=tuple(paths[1:]))
+            if keep_snapshots:
+                prune_snapshots(self.run_dir, keep_snapshots)
         except BaseException as error:  # handed to the main thread by flush()
             self._write_error = error
         else:
@@ -151,6 +161,8 @@ class RunRecorder:
             raise error
         checkpoints = dict(self.status.data.get("checkpoints", {}))
         for path, size, step in self._written:
+            if path.name.startswith("epoch-"):
+                continue  # snapshots come and go; run.json lists best and last
             checkpoints[path.stem] = {"path": str(path), "size": size, "global_step": step}
         self.status.update(throttle_s=RUN_JSON_THROTTLE_S, checkpoints=checkpoints,
                            elapsed_s=round(self.elapsed_s(), 3))
@@ -175,6 +187,7 @@ class RunRecorder:
                                 notes=error_info["message"] if error_info else None,
                                 preempting=status == "preempted")
             self.status.update(status=status, finished_at=utc_now(), error=error_info,
+                               exit_code=exit_code,
                                elapsed_s=round(self.elapsed_s(), 3), wandb=self.tracker.status,
                                **(progress or {}))
         finally:

@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +105,7 @@ RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
     "updated_at": (str,), "finished_at": (str,), "elapsed_s": (int, float), "pid": (int,),
     "host": (str,), "wandb_run_id": (str,), "wandb_mode": (str,), "wandb": (str,),
     "error": (dict,), "checkpoints": (dict,), "resumed_from_step": (int,),
+    "lr": (int, float), "scheduler": (str,), "dataset": (dict,), "exit_code": (int,),
 }
 
 
@@ -143,12 +145,16 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
-def scan_runs(root: str | os.PathLike, *, now: float | None = None) -> list[RunInfo]:
+def scan_runs(root: str | os.PathLike, *, now: float | None = None,
+              reader: Callable[..., RunInfo] | None = None) -> list[RunInfo]:
     """Every sub-folder of `root` as a RunInfo, newest update first. [] if root is missing;
     UsageError if it cannot be read.
 
     Folders whose name starts with "." are skipped (editor and sync tool litter).
+    `reader(folder, now=, hostname=)` reads one folder: read_run unless given (`flowctl ui`
+    passes one that remembers unchanged folders between its polls).
     """
+    reader = reader or read_run
     now = time.time() if now is None else now
     hostname = socket.gethostname()
     try:
@@ -158,7 +164,7 @@ def scan_runs(root: str | os.PathLike, *, now: float | None = None) -> list[RunI
         return []
     except OSError as err:
         raise UsageError(f"cannot read checkpoint root {root}: {err.strerror or err}") from None
-    runs = [read_run(folder, now=now, hostname=hostname) for folder in folders]
+    runs = [reader(folder, now=now, hostname=hostname) for folder in folders]
     runs.sort(key=lambda run: (run.sort_time, run.run_name), reverse=True)
     return runs
 

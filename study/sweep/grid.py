@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from study.errors import UsageError
-from study.flow_matching.config import TrainingConfig, config_from_dict
+from study.flow_matching.config import TrainingConfig
+from study.flow_matching.config_load import config_from_dict
 from study.sweep.identity import config_hash
 
 GRID_KEYS = ("name", "group", "base", "grid", "include", "exclude")

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from study.flow_matching.config import ARCH_NAMES, TrainingConfig
+from study.flow_matching.config_load import LEGACY_DEFAULTS
 from study.flow_matching.launch import HARMLESS_OVERRIDES
 
 # Not part of identity: the harmless keys, and the name (identity's other half).
@@ -45,6 +46,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def identity_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """`key: stored vs wanted` for each identity key that differs ([]: the same run)."""
-    have, want = identity_dict(stored), identity_dict(wanted)
+    # A run written before some keys existed was trained with their legacy behaviour.
+    have, want = identity_dict({**LEGACY_DEFAULTS, **stored}), identity_dict(wanted)
     return [f"{key}: {have[key]!r} in the run, {want[key]!r} in the grid"
             for key in want if have.get(key) != want[key]]

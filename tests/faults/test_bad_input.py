@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY, CreatesMarker, cli, load, vectors_file
+from tests.helpers import TINY, CreatesMarker, cli, error_line, load, vectors_file
 
 COMMANDS = {
     "inspect-ckpt": lambda path: ["inspect-ckpt", path],
@@ -23,19 +23,6 @@ COMMANDS = {
     "eval": lambda path: ["eval", path, "--n", "10", "--steps", "2"],
 }
 
-
-def the_error_line(result, *fragments: str) -> str:
-    """Exit 2, no traceback, exactly one `error: ` line holding every fragment."""
-    output = result.stdout + result.stderr
-    assert result.exit_code == 2, output
-    assert "Traceback" not in output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    others = [line for line in result.stderr.splitlines() if not line.startswith("error: ")]
-    assert all(line.startswith(("flowctl: ", "warning: ")) for line in others), result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -117,7 +104,7 @@ def test_bad_checkpoint_is_one_line_exit_2(tmp_path, source_runs, command, kind)
         assert '"shape": [\n        32' in result.stdout
         return
     result = cli(*COMMANDS[command](path))
-    line = the_error_line(result, str(path))
+    line = error_line(result, str(path))
     expected = CHECKPOINT_CASES[kind]
     if kind == "missing":
         assert "does not exist" in line or "no checkpoint or run named" in line, line
@@ -140,7 +127,7 @@ def test_hostile_pickle_as_a_run_folders_last_pt_is_refused_everywhere(
                  ["sample", "hostile", "--n", "10"], ["sample", "hostile", "--last", "--n", "10"],
                  ["eval", "hostile", "--n", "10"]):
         result = cli(*args)
-        the_error_line(result, "hostile/")
+        error_line(result, "hostile/")
     assert not marker.exists()
     assert cli("list-runs", "--json").exit_code == 0  # reads run.json only: still fine
     assert not marker.exists()
@@ -164,7 +151,7 @@ def test_hostile_pickle_as_a_run_folders_last_pt_is_refused_everywhere(
 ])
 def test_bad_flag_value_is_one_line_exit_2(tmp_path, isolated_run_root, flags, fragment):
     result = cli("train", "--dataset", vectors_file(tmp_path), "--epochs", "1", *TINY, *flags)
-    the_error_line(result, fragment)
+    error_line(result, fragment)
     assert not any(isolated_run_root.rglob("*.pt"))
 
 
@@ -190,7 +177,7 @@ def test_bad_yaml_config_is_one_line_exit_2(tmp_path, content, fragment):
     # No TINY: its --width and --batch-size would override (and so hide) the file's values.
     result = cli("train", "--config", config, "--dataset", vectors_file(tmp_path),
                  "--wandb-mode", "disabled", "--plain")
-    line = the_error_line(result, fragment)
+    line = error_line(result, fragment)
     if fragment.startswith("unknown key") or "mapping of" in fragment:
         assert str(config) in line
 
@@ -199,7 +186,7 @@ def test_bad_yaml_config_is_one_line_exit_2(tmp_path, content, fragment):
 def test_run_name_must_be_one_folder_under_the_root(tmp_path, isolated_run_root, name):
     result = cli("train", "--dataset", vectors_file(tmp_path), "--epochs", "1", "--run-name",
                  name, *TINY)
-    the_error_line(result, "run")
+    error_line(result, "run")
     assert not [p for p in isolated_run_root.parent.rglob("*.pt") if p.name in ("best.pt", "last.pt")]
 
 
@@ -251,7 +238,7 @@ def write_data(kind: str, folder: Path) -> tuple[Path, str]:
 def test_bad_data_file_is_one_line_exit_2(tmp_path, isolated_run_root, kind):
     path, fragment = write_data(kind, tmp_path)
     result = cli("train", "--dataset", path, "--epochs", "1", "--run-name", "d", *TINY)
-    line = the_error_line(result, fragment)
+    line = error_line(result, fragment)
     assert path.name in line
     assert not (isolated_run_root / "d").exists()
 
@@ -265,11 +252,11 @@ def test_resume_refuses_data_of_another_dimension(tmp_path, isolated_run_root):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     data.unlink()
     torch.save(torch.randn(640, 3, generator=torch.Generator().manual_seed(1)), data)
-    line = the_error_line(cli("resume", "dim", "--epochs", "2"), "has dimension 3",
+    line = error_line(cli("resume", "dim", "--epochs", "2"), "has dimension 3",
                           "trained on dimension 2")
     assert str(data) in line
     other = vectors_file(tmp_path, dim=3)
-    the_error_line(cli("train", "--resume", run / "last.pt", "--dataset", other, "--epochs", "2"),
+    error_line(cli("train", "--resume", run / "last.pt", "--dataset", other, "--epochs", "2"),
                    "--dataset", "conflicts with the checkpoint")
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before, "a refused resume changed the run folder"

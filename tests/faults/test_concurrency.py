@@ -13,22 +13,20 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from scripts.fault_soak import checkpoint_problems
 from tests.helpers import (
     REPO_ROOT,
-    TINY,
     assert_same_state,
     cli,
     load,
     metrics_rows,
+    run_flags,
     run_json,
     vectors_file,
     wait_for,
 )
-
-
-def flags(data, *extra: str, epochs: int = 30) -> list[str]:
-    return ["--dataset", str(data), "--epochs", str(epochs), "--patience", "0", *TINY, *extra]
 
 
 def finished_pid() -> int:
@@ -38,16 +36,21 @@ def finished_pid() -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_second_process_on_a_running_run_is_refused_and_the_first_finishes(
         tmp_path, isolated_run_root, flowctl):
-    args = flags(vectors_file(tmp_path), "--save-every", "1")
+    args = run_flags(vectors_file(tmp_path), "--save-every", "1")
     assert cli("train", "--run-name", "reference", *args).exit_code == 0
     run = isolated_run_root / "busy"
     first = flowctl("train", "--run-name", "busy", *args)
     wait_for((run / "last.pt").exists, process=first, what="the first last.pt")
     host = socket.gethostname()
 
-    for second in (["train", "--run-name", "busy", *args, "--overwrite"],
+    # The lock is checked before anything that could suggest a wrong next step (such as
+    # "already has checkpoints; continue it with flowctl resume").
+    for second in (["train", "--run-name", "busy", *args],
+                   ["train", "--run-name", "busy", *args, "--overwrite"],
+                   ["train", "--run-name", "busy", *args, "--resume", "auto"],
                    ["resume", "busy"], ["train", "--resume", str(run / "last.pt")]):
         refused = flowctl(*second)
         assert refused.wait(60) == 2, refused.stderr
@@ -87,7 +90,7 @@ def test_lock_of_a_dead_process_is_reclaimed_with_one_warning(tmp_path, isolated
     run = isolated_run_root / "orphan"
     pid = finished_pid()
     write_lock(run, pid)  # a fresh run whose folder holds only a stale lock
-    result = cli("train", "--run-name", "orphan", *flags(data, epochs=1))
+    result = cli("train", "--run-name", "orphan", *run_flags(data, epochs=1))
     assert result.exit_code == 0, result.stderr
     (warning,) = reclaim_warnings(result.stderr)
     assert warning.startswith("warning: reclaiming the lock of run orphan left by a dead process")
@@ -104,7 +107,7 @@ def test_lock_of_a_live_process_written_without_flock_is_respected(tmp_path, iso
     """A hand-written (or older flowctl's) lock naming a live pid, or a lock from another host,
     cannot be judged by flock: it is refused, as before."""
     data = vectors_file(tmp_path)
-    assert cli("train", "--run-name", "held", *flags(data, epochs=1)).exit_code == 0
+    assert cli("train", "--run-name", "held", *run_flags(data, epochs=1)).exit_code == 0
     run = isolated_run_root / "held"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -122,7 +125,7 @@ def test_lock_of_a_sigkilled_run_is_reclaimed_even_if_its_pid_is_reused(
         tmp_path, isolated_run_root, flowctl):
     """A container restarted after an OOM kill often gives flowctl the same small pid again;
     here the killed run's lock is made to name a live process (this one) on this host."""
-    args = flags(vectors_file(tmp_path))
+    args = run_flags(vectors_file(tmp_path))
     run = isolated_run_root / "oom"
     child = flowctl("train", "--run-name", "oom", *args)
     wait_for((run / "last.pt").exists, process=child, what="the first last.pt")
@@ -166,6 +169,7 @@ CONTEND = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_processes_racing_for_a_stale_lock_never_both_win(tmp_path):
     """8 processes start at the same instant on a stale lock, each pausing 50 ms after judging
     it stale. Before the flock, several of them reclaimed it (each unlinking the lock another

@@ -16,13 +16,18 @@ from pathlib import Path
 import pytest
 
 from scripts.fault_soak import checkpoint_problems, kill_resume_loop
-from tests.helpers import TINY, assert_same_state, cli, load, metrics_rows, run_json, vectors_file
+from tests.helpers import (
+    assert_same_state,
+    cli,
+    load,
+    metrics_rows,
+    run_flags,
+    run_json,
+    vectors_file,
+)
 
 KILLS_PER_RUN = 6
 
-
-def flags(data: Path, *extra: str, epochs: int = 30) -> list[str]:
-    return ["--dataset", str(data), "--epochs", str(epochs), "--patience", "0", *TINY, *extra]
 
 
 def train_reference(name: str, args: list[str]) -> None:
@@ -36,12 +41,13 @@ def assert_same_run(reference: Path, resumed: Path) -> None:
     assert metrics_rows(resumed) == metrics_rows(reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flow, seed", [("icfm", 20240601), ("otcfm", 20240602)])
 def test_random_sigkills_during_constant_writes_lose_and_corrupt_nothing(
         tmp_path, isolated_run_root, zygote, flow, seed):
     """6 SIGKILLs at seeded random moments of one run (`--save-every 1`: a write is almost
     always in progress), `flowctl resume` after each, every .pt checked after each kill."""
-    args = flags(vectors_file(tmp_path), "--flow", flow, "--save-every", "1")
+    args = run_flags(vectors_file(tmp_path), "--flow", flow, "--save-every", "1")
     train_reference("reference", args)
     run = isolated_run_root / "killed"
     report = kill_resume_loop(zygote, run, ["train", "--run-name", "killed", *args],
@@ -59,7 +65,7 @@ def test_random_sigkills_during_constant_writes_lose_and_corrupt_nothing(
 
 def test_temp_files_left_by_a_killed_writer_are_removed_on_the_next_start(
         tmp_path, isolated_run_root):
-    args = flags(vectors_file(tmp_path), epochs=1)
+    args = run_flags(vectors_file(tmp_path), epochs=1)
     train_reference("r", args)
     run = isolated_run_root / "r"
     leftovers = [run / ".last.pt.tmp-4000001", run / ".best.pt.tmp-4000002",
@@ -111,7 +117,7 @@ FINAL_REPLACES = 2 * EPOCHS  # replace calls up to the end of the final epoch's 
 ])
 def test_sigkill_at_each_point_of_a_checkpoint_write(tmp_path, isolated_run_root, flowctl,
                                                      call, nth, before):
-    args = flags(vectors_file(tmp_path), epochs=EPOCHS)
+    args = run_flags(vectors_file(tmp_path), epochs=EPOCHS)
     train_reference("reference", args)
     reference = isolated_run_root / "reference"
     val_best = [float(r["val/best_loss"]) for r in metrics_rows(reference) if r["val/best_loss"]]

@@ -10,17 +10,12 @@ import torch
 import yaml
 
 from scripts.fault_soak import checkpoint_problems
-from tests.helpers import TINY, cli, load, run_json, vectors_file
+from tests.helpers import TINY, cli, error_line, load, run_json, vectors_file
 
 # lr 1e30 without clipping: the first AdamW update moves every weight by ~1e30, so the next
 # forward pass overflows float32 (checked: the loss of step 2 is inf).
 DIVERGE = ["--grad-clip", "0", "--warmup-steps", "1"]
 
-
-def one_error_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
-    return errors[0]
 
 
 def all_finite(path) -> bool:
@@ -33,7 +28,7 @@ def test_huge_learning_rate_fails_the_run_with_the_step(tmp_path, isolated_run_r
     result = cli("train", "--run-name", "boom", "--dataset", vectors_file(tmp_path),
                  "--epochs", "3", *TINY, "--lr", "1e30", "--log-every", "1", *DIVERGE)
     assert result.exit_code == 1
-    assert one_error_line(result.stderr) == "error: non-finite loss at step 2"
+    assert error_line(result.stderr) == "error: non-finite loss at step 2"
     status = run_json(isolated_run_root / "boom")
     assert status["status"] == "failed"
     assert status["error"] == {"type": "RunFailed", "message": "non-finite loss at step 2"}
@@ -60,7 +55,7 @@ def test_divergence_after_good_checkpoints_keeps_them(tmp_path, isolated_run_roo
                  "--patience", "0", "--save-every", save_every, "--log-every", log_every,
                  *TINY, *DIVERGE)
     assert result.exit_code == 1
-    line = one_error_line(result.stderr)
+    line = error_line(result.stderr)
     assert re.fullmatch(r"error: non-finite (validation )?loss at step 1\d", line), line
     status = run_json(run)
     assert status["status"] == "failed" and "non-finite" in status["error"]["message"]
@@ -77,6 +72,6 @@ def test_data_near_the_float32_limit_does_not_train_silently(tmp_path, isolated_
     torch.save(x, data)
     result = cli("train", "--run-name", "huge", "--dataset", data, "--epochs", "2", *TINY)
     assert result.exit_code in (1, 2), "a run on overflowing stats must not finish"
-    line = one_error_line(result.stderr)
+    line = error_line(result.stderr)
     assert "non-finite" in line or str(data) in line
     assert not list((isolated_run_root / "huge").glob("*.pt"))

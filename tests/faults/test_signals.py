@@ -14,19 +14,15 @@ import pytest
 from scripts.fault_soak import checkpoint_problems
 from tests.helpers import (
     REPO_ROOT,
-    TINY,
     assert_same_state,
     cli,
     load,
     metrics_rows,
+    run_flags,
     run_json,
     vectors_file,
     wait_for,
 )
-
-
-def flags(data, *extra: str, epochs: int = 30) -> list[str]:
-    return ["--dataset", str(data), "--epochs", str(epochs), "--patience", "0", *TINY, *extra]
 
 
 @pytest.mark.parametrize("signum, extra, exit_code", [
@@ -36,7 +32,7 @@ def flags(data, *extra: str, epochs: int = 30) -> list[str]:
 ])
 def test_graceful_stop_saves_marks_preempted_and_resumes_exactly(
         tmp_path, isolated_run_root, flowctl, signum, extra, exit_code):
-    args = flags(vectors_file(tmp_path))
+    args = run_flags(vectors_file(tmp_path))
     assert cli("train", "--run-name", "reference", *args).exit_code == 0
     run = isolated_run_root / "stopped"
     child = flowctl("train", "--run-name", "stopped", *args, *extra)
@@ -60,7 +56,7 @@ def test_graceful_stop_saves_marks_preempted_and_resumes_exactly(
 
 def test_requeue_signal_is_not_caught_without_the_flag(tmp_path, isolated_run_root, flowctl):
     run = isolated_run_root / "usr1"
-    child = flowctl("train", "--run-name", "usr1", *flags(vectors_file(tmp_path)))
+    child = flowctl("train", "--run-name", "usr1", *run_flags(vectors_file(tmp_path)))
     wait_for((run / "last.pt").exists, process=child, what="the first last.pt")
     child.send_signal(signal.SIGUSR1)
     assert child.wait(60) == -signal.SIGUSR1  # the default action: terminate, nothing saved
@@ -73,7 +69,7 @@ def test_second_sigint_while_stopping_exits_at_once(tmp_path, isolated_run_root,
     graceful stop: 130). Either way the process ends at once and whatever last.pt exists
     loads; the next start reclaims the lock and removes a half-written temp file."""
     run = isolated_run_root / "twice"
-    child = flowctl("train", "--run-name", "twice", *flags(vectors_file(tmp_path)))
+    child = flowctl("train", "--run-name", "twice", *run_flags(vectors_file(tmp_path)))
     wait_for((run / "last.pt").exists, process=child, what="the first last.pt")
     child.send_signal(signal.SIGINT)
     time.sleep(0.004)

@@ -15,7 +15,7 @@ from tests.helpers import TINY, assert_same_state, cli, load, metrics_rows, run_
 OFFLINE = [a for a in TINY if a not in ("--wandb-mode", "disabled")] + ["--wandb-mode", "offline"]
 
 
-def flags(data, *extra: str, epochs: int = 2) -> list[str]:
+def wandb_flags(data, *extra: str, epochs: int = 2) -> list[str]:
     return ["--dataset", str(data), "--epochs", str(epochs), "--patience", "0", "--log-every", "2",
             *extra]
 
@@ -26,9 +26,9 @@ def wandb_warnings(stderr: str) -> list[str]:
 
 def test_invalid_wandb_setting_never_stops_training(tmp_path, isolated_run_root, monkeypatch):
     data = vectors_file(tmp_path)
-    assert cli("train", "--run-name", "reference", *flags(data), *TINY).exit_code == 0
+    assert cli("train", "--run-name", "reference", *wandb_flags(data), *TINY).exit_code == 0
     monkeypatch.setenv("WANDB_MODE", "sometimes")  # wandb's own variable wins, and is invalid
-    result = cli("train", "--run-name", "bad", *flags(data), *OFFLINE)
+    result = cli("train", "--run-name", "bad", *wandb_flags(data), *OFFLINE)
     assert result.exit_code == 0, result.stderr
     (warning,) = wandb_warnings(result.stderr)
     assert "wandb init failed" in warning and warning.endswith("continuing with local logging only")
@@ -62,10 +62,10 @@ def wandb_core_killed(zygote, tmp_path_factory):
     data = vectors_file(folder)
     root = folder / "root"
     env = {**os.environ, "FLOWCTL_CKPT_DIR": str(root)}
-    reference = zygote.run("train", "--run-name", "reference", *flags(data, epochs=40), *TINY,
+    reference = zygote.run("train", "--run-name", "reference", *wandb_flags(data, epochs=40), *TINY,
                            env=env)
     assert reference.wait(120) == 0, reference.stderr
-    child = zygote.run("train", "--run-name", "w", *flags(data, epochs=40), *OFFLINE, env=env)
+    child = zygote.run("train", "--run-name", "w", *wandb_flags(data, epochs=40), *OFFLINE, env=env)
     metrics = root / "w" / "metrics.csv"
     deadline = time.monotonic() + 60
     while not (metrics.exists() and metrics.read_text().count("\n") > 5):
@@ -79,6 +79,7 @@ def wandb_core_killed(zygote, tmp_path_factory):
     return child, root / "w", root / "reference"
 
 
+@pytest.mark.slow
 def test_wandb_core_killed_mid_run_training_finishes_with_local_logs(wandb_core_killed):
     child, run, reference = wandb_core_killed
     assert child.returncode == 0, child.stderr

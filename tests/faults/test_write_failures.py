@@ -14,11 +14,12 @@ import pytest
 from scripts.fault_soak import checkpoint_problems
 from study.runs import checkpoint, recorder
 from tests.helpers import (
-    TINY,
     assert_same_state,
     cli,
+    error_line,
     load,
     metrics_rows,
+    run_flags,
     run_json,
     vectors_file,
     wait_for,
@@ -27,36 +28,34 @@ from tests.helpers import (
 FAILING_SAVE = 3  # the saves are at steps 9 (last + best), 18 and 27: fail the third
 
 
-def flags(data, *extra: str, epochs: int = 3) -> list[str]:
-    return ["--dataset", str(data), "--epochs", str(epochs), "--patience", "0", *TINY, *extra]
-
 
 def snapshot(run: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(run.glob("*.pt"))}
 
 
 def fail_at_third_save(monkeypatch, run: Path, inject) -> dict[str, bytes]:
-    """Before the FAILING_SAVE-th checkpoint write, record the files and call `inject()`."""
+    """When the FAILING_SAVE-th checkpoint write starts, record the files and call `inject()`.
+
+    Hooked at the write itself (the recorder's writer thread), not at serialisation: the
+    recorder serialises the next checkpoint while the previous write may still be in flight,
+    but it starts a write only after the previous one has finished, so the files recorded
+    here can no longer change.
+    """
     before: dict[str, bytes] = {}
     calls = 0
-    real_serialize = recorder.serialize
+    real_write = recorder.write_atomic
 
-    def serialize(payload):
+    def write_atomic(path, data, **kwargs):
         nonlocal calls
         calls += 1
         if calls == FAILING_SAVE:
             before.update(snapshot(run))
             inject()
-        return real_serialize(payload)
+        return real_write(path, data, **kwargs)
 
-    monkeypatch.setattr(recorder, "serialize", serialize)
+    monkeypatch.setattr(recorder, "write_atomic", write_atomic)
     return before
 
-
-def one_error_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
-    return errors[0]
 
 
 def injected(call: str, error: int):
@@ -80,7 +79,7 @@ def injected(call: str, error: int):
 ])
 def test_write_failure_keeps_the_previous_checkpoint_and_fails_the_run(
         tmp_path, isolated_run_root, how, reason):
-    args = flags(vectors_file(tmp_path))
+    args = run_flags(vectors_file(tmp_path), epochs=3)
     assert cli("train", "--run-name", "reference", *args).exit_code == 0
     run = isolated_run_root / "full"
 
@@ -100,7 +99,7 @@ def test_write_failure_keeps_the_previous_checkpoint_and_fails_the_run(
     # A save writes best.pt first when val/loss improved, else last.pt: that write fails.
     written = re.compile(f"{reason} while writing (best|last)\\.pt")
     assert result.exit_code == 1
-    assert written.search(one_error_line(result.stderr))
+    assert written.search(error_line(result.stderr))
     assert set(before) == {"best.pt", "last.pt"} and snapshot(run) == before, "a checkpoint changed"
     assert not [p for p in run.glob(".*.tmp-*") if not p.is_symlink()], "temp file left behind"
     status = run_json(run)
@@ -122,14 +121,14 @@ def test_folder_at_the_temp_paths_of_a_running_process_fails_it_cleanly(
     no write of that name is in flight, so the snapshot below is a state the process left
     and no file can change after it."""
     run = isolated_run_root / "blocked"
-    child = flowctl("train", "--run-name", "blocked", *flags(vectors_file(tmp_path), epochs=30))
+    child = flowctl("train", "--run-name", "blocked", *run_flags(vectors_file(tmp_path), epochs=30))
     wait_for(lambda: (run / "best.pt").exists(), process=child, what="the first best.pt")
     blockers = [run / f".{name}.tmp-{child.pid}" for name in ("last.pt", "best.pt")]
     wait_for(lambda: all(folder.is_dir() or _made(folder) for folder in blockers),
              process=child, what="folders at the temp paths")
     before = snapshot(run)
     assert child.wait(60) == 1
-    line = one_error_line(child.stderr)
+    line = error_line(child.stderr)
     assert re.search(r"is a directory while writing (last|best)\.pt", line), line
     assert snapshot(run) == before and checkpoint_problems(run) == []
     status = run_json(run)

@@ -1,0 +1,41 @@
+"""Every registered command (and sub-command) answers --help with usage and an example."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from study.cli.app import app
+from tests.helpers import cli
+
+
+def command_paths(typer_app: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """("train",), ("sweep", "status"), ...: every command the app registers, by name."""
+    paths = [(*prefix, info.name or info.callback.__name__.replace("_", "-"))
+             for info in typer_app.registered_commands]
+    for group in typer_app.registered_groups:
+        name = group.name or group.typer_instance.info.name
+        paths += command_paths(group.typer_instance, (*prefix, name))
+    return paths
+
+
+COMMANDS = command_paths(app)
+
+
+def test_the_app_registers_the_documented_commands():
+    names = {path[0] for path in COMMANDS}
+    assert {"train", "resume", "list-runs", "inspect-ckpt", "sample", "eval", "plot"} <= names
+
+
+def test_app_help_lists_every_top_level_command():
+    out = cli("--help").stdout
+    for name in {path[0] for path in COMMANDS}:
+        assert name in out, name
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
+def test_every_command_has_help_with_an_example(path):
+    result = cli(*path, "--help")
+    assert result.exit_code == 0, result.stderr
+    assert "Usage" in result.stdout
+    assert "Example: flowctl " + " ".join(path) in " ".join(result.stdout.split()), result.stdout
