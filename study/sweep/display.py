@@ -72,7 +72,10 @@ class SweepDisplay:
 
     def event(self, text: str) -> None:
         if self._live is not None:
-            self._live.console.print(text, markup=False, highlight=False)
+            from rich.text import Text
+
+            # A Text, not markup=False: print's options would also reach the live table.
+            self._live.console.print(Text(text))
         else:
             print(text, flush=True)
 
