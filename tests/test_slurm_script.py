@@ -179,3 +179,6 @@ def test_sweep_slurm_submits_one_array_and_records_each_task(tmp_path, isolated_
         folder = isolated_run_root / f"mlp-{flow}-vectors-640x2-none"
         assert (folder / "sweep.yaml").is_file()
         assert json.loads((folder / "sweep.json").read_text())["submitted"]["job"] == f"977_{index}"
+    status = json.loads(cli("sweep", "status", grid, "--json").stdout)
+    assert [p["detail"] for p in status["points"]] == [
+        "submitted as Slurm job 977_0", "submitted as Slurm job 977_1"]

@@ -80,12 +80,15 @@ def read_point_state(point: Point, root: str | Path | None = None) -> PointState
         differences = identity_diff(run.config, point.config.to_dict())
         if differences:
             state.conflict = "; ".join(differences)
-    failure = _current_failure(read_record(folder), run)
+    record = read_record(folder)
+    failure = _current_failure(record, run)
     if run is None or run.display_status == "unknown":
         if failure:
             state.state, state.error = "failed", failure.get("error")
         elif has_checkpoint:
             state.state, state.detail = "crashed", "checkpoint without a readable run.json"
+        elif isinstance(record.get("submitted"), dict):  # queued on Slurm, not started yet
+            state.detail = f"submitted as Slurm job {record['submitted'].get('job')}"
         return state
     status = run.display_status
     if status == "running":
