@@ -56,7 +56,10 @@ def run_shell(grid: Path, root: Path, parallel: int, threads: int | None) -> flo
                 for line in listing.splitlines()]
     script = "\n".join(commands) + "\n"
     started = time.perf_counter()
-    subprocess.run(["xargs", "-P", str(parallel), "-I", "{}", "sh", "-c", "{} >/dev/null 2>&1"],
+    # setsid: each child in its own session, as the sweep starts them. On a quiet machine it
+    # changes nothing; under load, Linux's autogroup scheduler shares the CPU per session.
+    subprocess.run(["xargs", "-P", str(parallel), "-I", "{}", "sh", "-c",
+                    "setsid {} >/dev/null 2>&1"],
                    input=script, text=True, check=True, cwd=REPO_ROOT, env=thread_env(threads))
     return time.perf_counter() - started
 

@@ -145,3 +145,35 @@ def test_the_example_grid_is_the_studys_comparison_in_small():
         (f, d) for f in ("icfm", "otcfm") for d in ("moons", "8gaussians")}
     assert {p.config.seed for p in grid.points} == {0, 1}
     json.dumps([p.config.to_dict() for p in grid.points])  # plain data, as sweep.yaml needs
+
+
+def test_a_lock_is_live_only_while_a_process_holds_its_flock(tmp_path):
+    """A left-over lock file naming a live pid (here: our own, as after a container restart
+    reuses pids) is not a live trainer; the flock of a real holder is; another host's is."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from study.sweep.state import lock_is_live
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert not lock_is_live(folder)  # no lock file
+    lock_file = folder / "run.lock"
+    lock_file.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "flock": True}))
+    assert not lock_is_live(folder)
+    lock_file.write_text(json.dumps({"pid": 1, "host": "another-host", "flock": True}))
+    assert lock_is_live(folder)
+    lock_file.unlink()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, pathlib\nfrom study.runs.lock import RunLock\n"
+         f"RunLock(pathlib.Path({str(folder)!r}), 'r').acquire()\nprint('held', flush=True)\n"
+         "sys.stdin.read()"], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert lock_is_live(folder)
+    finally:
+        holder.communicate("", timeout=30)
+    assert not lock_is_live(folder)

@@ -136,7 +136,7 @@ class LocalLauncher:
             if state.done or (state.state == "failed" and not self.retry_failed):
                 self.display.event(f"{state.state} {point.name} (elsewhere, meanwhile)")
                 continue
-            if state.state == "running":
+            if lock_is_live(state.folder):  # run.json may say so later, or never (a reused pid)
                 self._wait_elsewhere(point, state.detail)
                 continue
             self._start(point, state, free.pop(0))
@@ -215,7 +215,7 @@ class LocalLauncher:
         for name, point in list(self.elsewhere.items()):
             state = read_point_state(point, self.flags.ckpt_dir)
             self.states[name] = state
-            if state.state == "running" or lock_is_live(state.folder):
+            if lock_is_live(state.folder):
                 continue
             del self.elsewhere[name]
             if state.done:

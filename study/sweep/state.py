@@ -131,10 +131,10 @@ def _read_eval(folder: Path) -> dict[str, Any] | None:
 
 
 def lock_is_live(folder: Path) -> bool:
-    """Whether some live process holds the point's run lock now (it may not have written
-    run.json yet). On this host the flock tells (in /proc/locks, so we never touch the lock
-    ourselves); a pid that merely exists proves nothing, pids being reused. A lock of
-    another host is taken as live: only its own host can tell."""
+    """Whether a live trainer holds the point's run lock now (it takes the lock before it
+    writes run.json and keeps it to the end). On this host the flock tells (read from
+    /proc/locks, so we never touch the lock ourselves): a pid that exists proves nothing,
+    pids being reused. A lock of another host is taken as live: only that host can tell."""
     try:
         owner = json.loads((folder / LOCK_NAME).read_text())
         pid, host = int(owner["pid"]), owner.get("host")
@@ -143,6 +143,8 @@ def lock_is_live(folder: Path) -> bool:
         return False
     if host != socket.gethostname():
         return True
+    if not owner.get("flock"):  # written without an flock (no flock on that filesystem)
+        return pid_alive(pid)
     try:
         with open("/proc/locks") as handle:
             locks = handle.read()
