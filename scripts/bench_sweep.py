@@ -64,12 +64,31 @@ def run_shell(grid: Path, root: Path, parallel: int, threads: int | None) -> flo
     return time.perf_counter() - started
 
 
+LAUNCHER_CPU: list[float] = []  # the sweep process's own CPU seconds, children excluded
+
+
+def own_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of `pid` itself (/proc/PID/stat fields 14, 15), None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_sweep(grid: Path, root: Path, parallel: int, threads: int | None) -> float:
     started = time.perf_counter()
-    subprocess.run([*FLOWCTL, "sweep", str(grid), "--parallel", str(parallel), "--plain",
-                    "--ckpt-dir", str(root), "--wandb-mode", "disabled"], check=True,
-                   cwd=REPO_ROOT, stdout=subprocess.DEVNULL, env=thread_env(threads))
-    return time.perf_counter() - started
+    process = subprocess.Popen([*FLOWCTL, "sweep", str(grid), "--parallel", str(parallel),
+                                "--plain", "--ckpt-dir", str(root), "--wandb-mode", "disabled"],
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, env=thread_env(threads))
+    cpu = 0.0
+    while process.poll() is None:  # the last reading before it exits (a zombie keeps its stat)
+        cpu = own_cpu_seconds(process.pid) or cpu
+        time.sleep(0.1)
+    wall = time.perf_counter() - started
+    assert process.returncode == 0, f"flowctl sweep exited {process.returncode}"
+    LAUNCHER_CPU.append(cpu)
+    return wall
 
 
 def check_finished(root: Path, points: int) -> None:
@@ -118,6 +137,9 @@ def main() -> None:
         print(f"| {name} | {statistics.median(walls):.2f} | {min(walls):.2f} | {max(walls):.2f} |")
     print(f"\nsweep / shell: median {statistics.median(ratios):.3f}x "
           f"(spread {max(ratios) - min(ratios):.3f}); bound 1.1x")
+    sweep_wall = statistics.median(times["sweep"])
+    print(f"the launcher's own CPU time: median {statistics.median(LAUNCHER_CPU):.2f}s per "
+          f"sweep ({statistics.median(LAUNCHER_CPU) / sweep_wall:.1%} of one core over its wall time)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.helpers import (
+    REPO_ROOT,
     assert_same_state,
     cli,
     load,
@@ -190,6 +191,20 @@ def test_a_failing_point_is_reported_the_others_finish_and_retry_failed_reruns_o
     assert run_json(failed_folder)["status"] == "finished" and attempts(failed_folder) == 2
 
 
+def test_the_example_grid_runs_and_compares(tmp_path, isolated_run_root):
+    """examples/study_small.yaml end to end: 8 points, then the results table by flow and
+    dataset with both seeds in every row."""
+    grid = REPO_ROOT / "examples" / "study_small.yaml"
+    code, out, err = finish(start_sweep(grid, "--parallel", "2"))
+    assert code == 0, err
+    assert out.strip().endswith("8 points: 8 finished")
+    table = json.loads(cli("compare", "--group", "study-small", "--by", "flow,dataset",
+                           "--json").stdout)
+    assert {(row["flow"], row["dataset"]) for row in table["rows"]} == {
+        (flow, data) for flow in ("icfm", "otcfm") for data in ("moons", "8gaussians")}
+    assert all(row["n"] == 2 and row["std"] is not None for row in table["rows"])
+
+
 def test_adding_a_seed_trains_only_the_new_points(tmp_path, isolated_run_root):
     grid = write_grid(tmp_path, {"flow": ["icfm"], "seed": [0]}, epochs=3)
     assert finish(start_sweep(grid))[0] == 0
@@ -202,18 +217,21 @@ def test_adding_a_seed_trains_only_the_new_points(tmp_path, isolated_run_root):
     assert digest(old) == before and attempts(old) == 1
 
 
-def test_sigterm_stops_children_gracefully_and_the_next_sweep_continues(tmp_path, isolated_run_root):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_children_gracefully_and_the_next_sweep_continues(
+        tmp_path, isolated_run_root, sig):
     grid = write_grid(tmp_path, {"seed": [0, 1]}, epochs=200)
     folders = [isolated_run_root / f"mlp-icfm-vectors-none-s{seed}" for seed in (0, 1)]
     launcher = start_sweep(grid, "--parallel", "2")
     wait_for(lambda: all((run_json(f) or {}).get("epoch", 0) >= 1 for f in folders),
              timeout=SWEEP_TIMEOUT_S, process=launcher, what="both points past epoch 1")
-    launcher.send_signal(signal.SIGTERM)
-    code, out, err = finish(launcher)
-    assert code == 143 and "sweep stopped by SIGTERM" in err
+    launcher.send_signal(sig)  # SIGINT: what Ctrl-C sends (to the launcher's group only:
+    code, out, err = finish(launcher)  # the children run in their own sessions)
+    assert code == 128 + sig and f"sweep stopped by {signal.Signals(sig).name}" in err
     stopped_at = {}
     for folder in folders:
         assert run_json(folder)["status"] == "preempted"
+        assert f"stopped by {signal.Signals(sig).name}" in (folder / "train.log").read_text()
         stopped_at[folder] = load(folder / "last.pt")["global_step"]
     assert "2 points: 2 preempted" in out
     code, out, err = finish(start_sweep(grid, "--parallel", "2"))
