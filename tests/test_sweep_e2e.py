@@ -239,3 +239,27 @@ def test_a_stop_signal_stops_children_gracefully_and_the_next_sweep_continues(
     for folder in folders:
         assert training_starts(folder) == [0, stopped_at[folder]]
         assert run_json(folder)["status"] == "finished"
+
+
+def test_a_point_locked_by_a_silent_trainer_on_another_host_is_reported_not_waited_on_forever(
+        tmp_path, isolated_run_root):
+    """Another host's lock cannot be checked from here: while its run.json is fresh the sweep
+    waits; once it is stale (`crashed`) the sweep tries to take the point over, the lock
+    still refuses, and after a few tries the point is `failed` with the lock's own message."""
+    from datetime import datetime, timedelta, timezone
+
+    grid = write_grid(tmp_path, {"seed": [0]}, epochs=2)
+    folder = isolated_run_root / "mlp-icfm-vectors-none-s0"
+    folder.mkdir(parents=True)
+    (folder / "run.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere-host", "flock": True}))
+    stale = (datetime.now(timezone.utc) - timedelta(minutes=20)).isoformat()
+    assert cli("sweep", grid, "--launcher", "print").exit_code == 0  # writes sweep.yaml
+    config = yaml.safe_load((folder / "sweep.yaml").read_text())
+    (folder / "run.json").write_text(json.dumps({
+        "run_name": folder.name, "status": "running", "config": config, "pid": 1,
+        "host": "elsewhere-host", "updated_at": stale}))
+    code, out, err = finish(start_sweep(grid))
+    assert code == 1, err
+    error = json.loads(cli("sweep", "status", grid, "--json").stdout)["points"][0]["error"]
+    assert "in use by pid 1 on host elsewhere-host" in error and "gave up after 5 launches" in error
+    assert attempts(folder) == 5

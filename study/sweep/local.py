@@ -69,6 +69,7 @@ class LocalLauncher:
         self.children: dict[int, Child] = {}  # slot -> child
         self.elsewhere = {s.point.name: s.point for s in states if s.state == "running"}
         self.launches: dict[str, int] = {}
+        self.last_lock_error: dict[str, str] = {}
         self.stop_signal: int | None = None
         self.abandon = False
 
@@ -136,7 +137,7 @@ class LocalLauncher:
             if state.done or (state.state == "failed" and not self.retry_failed):
                 self.display.event(f"{state.state} {point.name} (elsewhere, meanwhile)")
                 continue
-            if lock_is_live(state.folder):  # run.json may say so later, or never (a reused pid)
+            if _trained_elsewhere(state):
                 self._wait_elsewhere(point, state.detail)
                 continue
             self._start(point, state, free.pop(0))
@@ -186,6 +187,7 @@ class LocalLauncher:
             self.display.event(f"{state.state if state.done else 'done'} {point.name} "
                                f"in {took:.1f}s{best_text}")
         elif code == 2 and error and LOCK_IN_USE in error:
+            self.last_lock_error[point.name] = error
             self._wait_elsewhere(point, error.split(LOCK_IN_USE, 1)[1].split(";")[0].strip())
         elif code == 2 and error and CLAIM_RACE in error and self._may_launch(point):
             self.queue.appendleft(point)
@@ -215,7 +217,7 @@ class LocalLauncher:
         for name, point in list(self.elsewhere.items()):
             state = read_point_state(point, self.flags.ckpt_dir)
             self.states[name] = state
-            if lock_is_live(state.folder):
+            if _trained_elsewhere(state):
                 continue
             del self.elsewhere[name]
             if state.done:
@@ -225,8 +227,10 @@ class LocalLauncher:
             elif self._may_launch(point):
                 self.queue.append(point)  # its trainer died: take it over
             else:
+                why = self.last_lock_error.get(name, "its trainer keeps stopping")
                 record_failure(state.folder, exit_code=None,
-                               error=f"gave up after {MAX_LAUNCHES} launches in one sweep")
+                               error=f"{why} (gave up after {MAX_LAUNCHES} launches)")
+                self.display.event(f"failed {name}: {why} (gave up after {MAX_LAUNCHES} launches)")
 
     def _refresh(self) -> None:
         """Re-read the active points (ours and others') and redraw the live table."""
@@ -238,6 +242,12 @@ class LocalLauncher:
             self.states[name] = state
         states = list(self.states.values())
         self.display.refresh(states, summary_line(states))
+
+
+def _trained_elsewhere(state: PointState) -> bool:
+    """A live trainer holds the point's lock (see lock_is_live), unless its run.json went
+    stale (`crashed`: silent for 15 minutes on another host, whose pids we cannot check)."""
+    return lock_is_live(state.folder) and state.state != "crashed"
 
 
 def _spawn(argv: list[str], log: IO[bytes], env: dict[str, str]) -> subprocess.Popen:
