@@ -22,7 +22,7 @@ from study.runs.wandb_records import run_files as wandb_files  # noqa: F401
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast: 640 rows at batch 64 -> 9 training steps per epoch after the val split.
 TINY = ["--batch-size", "64", "--width", "16", "--depth", "2", "--warmup-steps", "5",
-        "--wandb-mode", "disabled", "--plain"]
+        "--checkpoint-interval", "0", "--wandb-mode", "disabled", "--plain"]
 
 
 def run_flags(data, *extra: str, epochs: int = 30) -> list[str]:

@@ -31,7 +31,18 @@ def _global_options(
 def _register() -> None:
     from study.cli import compare as compare_cmd
     from study.cli import eval as eval_cmd
-    from study.cli import inspect_ckpt, list_runs, plot, resume, sample, slurm, sweep, train, ui
+    from study.cli import (
+        inspect_ckpt,
+        list_runs,
+        plot,
+        prune,
+        resume,
+        sample,
+        slurm,
+        sweep,
+        train,
+        ui,
+    )
 
     app.command("train")(train.train)
     app.command("resume")(resume.resume)
@@ -44,6 +55,7 @@ def _register() -> None:
     app.command("compare")(compare_cmd.compare)
     app.add_typer(slurm.slurm_app, name="slurm")
     app.command("ui")(ui.ui)
+    app.command("prune")(prune.prune)
 
 
 _register()

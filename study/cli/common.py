@@ -76,6 +76,9 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 RequeueSignal = Annotated[str | None, typer.Option(
     "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM).")]
 Plain = Annotated[bool, typer.Option("--plain", help="Plain progress lines even on a terminal.")]
+PairingWorkers = Annotated[int | None, typer.Option(
+    "--pairing-workers", help="Threads solving the next batches' OT plans while a step trains "
+    "(0: pair on the critical path).  [default: OT flows: spare cores, at most 4]")]
 Nproc = Annotated[int | None, typer.Option(
     "--nproc", help="Train on N processes under torchrun (one per GPU; gloo on CPUs).")]
 MaxRestarts = Annotated[int, typer.Option(
@@ -85,3 +88,7 @@ StrictWorldSize = Annotated[bool, typer.Option(
     "--strict-world-size", help="Refuse to resume on another number of processes.")]
 TensorBoard = Annotated[bool, typer.Option(
     "--tensorboard", help="Also write scalars to {run}/tb/ (needs the tensorboard package).")]
+Tracker = Annotated[list[str] | None, typer.Option(
+    "--tracker", help="Where metrics go besides metrics.csv: wandb | mlflow | tensorboard | none; "
+    "repeat it or comma-separate (--tracker wandb,mlflow). Default: wandb (plus tensorboard "
+    "with --tensorboard); a resume keeps the run's trackers.")]

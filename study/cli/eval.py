@@ -1,7 +1,7 @@
 """`flowctl eval`: score trained runs on held-out data (W2, MMD, NFE, path energy, NPE).
 
-Each evaluated run gets `eval.json` in its folder and `eval/*` in the summary of its own
-wandb run (same id). torch is imported inside the command: `flowctl --help` stays fast.
+Each evaluated run gets `eval.json` in its folder, `eval/*` in the summary of its own
+wandb run (same id) and, when it logged to MLflow, `eval/*` in its MLflow run. torch is imported inside the command: `flowctl --help` stays fast.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def eval_command(
 ) -> None:
     """Evaluate a run's best.pt: W2 and MMD² of n samples against n held-out rows (data units), the floor a perfect model would score, NFE, path energy, NPE and straightness.
 
-    Writes eval.json in each run folder and adds eval/* to the run's wandb summary (offline unless $WANDB_MODE says otherwise; skipped for runs without wandb).
+    Writes eval.json in each run folder and adds eval/* to the run's wandb summary (offline unless $WANDB_MODE says otherwise; skipped for runs without wandb) and to its MLflow run when it used MLflow.
 
     Example: flowctl eval mlp-otcfm-moons-none --compare mlp-icfm-moons-none --solver rk4 --steps 20
     """
@@ -56,10 +56,12 @@ def eval_command(
 
 def evaluate_run(target: str, *, n: int, solver: str, steps: int, seed: int, data: Path | None,
                  ckpt_dir: str | None, device: str, last: bool = False) -> dict[str, Any]:
-    """Evaluate one run, write its eval.json, log eval/* to its wandb run; returns the record."""
+    """Evaluate one run, write its eval.json, log eval/* to its wandb (and MLflow) run;
+    returns the record."""
     from study.cli.train import setup_logging
     from study.flow_matching import evaluate as ev
     from study.flow_matching.device import resolve_device
+    from study.runs.mlflow_tracker import log_eval_to_mlflow
 
     torch_device = resolve_device(device)
     loaded = ev.load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)
@@ -71,6 +73,7 @@ def evaluate_run(target: str, *, n: int, solver: str, steps: int, seed: int, dat
     setup_logging()  # a wandb failure is one "flowctl: wandb ... failed" line on stderr
     ev.log_eval_to_wandb(loaded.run_dir, loaded.wandb_run_id, loaded.wandb_project,
                          result.to_dict(), config=loaded.config)
+    log_eval_to_mlflow(loaded.run_dir, result.to_dict(), checkpoint=str(loaded.path))
     return record
 
 

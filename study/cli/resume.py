@@ -9,10 +9,12 @@ from study.cli.common import (
     Device,
     MaxRestarts,
     Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
     StrictWorldSize,
     TensorBoard,
+    Tracker,
     WandbMode,
     WandbProject,
     user_errors,
@@ -33,9 +35,11 @@ def resume(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
     nproc: Nproc = None,
     max_restarts: MaxRestarts = 0,
     strict_world_size: StrictWorldSize = False,
+    tracker: Tracker = None,
 ) -> None:
     """Continue a run exactly where it stopped; the config comes from the checkpoint.
 
@@ -53,7 +57,8 @@ def resume(
         options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                               wandb_mode=wandb_mode, overwrite=False,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
-                              strict_world_size=strict_world_size, plain=plain)
+                              strict_world_size=strict_world_size, plain=plain,
+                              pairing_workers=pairing_workers, tracker=tracker)
         launcher = (nproc, max_restarts, ["--resume", target, *worker_args(ctx)]) if nproc else None
         run_from_cli(overrides, config_path=None, resume=target, options=options,
                      launcher=launcher)

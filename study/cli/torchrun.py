@@ -34,9 +34,11 @@ def worker_args(ctx) -> list[str]:
         value = ctx.params.get(param.name)
         if param.param_type_name != "option" or param.name in LAUNCHER_OPTIONS:
             continue
-        if value is None or value == param.default:
+        if value is None or value == param.default or (param.multiple and not value):
             continue
-        if param.is_flag:
+        if param.multiple:  # a repeatable option: once per value
+            args += [item for each in value for item in (param.opts[0], str(each))]
+        elif param.is_flag:
             args.append(param.opts[0] if value else param.secondary_opts[0])
         else:
             args += [param.opts[0], str(value)]

@@ -14,10 +14,12 @@ from study.cli.common import (
     Device,
     MaxRestarts,
     Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
     StrictWorldSize,
     TensorBoard,
+    Tracker,
     WandbMode,
     WandbProject,
     user_errors,
@@ -31,7 +33,7 @@ CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source"
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
                 "width", "depth", "activation", "save_every", "ema_warmup", "normalize",
                 "grad_accum", "precision", "eval_every", "eval_samples", "select_by",
-                "keep_snapshots")
+                "keep_snapshots", "checkpoint_interval")
 # Flags that set one key of a mapping in the config: flag -> (config key, nested key).
 NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("scheduler", "final_lr_scale"),
                 "lr_gamma": ("scheduler", "gamma"), "lr_step_size": ("scheduler", "step_size")}
@@ -66,6 +68,7 @@ def train(
     depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
     activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
+    checkpoint_interval: float | None = typer.Option(None, help="Seconds between epoch-end checkpoints (0: every epoch); a pending best.pt is written with them.  [default: 30]"),
     keep_snapshots: int | None = typer.Option(None, help="Also keep the last K epoch-numbered checkpoints (epoch-0007.pt).  [default: 0]"),
     scheduler: str | None = typer.Option(None, help="LR after warm-up: cosine | linear | step | constant.  [default: cosine]"),
     final_lr_scale: float | None = typer.Option(None, help="cosine/linear: final LR as a fraction of --lr.  [default: 0]"),
@@ -87,9 +90,11 @@ def train(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
     nproc: Nproc = None,
     max_restarts: MaxRestarts = 0,
     strict_world_size: StrictWorldSize = False,
+    tracker: Tracker = None,
 ) -> None:
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
 
@@ -105,30 +110,36 @@ def train(
         options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
                               wandb_mode=wandb_mode, overwrite=overwrite,
                               requeue_signal=requeue_signal, tensorboard=tensorboard,
-                              strict_world_size=strict_world_size, plain=plain)
+                              strict_world_size=strict_world_size, plain=plain,
+                              pairing_workers=pairing_workers, tracker=tracker)
         launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
         run_from_cli(overrides, config_path=config, resume=resume, options=options,
                      launcher=launcher)
 
 
-def run_options(*, plain: bool, wandb_mode: str | None, **fields: Any):
+def run_options(*, plain: bool, wandb_mode: str | None, tracker: list[str] | None = None,
+                **fields: Any):
     """RunOptions from the flags every training command shares (checked here)."""
     from study.flow_matching.launch import RunOptions
     from study.flow_matching.progress import ConsoleProgress
-    from study.runs.tracking import WANDB_MODES
+    from study.runs.tracking import WANDB_MODES, check_available, parse_tracker_option
 
     if wandb_mode is not None and wandb_mode not in WANDB_MODES:
         from study.errors import UsageError
 
         raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
-    return RunOptions(wandb_mode=wandb_mode, progress=ConsoleProgress(force_plain=plain), **fields)
+    tensorboard = bool(fields.get("tensorboard"))
+    trackers = parse_tracker_option(tracker, tensorboard=tensorboard)
+    check_available((*(trackers or ()), *(("tensorboard",) if tensorboard else ())))
+    return RunOptions(wandb_mode=wandb_mode, progress=ConsoleProgress(force_plain=plain),
+                      trackers=trackers, **fields)
 
 
 def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
                  options, launcher: tuple[int, int, list[str]] | None = None) -> None:
     """Shared by train and resume: validate, plan, run (here, or on `launcher` = (nproc,
     max restarts, worker args) processes under torchrun), print the summary."""
-    from study.flow_matching import launch
+    from study.flow_matching import resume as resume_plans
     from study.flow_matching.config_load import load_config
     from study.flow_matching.distributed import restarted_by_torchrun
 
@@ -137,19 +148,20 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
         resume, options.overwrite = resume or "auto", False
     point = None
     if resume == "auto":
-        training_config, point = launch.plan_auto_resume(load_config(config_path, overrides),
-                                                         options, warn=warn)
+        training_config, point = resume_plans.plan_auto_resume(
+            load_config(config_path, overrides), options.ckpt_dir, warn=warn)
     elif resume is not None:
         if config_path is not None:
             warn("--config is ignored with --resume: the checkpoint's config wins")
-        training_config, point = launch.plan_resume(resume, overrides, options, warn=warn)
+        training_config, point = resume_plans.plan_resume(resume, overrides, options.ckpt_dir,
+                                                          warn=warn)
     else:
         training_config = load_config(config_path, overrides)
     if launcher is not None:
         raise typer.Exit(launch_processes(training_config, options, point, *launcher))
     try:
         result = execute(training_config, options, point)
-    except launch.AlreadyCompleted as done:
+    except resume_plans.AlreadyCompleted as done:
         typer.echo(str(done))
         return
     print_summary(result)
@@ -160,7 +172,7 @@ def launch_processes(config, options, point, nproc: int, max_restarts: int,
     """Check what can be checked here, then train on `nproc` processes under torchrun."""
     from study.cli.torchrun import run_under_torchrun
     from study.errors import UsageError
-    from study.flow_matching.launch import check_world_size
+    from study.flow_matching.resume import check_world_size
     from study.runs.paths import run_dir
 
     if nproc < 1 or max_restarts < 0:
@@ -177,7 +189,8 @@ def launch_processes(config, options, point, nproc: int, max_restarts: int,
 def execute(config, options, resume) -> dict[str, Any]:
     """Run training; a graceful stop exits 143/130, a failure exits 1 with one line."""
     from study.errors import FlowctlError, RunFailed
-    from study.flow_matching.launch import AlreadyCompleted, run_training
+    from study.flow_matching.launch import run_training
+    from study.flow_matching.resume import AlreadyCompleted
     from study.signals import TrainingStopped
 
     try:

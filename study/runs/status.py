@@ -75,6 +75,8 @@ class RunInfo:
     wandb_run_id: str | None = None
     wandb_mode: str | None = None
     wandb: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = None
     error: dict[str, Any] | None = None
     checkpoints: dict[str, Any] = field(default_factory=dict)
     size_bytes: int = 0
@@ -106,6 +108,10 @@ RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
     "host": (str,), "wandb_run_id": (str,), "wandb_mode": (str,), "wandb": (str,),
     "error": (dict,), "checkpoints": (dict,), "resumed_from_step": (int,),
     "lr": (int, float), "scheduler": (str,), "dataset": (dict,), "exit_code": (int,),
+    # {tracker name: ok | disabled | unavailable} of the trackers the run logs to (a resume
+    # without --tracker uses the same ones); the MLflow run a resume continues, and its
+    # store when that was $MLFLOW_TRACKING_URI rather than the run's own mlruns/.
+    "trackers": (dict,), "mlflow_run_id": (str,), "mlflow_tracking_uri": (str,),
 }
 
 

@@ -1,7 +1,8 @@
 """What makes two configs the same run: every key except the harmless ones.
 
-`flowctl train --resume auto` lets epochs, patience, log_every, save_every and group differ
-from the checkpoint (they win with a line); every other key must match. A sweep point's
+`flowctl train --resume auto` lets the harmless keys (HARMLESS_OVERRIDES: epochs, patience,
+log_every, save_every, group, ...) differ from the checkpoint (they win with a line); every
+other key must match. A sweep point's
 identity is the same: its run name plus a hash of the other keys, so changing `epochs` in a
 grid extends its runs, and changing `lr` under the same run name is refused. No torch.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from study.flow_matching.config import ARCH_NAMES, TrainingConfig
 from study.flow_matching.config_load import LEGACY_DEFAULTS
-from study.flow_matching.launch import HARMLESS_OVERRIDES
+from study.flow_matching.resume import HARMLESS_OVERRIDES
 
 # Not part of identity: the harmless keys, and the name (identity's other half).
 NOT_IDENTITY = (*HARMLESS_OVERRIDES, "run_name")
