@@ -53,7 +53,8 @@ def test_requeue_signal_requeues_the_job_which_finishes_like_an_uninterrupted_ru
     if reason:
         pytest.skip(reason)
     data = vectors_file(tmp_path)
-    settings = {"dataset": str(data), "epochs": 150, "patience": 0, "batch_size": 64,
+    settings = {"dataset": str(data), "epochs": 150, "patience": 0, "checkpoint_interval": 0,
+                "batch_size": 64,
                 "width": 16, "depth": 2, "warmup_steps": 5, "run_name": "slurm-e2e"}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(settings))

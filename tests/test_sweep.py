@@ -17,7 +17,7 @@ WIDE = {"COLUMNS": "200"}
 def tiny_grid(tmp_path, grid: dict, **extra) -> str:
     data = vectors_file(tmp_path)
     base = {"dataset": str(data), "batch_size": 64, "width": 16, "depth": 2, "warmup_steps": 5,
-            "epochs": 2, "patience": 0}
+            "epochs": 2, "patience": 0, "checkpoint_interval": 0}
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({"base": base, "grid": grid, **extra}))
     return str(path)

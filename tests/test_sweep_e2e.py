@@ -35,7 +35,7 @@ def write_grid(tmp_path: Path, grid: dict, *, epochs: int, **extra) -> Path:
         data.parent.mkdir()
         vectors_file(data.parent).rename(data)
     base = {"dataset": str(data), "batch_size": 64, "width": 16, "depth": 2, "warmup_steps": 5,
-            "epochs": epochs, "patience": 0}
+            "epochs": epochs, "patience": 0, "checkpoint_interval": 0}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({"base": base, "grid": grid, **extra}))
     return path
