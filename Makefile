@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python scripts/bench_trainer.py
 	$(BIN)/python scripts/bench_cli.py
 	$(BIN)/python scripts/bench_ui.py
+	$(BIN)/python scripts/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

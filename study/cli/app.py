@@ -29,8 +29,20 @@ def _global_options(
 
 
 def _register() -> None:
+    from study.cli import compare as compare_cmd
     from study.cli import eval as eval_cmd
-    from study.cli import inspect_ckpt, list_runs, plot, prune, resume, sample, train, ui
+    from study.cli import (
+        inspect_ckpt,
+        list_runs,
+        plot,
+        prune,
+        resume,
+        sample,
+        slurm,
+        sweep,
+        train,
+        ui,
+    )
 
     app.command("train")(train.train)
     app.command("resume")(resume.resume)
@@ -39,6 +51,9 @@ def _register() -> None:
     app.command("sample")(sample.sample)
     app.command("eval")(eval_cmd.eval_command)
     app.command("plot")(plot.plot)
+    app.add_typer(sweep.sweep_app, name="sweep")
+    app.command("compare")(compare_cmd.compare)
+    app.add_typer(slurm.slurm_app, name="slurm")
     app.command("ui")(ui.ui)
     app.command("prune")(prune.prune)
 

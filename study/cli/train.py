@@ -195,7 +195,8 @@ def execute(config, options, resume) -> dict[str, Any]:
         return run_training(config, options, resume=resume, warn=warn)
     except TrainingStopped as stopped:
         typer.echo(f"{config.name}: {stopped}", err=True)
-        raise typer.Exit(stopped.exit_code) from None
+        from study.slurm.requeue import exit_code_after_stop  # under Slurm: requeue the job
+        raise typer.Exit(exit_code_after_stop(stopped, config.name, options)) from None
     except (FlowctlError, AlreadyCompleted):
         raise
     except KeyboardInterrupt:
