@@ -17,6 +17,7 @@ from study.cli.common import fail, user_errors
 from study.runs.display import format_age, format_size
 from study.runs.paths import checkpoint_root
 from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, scan_runs
+from study.secrets import mask_secrets, mask_text
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -64,7 +65,7 @@ def list_runs(
         ]
 
     if json_output:
-        typer.echo(json.dumps([run.to_json() for run in select()], indent=2))
+        typer.echo(json.dumps([_masked_json(run) for run in select()], indent=2))
         return
     if watch:
         _watch(root, select)
@@ -78,6 +79,14 @@ def list_runs(
 
     console = Console()
     console.print(render_runs(runs, root, width=console.width))
+
+
+def _masked_json(run: RunInfo) -> dict:
+    """run.to_json() with credentials masked in the free-text fields (run names stay as they are:
+    people copy them into the next command)."""
+    row = run.to_json()
+    row.update(mask_secrets({key: row[key] for key in ("group", "reason", "error")}))
+    return row
 
 
 def _parse_statuses(status: str | None) -> set[str] | None:
@@ -157,7 +166,7 @@ def render_runs(runs: list[RunInfo], root: Path, *, width: int, now: float | Non
 def _cells(run: RunInfo, now: float) -> list[str]:
     return [
         run.run_name,
-        run.group or "-",
+        mask_text(run.group or "-"),
         run.display_status,
         _epochs(run),
         "-" if run.global_step is None else str(run.global_step),
@@ -182,9 +191,9 @@ def _age(run: RunInfo, now: float) -> str:
 
 def _note(run: RunInfo) -> str | None:
     if run.reason:
-        return run.reason
+        return mask_text(run.reason)
     if run.error:
-        return f"{run.error.get('type', 'error')}: {run.error.get('message', '')}".strip()
+        return mask_text(f"{run.error.get('type', 'error')}: {run.error.get('message', '')}".strip())
     return None
 
 

@@ -26,6 +26,7 @@ from study.errors import UsageError
 from study.runs.display import format_age
 from study.runs.lock import pid_alive, utc_now
 from study.runs.paths import BEST_NAME, LAST_NAME, RUN_JSON
+from study.secrets import mask_secrets
 
 CHECKPOINT_NAMES = (BEST_NAME, LAST_NAME)
 
@@ -108,7 +109,10 @@ RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 class RunStatusFile:
-    """The writer of run.json: the live status of one run, merged and rewritten on update."""
+    """The writer of run.json: the live status of one run, merged and rewritten on update.
+
+    Credentials anywhere in it (config, group, error message) are masked on the way to disk.
+    """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / RUN_JSON
@@ -129,7 +133,7 @@ class RunStatusFile:
         if throttle_s and now - self._last_write < throttle_s:
             return
         self.data["updated_at"] = utc_now()
-        write_json_atomic(self.path, self.data)
+        write_json_atomic(self.path, mask_secrets(self.data))
         self._last_write = now
 
 
