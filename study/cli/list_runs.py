@@ -78,7 +78,7 @@ def list_runs(
     from rich.console import Console
 
     console = Console()
-    console.print(render_runs(runs, root, width=console.width))
+    console.print(render_runs(runs, root, width=console.width), soft_wrap=True)
 
 
 def _masked_json(run: RunInfo) -> dict:
@@ -113,54 +113,87 @@ def _empty_message(root: Path, status: str | None, group: str | None) -> str:
 COLUMNS = (("run", False), ("group", False), ("status", False), ("epoch", True), ("step", True),
            ("best val loss", True), ("updated", True), ("size", True))
 COLUMN_GAP = "  "
-# (column, narrowest width) shortened in this order when the terminal is too narrow.
-SHRINKABLE = ((0, 10), (1, 5))
+# A narrow terminal: the group is shortened to GROUP_NARROWEST, then whole columns are dropped in
+# DROP_ORDER (size, step, updated, group, epoch, best val loss). The run name is never shortened
+# (people copy it into the next command): a name still too wide goes on a line of its own, its
+# cells on the next. Run and status are always shown.
+GROUP_NARROWEST = 5
+DROP_ORDER = (7, 4, 6, 1, 3, 5)
+
+
+def fit_columns(widths: list[int], width: int) -> tuple[list[int], list[int]]:
+    """(indices of the columns to show, their widths) for a terminal `width` characters wide.
+
+    `widths` are the natural widths (header or widest cell); the run column's width may end up
+    below its natural width, and the names that do not fit are then folded by `render_runs`.
+    """
+    widths = list(widths)
+    shown = list(range(len(widths)))
+
+    def total() -> int:
+        return sum(widths[i] for i in shown) + len(COLUMN_GAP) * (len(shown) - 1)
+
+    if total() > width:
+        widths[1] = max(min(GROUP_NARROWEST, widths[1]), widths[1] - (total() - width))
+    for column in DROP_ORDER:
+        if total() <= width:
+            break
+        shown.remove(column)
+    if total() > width:  # only run and status left: fold the longest names
+        widths[0] = max(len(COLUMNS[0][0]), widths[0] - (total() - width))
+    return shown, [widths[i] for i in shown]
 
 
 def render_runs(runs: list[RunInfo], root: Path, *, width: int, now: float | None = None,
-                caption: str | None = None) -> Group:
+                caption: str | None = None, fold: bool = False) -> Group:
     """The table of `runs` in `width` columns, then one line per run that needs explaining.
 
     Laid out here as one styled Text rather than a rich.table.Table: Table measures and
     renders every cell on its own, about 2 ms a row, which would be 2 s for 1,000 runs.
+    No line is cut: every line fits `width`, except a run name wider than the terminal, alone
+    on its line: print it with `soft_wrap=True` (the terminal wraps it and copying it still
+    gives the whole name), or pass `fold=True` where rich must fit the width (rich.live).
     """
     from rich.console import Group
     from rich.text import Text
 
     now = time.time() if now is None else now
     rows = [_cells(run, now) for run in runs]
-    widths = [max(len(header), *(len(row[i]) for row in rows)) for i, (header, _) in enumerate(COLUMNS)]
-    for column, narrowest in SHRINKABLE:  # narrow terminal: shorten names before cutting columns
-        excess = sum(widths) + len(COLUMN_GAP) * (len(widths) - 1) - width
-        if excess > 0:
-            widths[column] = max(min(narrowest, widths[column]), widths[column] - excess)
+    natural = [max(len(header), *(len(row[i]) for row in rows)) for i, (header, _) in enumerate(COLUMNS)]
+    shown, widths = fit_columns(natural, width)
+    aligned = [COLUMNS[i][1] for i in shown]
+    status_at = shown.index(2)
 
     def line(cells: list[str]) -> list[str]:
         padded = []
-        for cell, size, (_, right) in zip(cells, widths, COLUMNS, strict=True):
-            if len(cell) > size:  # keep both ends, more of the end: sweep names differ there
+        for position, (cell, size, right) in enumerate(zip(cells, widths, aligned, strict=True)):
+            if len(cell) > size and position > 0:  # a group name: keep both ends
                 head = (size - 1) // 3
                 cell = cell[:head] + "…" + cell[len(cell) - (size - 1 - head):]
             padded.append(cell.rjust(size) if right else cell.ljust(size))
         return padded
 
-    table = Text(no_wrap=True, overflow="ellipsis", end="")
-    table.append(f"runs under {root}\n", style="italic")
-    table.append(COLUMN_GAP.join(line([header for header, _ in COLUMNS])).rstrip() + "\n", style="bold")
+    title = Text(f"runs under {root}", style="italic", no_wrap=False, overflow="fold")
+    table = Text(no_wrap=not fold, overflow="fold" if fold else "ignore", end="")
+    table.append(COLUMN_GAP.join(line([COLUMNS[i][0] for i in shown])).rstrip() + "\n", style="bold")
     table.append(COLUMN_GAP.join("─" * size for size in widths) + "\n", style="dim")
     notes = []
     for run, cells in zip(runs, rows, strict=True):
-        padded = line(cells)
+        padded = line([cells[i] for i in shown])
+        if len(run.run_name) > widths[0]:  # folded: the whole name, then its cells below it
+            table.append(run.run_name + "\n")
+            padded[0] = " " * widths[0]
         style = STATUS_STYLES.get(run.display_status, "")
-        table.append(COLUMN_GAP.join(padded[:2]) + COLUMN_GAP)
-        table.append(padded[2], style=style)
-        table.append((COLUMN_GAP + COLUMN_GAP.join(padded[3:])).rstrip() + "\n")
+        table.append(COLUMN_GAP.join(padded[:status_at]) + COLUMN_GAP)
+        table.append(padded[status_at], style=style)
+        table.append((COLUMN_GAP + COLUMN_GAP.join(padded[status_at + 1:])).rstrip() + "\n")
         note = _note(run)
         if note:
-            notes.append(Text.assemble((run.run_name, "bold"), " ", (run.display_status, style), f": {note}"))
+            notes.append(Text.assemble((run.run_name, "bold"), " ", (run.display_status, style),
+                                       f": {note}", no_wrap=not fold, overflow=table.overflow))
     if caption:
         table.append(caption + "\n", style="dim")
-    return Group(table, *notes)
+    return Group(title, table, *notes)
 
 
 def _cells(run: RunInfo, now: float) -> list[str]:
@@ -210,7 +243,7 @@ def _watch(root: Path, select) -> None:
         if not runs:
             return Text(f"{stamp}  (empty) waiting for runs under {root}; Ctrl-C to stop")
         caption = f"refreshed {stamp} every {WATCH_INTERVAL_S:g}s; Ctrl-C to stop"
-        return render_runs(runs, root, width=console.width, caption=caption)
+        return render_runs(runs, root, width=console.width, caption=caption, fold=True)
 
     try:
         with Live(frame(), console=console, auto_refresh=False) as live:
