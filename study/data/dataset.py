@@ -160,10 +160,19 @@ def _floats(cells: list) -> list[float] | None:
         return None
 
 
+# "utf-8-sig" drops a byte-order mark (Excel's "CSV UTF-8", Notepad) and reads plain UTF-8 too;
+# without it a headerless CSV lost its first row (taken for a header) and JSONL was refused.
+TEXT_ENCODING = "utf-8-sig"
+
+
 def _read_csv(path: Path, where: str) -> Tensor:
+    """Commas, optional header row, quoted fields (also after a space), any line ends, blank
+    lines skipped."""
     rows: list[tuple[int, list[float]]] = []
-    with path.open(newline="") as handle:
-        for line_no, cells in enumerate(csv.reader(handle), start=1):
+    with path.open(newline="", encoding=TEXT_ENCODING) as handle:
+        reader = csv.reader(handle, skipinitialspace=True)
+        for cells in reader:
+            line_no = reader.line_num  # the row's last physical line
             cells = [cell.strip() for cell in cells]
             values = _floats(cells)
             if not any(cells) or (values is None and not rows and line_no == 1):
@@ -176,15 +185,17 @@ def _read_csv(path: Path, where: str) -> Tensor:
 
 
 def _read_jsonl(path: Path, where: str) -> Tensor:
+    """One JSON list (or object with one numeric list field) per line; blank lines skipped."""
     rows: list[tuple[int, list[float]]] = []
-    with path.open() as handle:
+    with path.open(encoding=TEXT_ENCODING) as handle:
         for line_no, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
             try:
                 item = json.loads(text)
-            except json.JSONDecodeError:
-                raise UsageError(f"{where}: line {line_no} is not valid JSON") from None
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{where}: line {line_no} is not valid JSON ({err.msg} at "
+                                 f"column {err.colno})") from None
             if isinstance(item, dict):  # e.g. {"id": 3, "embedding": [0.1, 0.2]}
                 fields = [k for k, v in item.items() if isinstance(v, list) and _floats(v)]
                 if len(fields) != 1:
