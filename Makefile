@@ -32,6 +32,7 @@ lint: install
 bench: install
 	$(BIN)/python scripts/bench_trainer.py
 	$(BIN)/python scripts/bench_cli.py
+	$(BIN)/python scripts/bench_data.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -53,10 +53,11 @@ def mask_text(text: str) -> str:
 
     The rest of the text is kept, so an error message stays readable.
     """
-    if not text or not filter_enabled():
-        return text
+    return _mask_text(text, os.environ.get("WANDB_API_KEY")) if text and filter_enabled() else text
+
+
+def _mask_text(text: str, api_key: str | None) -> str:
     masked = SECRET_TOKEN.sub(MASK, text)
-    api_key = os.environ.get("WANDB_API_KEY")
     if api_key and api_key.strip():
         masked = masked.replace(api_key.strip(), MASK)
     return masked
@@ -64,13 +65,19 @@ def mask_text(text: str) -> str:
 
 def looks_secret(key: str, value: Any) -> bool:
     """True when `value` should be shown as MASK as a whole: a secret key, or a bare token."""
-    if value is None or isinstance(value, bool) or not filter_enabled():
+    if not filter_enabled():
+        return False
+    return _looks_secret(key, value, os.environ.get("WANDB_API_KEY"))
+
+
+def _looks_secret(key: str, value: Any, api_key: str | None) -> bool:
+    if value is None or isinstance(value, bool):
         return False
     if SECRET_KEY.search(str(key)):
         return True  # whatever sits under a secret-looking key, numbers included
     if not isinstance(value, str) or not value.strip():
         return False
-    return mask_text(value.strip()) == MASK
+    return _mask_text(value.strip(), api_key) == MASK
 
 
 def mask_secrets(data: Any, key: str = "") -> Any:
@@ -79,12 +86,27 @@ def mask_secrets(data: Any, key: str = "") -> Any:
     Everything below a secret-looking key is masked, however deeply nested; a string that is
     one credential becomes MASK; a longer string keeps its text around the masked token.
     """
+    if not filter_enabled():
+        return _copy(data)
+    return _mask(data, key, os.environ.get("WANDB_API_KEY"))
+
+
+def _mask(data: Any, key: str, api_key: str | None) -> Any:
     if isinstance(data, dict):
-        if key and SECRET_KEY.search(key) and filter_enabled():
+        if key and SECRET_KEY.search(key):
             return {k: MASK for k in data}
-        return {k: mask_secrets(v, str(k)) for k, v in data.items()}
+        return {k: _mask(v, str(k), api_key) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [mask_secrets(v, key) for v in data]
-    if looks_secret(key, data):
+        return [_mask(v, key, api_key) for v in data]
+    if _looks_secret(key, data, api_key):
         return MASK
-    return mask_text(data) if isinstance(data, str) else data
+    return _mask_text(data, api_key) if isinstance(data, str) and data else data
+
+
+def _copy(data: Any) -> Any:
+    """The same containers as mask_secrets returns, nothing masked."""
+    if isinstance(data, dict):
+        return {k: _copy(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_copy(v) for v in data]
+    return data

@@ -391,3 +391,12 @@ def test_flowctl_app_imports_neither_torch_nor_wandb(isolated_run_root: Path, ar
     done = _run_python(APP_MAIN, *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("ok")
+
+
+def test_json_has_one_run_per_line(isolated_run_root: Path):
+    for index in range(3):
+        write_run(isolated_run_root, f"run-{index}", age_s=index)
+    lines = invoke("--json").stdout.strip().splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 5
+    assert [json.loads(line.rstrip(","))["run_name"] for line in lines[1:-1]] == ["run-0", "run-1", "run-2"]
+    assert invoke("--json", "--status", "crashed").stdout.strip() == "[]"

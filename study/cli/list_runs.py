@@ -65,7 +65,7 @@ def list_runs(
         ]
 
     if json_output:
-        typer.echo(json.dumps([_masked_json(run) for run in select()], indent=2))
+        typer.echo(json_lines([_masked_json(run) for run in select()]))
         return
     if watch:
         _watch(root, select)
@@ -79,6 +79,14 @@ def list_runs(
 
     console = Console()
     console.print(render_runs(runs, root, width=console.width), soft_wrap=True)
+
+
+def json_lines(rows: list[dict]) -> str:
+    """A JSON list with one object per line: readable, greppable, and encoded by json's C
+    encoder (indent= falls back to the pure-Python one, ~10x slower for 1,000 runs)."""
+    if not rows:
+        return "[]"
+    return "[\n" + ",\n".join("  " + json.dumps(row) for row in rows) + "\n]"
 
 
 def _masked_json(run: RunInfo) -> dict:
