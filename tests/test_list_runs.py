@@ -400,3 +400,22 @@ def test_json_has_one_run_per_line(isolated_run_root: Path):
     assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 5
     assert [json.loads(line.rstrip(","))["run_name"] for line in lines[1:-1]] == ["run-0", "run-1", "run-2"]
     assert invoke("--json", "--status", "crashed").stdout.strip() == "[]"
+
+
+def test_watch_frames_fold_a_name_wider_than_the_terminal(isolated_run_root: Path):
+    """rich.live crops every line to the terminal: --watch frames fold instead of cutting."""
+    import io
+
+    from rich.console import Console
+
+    from study.cli.list_runs import render_runs
+
+    long_name = "resmlp-otcfm-checkerboard-noise-width512-depth8-lr3e-4-ema0.9999-seed-000"
+    write_run(isolated_run_root, long_name, age_s=1, status="failed",
+              error={"type": "RunFailed", "message": "non-finite loss at step 7"})
+    console = Console(file=io.StringIO(), width=60, color_system=None)
+    console.print(render_runs(scan_runs(isolated_run_root), isolated_run_root, width=60, fold=True))
+    lines = console.file.getvalue().splitlines()
+    assert all(len(line) <= 60 for line in lines), lines
+    assert long_name in "".join(lines)  # every character, in order, across the folded lines
+    assert any("non-finite loss at step 7" in line for line in lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,9 +17,6 @@ from study.runs.display import format_age, format_size
 from study.runs.paths import checkpoint_root
 from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, scan_runs
 from study.secrets import mask_secrets, mask_text
-
-if TYPE_CHECKING:
-    from rich.console import Group
 
 WATCH_INTERVAL_S = 2.0
 STATUS_STYLES = {
@@ -153,18 +149,16 @@ def fit_columns(widths: list[int], width: int) -> tuple[list[int], list[int]]:
 
 
 def render_runs(runs: list[RunInfo], root: Path, *, width: int, now: float | None = None,
-                caption: str | None = None, fold: bool = False) -> Group:
+                caption: str | None = None, fold: bool = False) -> StyledLines:
     """The table of `runs` in `width` columns, then one line per run that needs explaining.
 
-    Laid out here as one styled Text rather than a rich.table.Table: Table measures and
-    renders every cell on its own, about 2 ms a row, which would be 2 s for 1,000 runs.
-    No line is cut: every line fits `width`, except a run name wider than the terminal, alone
-    on its line: print it with `soft_wrap=True` (the terminal wraps it and copying it still
-    gives the whole name), or pass `fold=True` where rich must fit the width (rich.live).
+    Laid out here as styled lines rather than a rich.table.Table (which measures and renders
+    every cell on its own, about 2 ms a row: 2 s for 1,000 runs) or one rich Text (whose
+    line splitting costs ~70 ms for 1,000 runs). No line is cut: every line fits `width`,
+    except a run name wider than the terminal, alone on its line: print with
+    `soft_wrap=True` (the terminal wraps it and copying it still gives the whole name), or
+    pass `fold=True` where rich must fit the width (rich.live): long lines are then folded.
     """
-    from rich.console import Group
-    from rich.text import Text
-
     now = time.time() if now is None else now
     rows = [_cells(run, now) for run in runs]
     natural = [max(len(header), *(len(row[i]) for row in rows)) for i, (header, _) in enumerate(COLUMNS)]
@@ -181,27 +175,63 @@ def render_runs(runs: list[RunInfo], root: Path, *, width: int, now: float | Non
             padded.append(cell.rjust(size) if right else cell.ljust(size))
         return padded
 
-    title = Text(f"runs under {root}", style="italic", no_wrap=False, overflow="fold")
-    table = Text(no_wrap=not fold, overflow="fold" if fold else "ignore", end="")
-    table.append(COLUMN_GAP.join(line([COLUMNS[i][0] for i in shown])).rstrip() + "\n", style="bold")
-    table.append(COLUMN_GAP.join("─" * size for size in widths) + "\n", style="dim")
+    lines = [*_fold([(f"runs under {root}", "italic")], width),  # a long root folds, as before
+             [(COLUMN_GAP.join(line([COLUMNS[i][0] for i in shown])).rstrip(), "bold")],
+             [(COLUMN_GAP.join("─" * size for size in widths), "dim")]]
     notes = []
     for run, cells in zip(runs, rows, strict=True):
         padded = line([cells[i] for i in shown])
         if len(run.run_name) > widths[0]:  # folded: the whole name, then its cells below it
-            table.append(run.run_name + "\n")
+            lines.append([(run.run_name, "")])
             padded[0] = " " * widths[0]
         style = STATUS_STYLES.get(run.display_status, "")
-        table.append(COLUMN_GAP.join(padded[:status_at]) + COLUMN_GAP)
-        table.append(padded[status_at], style=style)
-        table.append((COLUMN_GAP + COLUMN_GAP.join(padded[status_at + 1:])).rstrip() + "\n")
+        lines.append([(COLUMN_GAP.join(padded[:status_at]) + COLUMN_GAP, ""),
+                      (padded[status_at], style),
+                      ((COLUMN_GAP + COLUMN_GAP.join(padded[status_at + 1:])).rstrip(), "")])
         note = _note(run)
         if note:
-            notes.append(Text.assemble((run.run_name, "bold"), " ", (run.display_status, style),
-                                       f": {note}", no_wrap=not fold, overflow=table.overflow))
+            notes.append([(run.run_name, "bold"), (" ", ""), (run.display_status, style),
+                          (f": {note}", "")])
+    lines += notes
     if caption:
-        table.append(caption + "\n", style="dim")
-    return Group(title, table, *notes)
+        lines.append([(caption, "dim")])
+    return StyledLines([folded for pieces in lines for folded in _fold(pieces, width)] if fold
+                       else lines)
+
+
+class StyledLines:
+    """Lines of (text, style) pieces, rendered by rich as given: no measuring, no wrapping."""
+
+    def __init__(self, lines: list[list[tuple[str, str]]]):
+        self.lines = lines
+
+    def __rich_console__(self, console, options):
+        from rich.segment import Segment
+        from rich.style import Style
+
+        styles = {"": None}
+        for pieces in self.lines:
+            for text, style in pieces:
+                if style not in styles:
+                    styles[style] = Style.parse(style)
+                yield Segment(text, styles[style])
+            yield Segment.line()
+
+
+def _fold(pieces: list[tuple[str, str]], width: int) -> list[list[tuple[str, str]]]:
+    """One line of pieces as lines of at most `width` characters, styles kept."""
+    lines, current, used = [], [], 0
+    for text, style in pieces:
+        while text:
+            take = text[:max(1, width - used)] if used < width else ""
+            if not take:
+                lines.append(current)
+                current, used = [], 0
+                continue
+            current.append((take, style))
+            used += len(take)
+            text = text[len(take):]
+    return [*lines, current]
 
 
 def _cells(run: RunInfo, now: float) -> list[str]:
