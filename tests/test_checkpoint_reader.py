@@ -225,3 +225,18 @@ def test_small_files_are_never_cached(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 1000)
     sha256_file(path)
     assert not (Path(os.environ["FLOWCTL_CACHE_DIR"]) / "sha256").exists()
+
+
+def test_a_missing_storage_entry_leaves_the_values_unknown(tmp_path: Path) -> None:
+    """A damaged or hand-made zip: the descriptor still has its shape, its values are None."""
+    whole = tmp_path / "whole.pt"
+    torch.save({"model_state_dict": {"w": torch.ones(2)}, "epoch": torch.tensor(3)}, whole)
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(whole) as source, zipfile.ZipFile(damaged, "w") as target:
+        for info in source.infolist():
+            if not info.filename.endswith("/data/1"):  # the epoch's storage
+                target.writestr(info, source.read(info))
+    loaded = read_zip_checkpoint(damaged)
+    assert loaded["epoch"].shape == () and loaded["epoch"].values(1) is None
+    assert loaded["model_state_dict"]["w"].tolist() == [1.0, 1.0]
+    assert summarize_checkpoint(damaged, loaded)["epoch"] == "<tensor [] int64>"

@@ -150,20 +150,26 @@ class StorageFile:
         self.path, self.members = os.fspath(path), members
         self.prefix = "<" if byteorder == "little" else ">"
 
-    def read(self, key: str, dtype: DType, positions: list[int]) -> list:
+    def read(self, key: str, dtype: DType, positions: list[int]) -> list | None:
+        """The elements at `positions` (element indices) of storage `key`; None when the entry
+        is missing, compressed or too short (a hand-made or damaged file)."""
         info = self.members.get(key)
-        if info is None or info.compress_type != zipfile.ZIP_STORED:
-            return []
+        if info is None or info.compress_type != zipfile.ZIP_STORED or min(positions) < 0 \
+                or (max(positions) + 1) * dtype.itemsize > info.file_size:
+            return None
         with open(self.path, "rb") as handle:
             handle.seek(info.header_offset)
-            signature, name_length, extra_length = _LOCAL_HEADER.unpack(handle.read(30))
+            _, name_length, extra_length = _LOCAL_HEADER.unpack(handle.read(30))
             start = info.header_offset + 30 + name_length + extra_length
             contiguous = positions == list(range(positions[0], positions[0] + len(positions)))
             spans = [(positions[0], len(positions))] if contiguous else [(p, 1) for p in positions]
             values: list = []
             for first, count in spans:
                 handle.seek(start + first * dtype.itemsize)
-                values.extend(_decode(handle.read(count * dtype.itemsize), dtype, self.prefix))
+                data = handle.read(count * dtype.itemsize)
+                if len(data) != count * dtype.itemsize:
+                    return None
+                values.extend(_decode(data, dtype, self.prefix))
         return values
 
 
