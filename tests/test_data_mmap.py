@@ -210,3 +210,25 @@ def test_resident_memory_stays_far_below_the_file_size(tmp_path: Path, ext: str)
     assert report["mapped"] and report["rows"] == rows
     growth = report["peak"] - report["before"]
     assert growth < size / 4, f"peak RSS grew by {growth / 1e6:.0f} MB for a {size / 1e6:.0f} MB file"
+
+
+@pytest.mark.parametrize("ext", ["npy", "pt"])
+@pytest.mark.parametrize("by_pread", [False, True], ids=["via-mapping", "pread"])
+def test_both_gather_paths_give_the_same_batches(tmp_path: Path, ext: str, by_pread: bool,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    """Files above GATHER_FROM_MAPPING_MAX_BYTES (1 GiB) are gathered with pread; lowered to
+    0 here so a small file takes that path too."""
+    if by_pread:
+        monkeypatch.setattr(matrix, "GATHER_FROM_MAPPING_MAX_BYTES", 0)
+    x = data(2000, 6)
+    mapped = FlowDataset(save(x, tmp_path / f"x.{ext}")).x
+    assert matrix.is_memory_mapped(mapped)
+    rows = torch.tensor([5, 1999, 0, 5, 1234])
+    expected = torch.from_numpy(x)[rows]
+    assert torch.equal(gather_rows(mapped, rows), expected)
+    buffer = torch.empty(5, 6)
+    assert gather_rows(mapped, rows, out=buffer) is buffer and torch.equal(buffer, expected)
+    assert gather_rows(mapped, torch.tensor([], dtype=torch.long)).shape == (0, 6)
+    for bad in (2000, -1):
+        with pytest.raises(IndexError):
+            gather_rows(mapped, torch.tensor([0, bad]))

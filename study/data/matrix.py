@@ -152,12 +152,14 @@ def gather_rows(x: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:
 def _pread_rows(x: Tensor, mapped: _MappedFile, rows: Tensor, out: Tensor | None) -> Tensor:
     batch = torch.empty(len(rows), x.shape[1], dtype=x.dtype) if out is None else out
     wanted = rows.tolist()
-    if wanted and not (-x.shape[0] <= min(wanted) and max(wanted) < x.shape[0]):
+    if not wanted:
+        return batch
+    if not (0 <= min(wanted) and max(wanted) < x.shape[0]):
         raise IndexError(f"expected rows in [0, {x.shape[0]}), got {min(wanted)}..{max(wanted)}")
     view = memoryview(batch.numpy()).cast("B")
     size = mapped.row_bytes
     for index, row in enumerate(wanted):
-        where = mapped.offset + (row % x.shape[0]) * size
+        where = mapped.offset + row * size
         if os.preadv(mapped.fd, [view[index * size:(index + 1) * size]], where) != size:
             raise OSError(f"short read at byte {where} of a mapped data file")
     return batch
