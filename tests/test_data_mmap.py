@@ -232,3 +232,36 @@ def test_both_gather_paths_give_the_same_batches(tmp_path: Path, ext: str, by_pr
     for bad in (2000, -1):
         with pytest.raises(IndexError):
             gather_rows(mapped, torch.tensor([0, bad]))
+
+
+@pytest.mark.parametrize("ext", ["npy", "pt"])
+def test_a_mapped_file_is_read_from_disk_once(tmp_path: Path, ext: str,
+                                              monkeypatch: pytest.MonkeyPatch):
+    """Checksum, finiteness and stats come from one sequential read: data larger than memory
+    (not in the page cache) costs one pass over the disk, not three."""
+    import hashlib
+
+    monkeypatch.setattr(matrix, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(matrix, "SINGLE_PASS_BYTES", 0)
+    path = save(data(3000), tmp_path / f"x.{ext}")
+    read = []
+    real_preadv, real_pread = os.preadv, os.pread
+
+    def preadv(fd, buffers, offset):
+        count = real_preadv(fd, buffers, offset)
+        read.append(count)
+        return count
+
+    def pread(fd, size, offset):
+        piece = real_pread(fd, size, offset)
+        read.append(len(piece))
+        return piece
+
+    monkeypatch.setattr(matrix.os, "preadv", preadv)
+    monkeypatch.setattr(matrix.os, "pread", pread)
+    loaded = FlowDataset(path)
+    mean, std = loaded.mean, loaded.std
+    assert sum(read) == path.stat().st_size
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = column_stats(torch.from_numpy(data(3000)))
+    assert torch.equal(mean, expected[0]) and torch.equal(std, expected[1])

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from study.data import toy
 from study.data.matrix import column_stats, gather_rows, is_memory_mapped
-from study.data.readers import SUPPORTED_EXTENSIONS, load_vectors
+from study.data.readers import SUPPORTED_EXTENSIONS, file_sha256, read_vectors
 from study.errors import UsageError
 
 __all__ = ["DEFAULT_SPLITS_ROOT", "SPLITS", "SUPPORTED_EXTENSIONS", "DataSplits", "FlowDataset",
@@ -60,14 +60,6 @@ class DataSplits:
         return {"mean": self.mean, "std": self.std}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class FlowDataset:
     """FlowDataset(path) loads one file of vectors.
 
@@ -78,13 +70,13 @@ class FlowDataset:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.x = load_vectors(self.path)
+        loaded = read_vectors(self.path)
+        self.x, self.sha256, self._read_stats = loaded.x, loaded.sha256, loaded.stats
         self.n, self.dim = self.x.shape
-        self.sha256 = file_sha256(self.path)
 
     @cached_property
     def _stats(self) -> tuple[Tensor, Tensor]:
-        return column_stats(self.x)
+        return self._read_stats if self._read_stats is not None else column_stats(self.x)
 
     @property
     def mean(self) -> Tensor:
@@ -135,12 +127,12 @@ def resolve_dataset(name: str, *, seed: int, val_fraction: float,
 
 
 def _make_splits(train: Tensor, val: Tensor, test: Tensor | None, checksum: str,
-                 source: str) -> DataSplits:
+                 source: str, stats: tuple[Tensor, Tensor] | None = None) -> DataSplits:
     for split, x in (("val", val), ("test", test)):
         if x is not None and x.shape[1] != train.shape[1]:
             raise UsageError(f"dataset {source}: {split} has {x.shape[1]} columns, "
                              f"train has {train.shape[1]}")
-    mean, std = column_stats(train)
+    mean, std = stats if stats is not None else column_stats(train)
     return DataSplits(train, val, test, mean, std, checksum, source)
 
 
@@ -160,8 +152,9 @@ def _load_split_folder(folder: Path) -> DataSplits:
     loaded = {split: FlowDataset(path) for split, path in files.items()}
     digest = hashlib.sha256("".join(f"{files[s].name}:{d.sha256}\n" for s, d in loaded.items()).encode())
     test = loaded["test"].x if "test" in loaded else None
-    return _make_splits(loaded["train"].x, loaded["val"].x, test, digest.hexdigest(),
-                        str(folder.resolve()))
+    train = loaded["train"]
+    return _make_splits(train.x, loaded["val"].x, test, digest.hexdigest(),
+                        str(folder.resolve()), stats=(train.mean, train.std))
 
 
 def _split_file(data: FlowDataset, *, seed: int, val_fraction: float) -> DataSplits:

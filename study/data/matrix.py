@@ -18,6 +18,7 @@ Mapped tensors are read-only: never write into them in place.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import weakref
 from collections.abc import Iterator
@@ -91,13 +92,17 @@ def first_nonfinite_row(x: Tensor) -> int | None:
     if not x.is_floating_point():
         return None
     for first, chunk in row_chunks(x):
-        # A float64 row sum is finite exactly when every value is (no float32 row can
-        # overflow it): one small [rows] temporary instead of a [rows, D] mask.
-        sums = torch.sum(chunk, dim=1, dtype=torch.float64)
-        bad = (~torch.isfinite(sums)).nonzero()
-        if len(bad):
-            return first + int(bad[0])
+        bad = _first_bad_row(chunk)
+        if bad is not None:
+            return first + bad
     return None
+
+
+def _first_bad_row(chunk: Tensor) -> int | None:
+    # A float64 row sum is finite exactly when every value is (no float32 row can overflow
+    # it): one small [rows] temporary instead of a [rows, D] mask.
+    bad = (~torch.isfinite(torch.sum(chunk, dim=1, dtype=torch.float64))).nonzero()
+    return int(bad[0]) if len(bad) else None
 
 
 def column_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -105,31 +110,76 @@ def column_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     constant column) becomes 1.
 
     Up to SINGLE_PASS_BYTES: torch's own mean and std, exactly as flowctl always computed
-    them. Larger: one pass over chunks in float64, summing deviations from the first chunk's
-    mean (so the sum of squares does not cancel), then rounded to float32; memory stays at a
-    chunk. The result depends only on the values, not on whether x is mapped or in memory.
+    them. Larger: one pass over `row_chunks` with a ChunkedStats. The result depends only on
+    the values, not on whether x is mapped or in memory.
     """
     if x.numel() * x.element_size() <= SINGLE_PASS_BYTES:
         mean, std = x.mean(dim=0), x.std(dim=0, correction=0)
         return mean, torch.where(std < 1e-8, torch.ones_like(std), std)
-    shift = sum_dev = sum_sq = work = None
+    stats = ChunkedStats()
     for _, chunk in row_chunks(x):
+        stats.add(chunk)
+    return stats.result()
+
+
+class ChunkedStats:
+    """Column mean and std over row chunks: float64 sums of deviations from the first chunk's
+    mean (so the sum of squares does not cancel), rounded to float32 at the end."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.shift = self.sum_dev = self.sum_sq = self.work = None
+
+    def add(self, chunk: Tensor) -> None:
         # One float64 buffer for every chunk: repeated big allocations fragment the heap,
         # which then keeps them resident.
-        work = torch.empty(chunk.shape, dtype=torch.float64) if work is None else work
-        deviation = work[:chunk.shape[0]].copy_(chunk)
-        if shift is None:
-            shift = deviation.mean(dim=0)
-            sum_dev = torch.zeros_like(shift)
-            sum_sq = torch.zeros_like(shift)
-        deviation.sub_(shift)
-        sum_dev += deviation.sum(dim=0)
-        sum_sq += deviation.square_().sum(dim=0)
-    count = x.shape[0]
-    mean64 = shift + sum_dev / count
-    var64 = (sum_sq - sum_dev.square() / count).clamp_(min=0) / count
-    mean, std = mean64.float(), var64.sqrt().float()
-    return mean, torch.where(std < 1e-8, torch.ones_like(std), std)
+        if self.work is None or self.work.shape[0] < chunk.shape[0]:
+            self.work = torch.empty(chunk.shape, dtype=torch.float64)
+        deviation = self.work[:chunk.shape[0]].copy_(chunk)
+        if self.shift is None:
+            self.shift = deviation.mean(dim=0)
+            self.sum_dev = torch.zeros_like(self.shift)
+            self.sum_sq = torch.zeros_like(self.shift)
+        deviation.sub_(self.shift)
+        self.sum_dev += deviation.sum(dim=0)
+        self.sum_sq += deviation.square_().sum(dim=0)
+        self.count += chunk.shape[0]
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        mean64 = self.shift + self.sum_dev / self.count
+        var64 = (self.sum_sq - self.sum_dev.square() / self.count).clamp_(min=0) / self.count
+        mean, std = mean64.float(), var64.sqrt().float()
+        return mean, torch.where(std < 1e-8, torch.ones_like(std), std)
+
+
+def scan_mapped(x: Tensor) -> tuple[str, int | None, tuple[Tensor, Tensor] | None]:
+    """One sequential read of the file a registered x maps, for all a loader needs:
+    (sha256 hex of every byte of the file, the first row with a NaN or Inf or None, column
+    stats when x is larger than SINGLE_PASS_BYTES else None). Data larger than memory is
+    read from disk once instead of three times."""
+    mapped = _MAPPED[x.untyped_storage().data_ptr()]
+    digest = hashlib.sha256()
+    _hash_range(mapped, digest, 0, mapped.offset)
+    stats = ChunkedStats() if mapped.nbytes > SINGLE_PASS_BYTES else None
+    bad_row = None
+    for first, chunk in row_chunks(x):
+        digest.update(memoryview(chunk.numpy()).cast("B"))
+        if bad_row is None:
+            bad = _first_bad_row(chunk)
+            bad_row = None if bad is None else first + bad
+        if stats is not None and bad_row is None:
+            stats.add(chunk)
+    _hash_range(mapped, digest, mapped.offset + mapped.nbytes, os.fstat(mapped.fd).st_size)
+    return digest.hexdigest(), bad_row, stats.result() if stats is not None and bad_row is None else None
+
+
+def _hash_range(mapped: _MappedFile, digest, start: int, stop: int) -> None:
+    while start < stop:
+        piece = os.pread(mapped.fd, min(1 << 20, stop - start), start)
+        if not piece:
+            raise OSError(f"short read at byte {start} of a mapped data file")
+        digest.update(piece)
+        start += len(piece)
 
 
 def gather_rows(x: Tensor, rows: Tensor, out: Tensor | None = None) -> Tensor:

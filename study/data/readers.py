@@ -1,40 +1,85 @@
 """Files of vectors -> [N, D] float32 tensors, checked: .pt, .npy, .csv, .jsonl.
 
-`load_vectors(path)` is the one entry point. Every problem with the input is a one-line
-`UsageError` that names the file. Row numbers in messages count from 0 (the index into x);
-line numbers count from 1.
+`read_vectors(path)` is the one entry point: the checked tensor, the file's sha256 and (for
+big mapped files) its column stats. Every problem with the input is a one-line `UsageError`
+that names the file. Row numbers in messages count from 0 (the index into x); line numbers
+count from 1.
 
 A float32 2-D row-major array in a .npy file, or a float32 contiguous tensor in a .pt file
 (torch.save's zip format), is memory-mapped rather than read: the tensor returned is a view of
 the file, so a split larger than memory loads in no time and costs no memory until rows are
-gathered (study.data.matrix). Anything else (other dtypes, Fortran order, legacy .pt, text)
-is converted into a float32 tensor in memory.
+gathered (study.data.matrix), and it is read once, sequentially, for its checksum, its
+finiteness check and its stats together: data larger than memory comes from disk once.
+Anything else (other dtypes, Fortran order, legacy .pt, text) is converted into a float32
+tensor in memory.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import pickle
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from study.data.matrix import first_nonfinite_row, register_mapped, row_chunks
+from study.data.matrix import (
+    first_nonfinite_row,
+    is_memory_mapped,
+    register_mapped,
+    row_chunks,
+    scan_mapped,
+)
 from study.errors import UsageError
 
 SUPPORTED_EXTENSIONS = (".pt", ".npy", ".csv", ".jsonl")
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def load_vectors(path: Path) -> Tensor:
-    """Read and check a file of vectors. Returns [N, D] float32, N >= 1, all finite;
-    memory-mapped when the file allows it (see the module doc)."""
+@dataclass
+class VectorFile:
+    """A checked file of vectors: x [N, D] float32 (N >= 1, all finite; memory-mapped when
+    the file allows it), sha256 (hex of the file's bytes), stats ((mean, std) when they came
+    for free with the read, else None: see study.data.matrix.column_stats)."""
+
+    x: Tensor
+    sha256: str
+    stats: tuple[Tensor, Tensor] | None = None
+
+
+def read_vectors(path: Path) -> VectorFile:
+    """Read and check the file of vectors at `path` (see the module doc)."""
     where = f"data file {path}"
+    x = _load_matrix(path, where)
+    if is_memory_mapped(x):
+        sha256, bad_row, stats = scan_mapped(x)
+    else:
+        sha256, bad_row, stats = file_sha256(path), first_nonfinite_row(x), None
+    if bad_row is not None:
+        raise UsageError(f"{where}: contains NaN or Inf at row {bad_row}")
+    return VectorFile(x, sha256, stats)
+
+
+def load_vectors(path: Path) -> Tensor:
+    """The checked [N, D] float32 tensor of `read_vectors(path)`."""
+    return read_vectors(path).x
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_matrix(path: Path, where: str) -> Tensor:
     if not path.is_file():
         raise UsageError(f"{where}: no such file")
     suffix = path.suffix.lower()
@@ -52,9 +97,9 @@ def load_vectors(path: Path) -> Tensor:
 
 
 def _check_matrix(x: Tensor, where: str, *, path: Path, offset: int | None) -> Tensor:
-    """Checks, then [N, D] float32 contiguous on the CPU. A float32 contiguous x that maps
-    `path` from byte `offset` is kept as it is (registered with study.data.matrix); anything
-    else is converted into memory."""
+    """Shape and type checks, then [N, D] float32 contiguous on the CPU (finiteness is
+    read_vectors' job). A float32 contiguous x that maps `path` from byte `offset` is kept as
+    it is (registered with study.data.matrix); anything else is converted into memory."""
     if not (x.is_floating_point() or x.dtype in _INT_DTYPES):
         raise UsageError(f"{where}: values are not real numbers (dtype {x.dtype})")
     if x.ndim != 2:
@@ -67,9 +112,6 @@ def _check_matrix(x: Tensor, where: str, *, path: Path, offset: int | None) -> T
         x = register_mapped(x, path, offset)
     else:
         x = x.to(device="cpu", dtype=torch.float32).contiguous()
-    bad_row = first_nonfinite_row(x)
-    if bad_row is not None:
-        raise UsageError(f"{where}: contains NaN or Inf at row {bad_row}")
     return x
 
 
@@ -145,7 +187,7 @@ def _read_npy(path: Path, where: str) -> tuple[Tensor, int | None]:
         return torch.from_numpy(np.array(array, dtype=np.float64)), None  # _check_matrix words it
     converted = torch.empty(array.shape, dtype=torch.float32)
     for first, chunk in row_chunks(converted):
-        chunk.copy_(torch.from_numpy(np.asarray(array[first:first + len(chunk)], dtype=np.float64)))
+        chunk.copy_(torch.from_numpy(np.array(array[first:first + len(chunk)], dtype=np.float64)))
     return converted, None
 
 
