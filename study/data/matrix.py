@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,8 +101,10 @@ def first_nonfinite_row(x: Tensor) -> int | None:
 
 def _first_bad_row(chunk: Tensor) -> int | None:
     # A float64 row sum is finite exactly when every value is (no float32 row can overflow
-    # it): one small [rows] temporary instead of a [rows, D] mask.
-    bad = (~torch.isfinite(torch.sum(chunk, dim=1, dtype=torch.float64))).nonzero()
+    # it): one small [rows] temporary instead of a [rows, D] mask. numpy, single-threaded:
+    # torch's thread pool spins on every small op and was 30x slower on a busy machine.
+    sums = chunk.numpy().sum(axis=1, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(sums))
     return int(bad[0]) if len(bad) else None
 
 
@@ -124,31 +127,36 @@ def column_stats(x: Tensor) -> tuple[Tensor, Tensor]:
 
 class ChunkedStats:
     """Column mean and std over row chunks: float64 sums of deviations from the first chunk's
-    mean (so the sum of squares does not cancel), rounded to float32 at the end."""
+    mean (so the sum of squares does not cancel), rounded to float32 at the end. In numpy
+    (single-threaded, memory-bound work) for the reason given in _first_bad_row."""
 
     def __init__(self) -> None:
         self.count = 0
         self.shift = self.sum_dev = self.sum_sq = self.work = None
 
     def add(self, chunk: Tensor) -> None:
+        rows = chunk.shape[0]
         # One float64 buffer for every chunk: repeated big allocations fragment the heap,
         # which then keeps them resident.
-        if self.work is None or self.work.shape[0] < chunk.shape[0]:
-            self.work = torch.empty(chunk.shape, dtype=torch.float64)
-        deviation = self.work[:chunk.shape[0]].copy_(chunk)
+        if self.work is None or self.work.shape[0] < rows:
+            self.work = np.empty(tuple(chunk.shape), dtype=np.float64)
+        deviation = self.work[:rows]
+        np.copyto(deviation, chunk.numpy())
         if self.shift is None:
-            self.shift = deviation.mean(dim=0)
-            self.sum_dev = torch.zeros_like(self.shift)
-            self.sum_sq = torch.zeros_like(self.shift)
-        deviation.sub_(self.shift)
-        self.sum_dev += deviation.sum(dim=0)
-        self.sum_sq += deviation.square_().sum(dim=0)
-        self.count += chunk.shape[0]
+            self.shift = deviation.mean(axis=0)
+            self.sum_dev = np.zeros_like(self.shift)
+            self.sum_sq = np.zeros_like(self.shift)
+        deviation -= self.shift
+        self.sum_dev += deviation.sum(axis=0)
+        np.square(deviation, out=deviation)
+        self.sum_sq += deviation.sum(axis=0)
+        self.count += rows
 
     def result(self) -> tuple[Tensor, Tensor]:
         mean64 = self.shift + self.sum_dev / self.count
-        var64 = (self.sum_sq - self.sum_dev.square() / self.count).clamp_(min=0) / self.count
-        mean, std = mean64.float(), var64.sqrt().float()
+        var64 = np.maximum(self.sum_sq - np.square(self.sum_dev) / self.count, 0.0) / self.count
+        mean = torch.from_numpy(mean64.astype(np.float32))
+        std = torch.from_numpy(np.sqrt(var64).astype(np.float32))
         return mean, torch.where(std < 1e-8, torch.ones_like(std), std)
 
 
