@@ -38,6 +38,11 @@ lint: install
 bench: install
 	$(BIN)/python scripts/bench_trainer.py
 	$(BIN)/python scripts/bench_cli.py
+	$(BIN)/python scripts/bench_ui.py
+	$(BIN)/python scripts/bench_sweep.py
+	$(BIN)/python scripts/bench_data.py
+	$(BIN)/python scripts/bench_ot.py
+	$(BIN)/python scripts/bench_ddp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

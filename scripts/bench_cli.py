@@ -1,12 +1,15 @@
-"""How fast the CLI answers: `flowctl --help`, `list-runs` over 1,000 runs, `inspect-ckpt` of 1 GB.
+"""How fast the CLI answers: `flowctl --help`, `list-runs` over 1,000 runs, `inspect-ckpt` of 1.6 GB.
 
 Every number is the median wall time of a fresh subprocess (interpreter start included),
 after one untimed warm-up run so the page cache is warm for everyone; the commands take
-turns, round after round, so load from other processes spreads over all of them. Baselines from the
-same session give the ratios: `python -c pass`, `python -c "import torch"`, and a plain
-`torch.load` (no mmap) of the same checkpoint.
+turns, round after round, so load from other processes spreads over all of them. Ratios are
+paired: the median over rounds of (command / baseline) within the same round. Baselines:
+`python -c pass`, `python -c "import typer, rich"` (what any Typer CLI pays),
+`python -c "import torch"` and a plain `torch.load` (no mmap) of the same checkpoint.
+`inspect-ckpt` runs twice: with the sha256 cache it fills on first use, and with the cache
+unusable (every run hashes the whole file).
 
-Usage: python scripts/bench_cli.py [--quick] [--runs 1000] [--ckpt-mb 1024] [--repeats 5]
+Usage: python scripts/bench_cli.py [--quick] [--runs 1000] [--ckpt-mb 1600] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -58,10 +61,10 @@ def write_runs(root: Path, count: int) -> None:
 
 
 def write_checkpoint(path: Path, megabytes: int) -> None:
-    """A flowctl-shaped checkpoint whose model holds one float32 tensor of `megabytes` MiB."""
+    """A flowctl-shaped checkpoint whose model holds one float32 tensor of `megabytes` MB."""
     import torch
 
-    numel = megabytes * (1 << 20) // 4
+    numel = megabytes * 1_000_000 // 4
     checkpoint = {
         "format_version": 1, "epoch": 0, "global_step": 1, "batch_in_epoch": 0,
         "model_state_dict": {"weight": torch.zeros(numel)},
@@ -82,57 +85,69 @@ def wall_seconds(command: list[str], env: dict[str, str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200 runs, a 64 MiB checkpoint, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="200 runs, a 64 MB checkpoint, 3 repeats")
     parser.add_argument("--runs", type=int, default=None, help="run folders to list (default 1000)")
-    parser.add_argument("--ckpt-mb", type=int, default=None, help="checkpoint size in MiB (default 1024)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per command (default 5)")
+    parser.add_argument("--ckpt-mb", type=int, default=None, help="checkpoint size in MB (default 1600)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per command (default 7)")
     args = parser.parse_args()
     runs = args.runs or (200 if args.quick else 1000)
-    ckpt_mb = args.ckpt_mb or (64 if args.quick else 1024)
-    repeats = args.repeats or (3 if args.quick else 5)
+    ckpt_mb = args.ckpt_mb or (64 if args.quick else 1600)
+    repeats = args.repeats or (3 if args.quick else 7)
 
     python, flowctl = sys.executable, flowctl_command()
     with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as scratch:
         root, ckpt = Path(scratch) / "runs", Path(scratch) / "big.pt"
         write_runs(root, runs)
         write_checkpoint(ckpt, ckpt_mb)
-        env = {**os.environ, "FLOWCTL_CKPT_DIR": str(root), "COLUMNS": "160"}
+        env = {**os.environ, "FLOWCTL_CKPT_DIR": str(root), "COLUMNS": "160",
+               "FLOWCTL_CACHE_DIR": str(Path(scratch) / "cache")}
+        # A cache folder below a regular file cannot be created: every run hashes the file.
+        no_cache = {**env, "FLOWCTL_CACHE_DIR": str(ckpt / "cache")}
+        size = f"{ckpt.stat().st_size / 1e9:.1f} GB"
         plain_load = f"import torch; torch.load({str(ckpt)!r}, map_location='cpu', weights_only=True)"
-        # (label, command, baseline label)
+        typer_rich = "python -c 'import typer, rich'"
+        inspect = [*flowctl, "inspect-ckpt", str(ckpt), "--json", "--no-tensors"]
+        # (label, command, baseline label, env, target)
         cases = [
-            ("python -c pass", [python, "-c", "pass"], None),
-            ("python -c 'import torch'", [python, "-c", "import torch"], "python -c pass"),
-            (f"torch.load {ckpt_mb} MiB, no mmap", [python, "-c", plain_load], "python -c 'import torch'"),
-            ("flowctl --help", [*flowctl, "--help"], "python -c pass"),
+            ("python -c pass", [python, "-c", "pass"], None, env, ""),
+            (typer_rich, [python, "-c", "import typer, rich"], "python -c pass", env, ""),
+            ("python -c 'import torch'", [python, "-c", "import torch"], "python -c pass", env, ""),
+            (f"torch.load {size}, no mmap", [python, "-c", plain_load], "python -c 'import torch'",
+             env, ""),
+            ("flowctl --help", [*flowctl, "--help"], typer_rich, env, "<= 1.5x"),
             (f"flowctl list-runs ({runs} runs)", [*flowctl, "list-runs", "--ckpt-dir", str(root)],
-             "python -c pass"),
+             typer_rich, env, "<= 0.3 s"),
             (f"flowctl list-runs --json ({runs} runs)",
-             [*flowctl, "list-runs", "--json", "--ckpt-dir", str(root)], "python -c pass"),
-            (f"flowctl inspect-ckpt --json --no-tensors ({ckpt_mb} MiB)",
-             [*flowctl, "inspect-ckpt", str(ckpt), "--json", "--no-tensors"],
-             f"torch.load {ckpt_mb} MiB, no mmap"),
+             [*flowctl, "list-runs", "--json", "--ckpt-dir", str(root)], typer_rich, env, "<= 0.3 s"),
+            (f"flowctl inspect-ckpt --json --no-tensors ({size})", inspect, typer_rich, env,
+             "<= 0.2 s"),
+            (f"flowctl inspect-ckpt ({size}, table)", [*flowctl, "inspect-ckpt", str(ckpt)],
+             typer_rich, env, ""),
+            (f"  same --json, sha256 not cached ({size})", inspect, "python -c pass", no_cache, ""),
         ]
-        for _, command, _ in cases:  # warm-up: page cache and .pyc files for everyone
-            wall_seconds(command, env)
+        for _, command, _, case_env, _ in cases:  # warm-up: page cache, .pyc files, sha256 cache
+            wall_seconds(command, case_env)
         # Round-robin, so a burst of load on a shared machine hits every command alike.
-        times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+        times: dict[str, list[float]] = {label: [] for label, *_ in cases}
         for round_index in range(repeats):
-            for label, command, _ in cases:
-                times[label].append(wall_seconds(command, env))
+            for label, command, _, case_env, _ in cases:
+                times[label].append(wall_seconds(command, case_env))
             print(f"  round {round_index + 1}/{repeats} done", file=sys.stderr)
-        results = {label: statistics.median(values) for label, values in times.items()}
 
     import torch
 
     print(f"\n{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; "
           f"median of {repeats} rounds after a warm-up\n")
-    width = max(len(label) for label, _, _ in cases)
-    print(f"| {'command':<{width}} | median s | ratio vs baseline |")
-    print(f"|{'-' * (width + 2)}|---------:|:------------------|")
-    for label, _, baseline in cases:
-        ratio = f"{results[label] / results[baseline]:.2f}x {baseline}" if baseline else "-"
-        print(f"| {label:<{width}} | {results[label]:8.3f} | {ratio} |")
+    width = max(len(label) for label, *_ in cases)
+    print(f"| {'command':<{width}} | median s | paired ratio vs baseline | target |")
+    print(f"|{'-' * (width + 2)}|---------:|:-------------------------|:-------|")
+    for label, _, baseline, _, target in cases:
+        ratio = "-"
+        if baseline:
+            paired = statistics.median(a / b for a, b in zip(times[label], times[baseline], strict=True))
+            ratio = f"{paired:.2f}x {baseline}"
+        print(f"| {label:<{width}} | {statistics.median(times[label]):8.3f} | {ratio} | {target} |")
 
 
 if __name__ == "__main__":

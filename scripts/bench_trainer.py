@@ -11,7 +11,8 @@ each epoch, last.pt/best.pt, metrics.csv, run.json). What does that cost? In one
   flowtrainer  FlowTrainer.train(), all of it; "steps only" subtracts validate() and checkpoints.
   lightning    the same step as a LightningModule, if lightning is installed.
 Workloads (CPU, batch 256, icfm): `2d` is moons with a 3x64 SELU mlp, `1024d` a Gaussian
-mixture (8192 rows) with a 3x1024 one. Each measurement trains a fresh model from one seed
+mixture (4096 rows: 16-step epochs) with a 3x1024 one. `flowtrainer` runs with the default
+checkpoint budget (--checkpoint-interval 30), `flowtrainer, ckpt every epoch` with 0. Each measurement trains a fresh model from one seed
 (building it is not timed); after a warm-up the contenders take turns for --repeats rounds, so
 load from other processes spreads over all of them. Reported: median steps/s, and the median over rounds of the ratio to bare in the same round.
 
@@ -77,10 +78,10 @@ def make_workload(name: str, quick: bool) -> Workload:
     if name == "2d":  # 20,000 rows: 78 steps per epoch
         splits = resolve_dataset("moons", seed=SEED, val_fraction=0.1)
         return Workload(name, splits.train, splits.val, 64, 1 if quick else 40)
-    if name == "1024d":  # 8192 rows: 32 steps per epoch (--quick: 2048 rows, 8 steps)
-        rows = 2048 if quick else 8192
+    if name == "1024d":  # 4096 rows: 16 steps per epoch (--quick: 2048 rows, 8 steps)
+        rows = 2048 if quick else 4096
         x = gaussian_mixture(rows + 1024, 1024, 8, torch.Generator().manual_seed(SEED))
-        return Workload(name, x[:rows], x[rows:], 1024, 1 if quick else 2)
+        return Workload(name, x[:rows], x[rows:], 1024, 1 if quick else 4)
     raise SystemExit(f"unknown workload {name!r}; choose from 2d, 1024d")
 
 
@@ -166,7 +167,8 @@ def run_naive(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
 
 
 class TimedTrainer(FlowTrainer):
-    """FlowTrainer that adds up the seconds it spends in validate() and checkpoint writes."""
+    """FlowTrainer that adds up the seconds the training thread spends in validate() and in
+    the checkpoint policy (snapshots; serialising and writing run on the writer thread)."""
 
     validate_s = save_s = 0.0
 
@@ -176,19 +178,28 @@ class TimedTrainer(FlowTrainer):
         self.validate_s += time.perf_counter() - started
         return val_loss
 
-    def _save(self, names: list[str]) -> None:
-        started = time.perf_counter()
-        super()._save(names)
-        self.save_s += time.perf_counter() - started
+    def time_checkpoints(self) -> None:
+        for name in ("after_step", "finish"):
+            call = getattr(self.checkpoints, name)
+
+            def timed(*args, call=call, **kwargs):
+                started = time.perf_counter()
+                call(*args, **kwargs)
+                self.save_s += time.perf_counter() - started
+
+            setattr(self.checkpoints, name, timed)
 
 
-def run_flowtrainer(work: Workload, train_x: torch.Tensor, epochs: int, ckpt_root: Path) -> Result:
+def run_flowtrainer(work: Workload, train_x: torch.Tensor, epochs: int, ckpt_root: Path,
+                    checkpoint_interval: float = 30.0) -> Result:
     config = TrainingConfig(dataset=work.name, run_name=f"bench-{work.name}-{time.monotonic_ns()}",
                             epochs=epochs, batch_size=BATCH, lr=LR, warmup_steps=WARMUP_STEPS,
                             patience=0, seed=SEED, grad_clip=GRAD_CLIP, ema_decay=EMA_DECAY,
-                            sigma=SIGMA, log_every=LOG_EVERY, width=work.width)
+                            sigma=SIGMA, log_every=LOG_EVERY, width=work.width,
+                            checkpoint_interval=checkpoint_interval)
     trainer = TimedTrainer(fresh_model(work), config, train_x, work.val_x, "cpu",
                            wandb_mode="disabled", ckpt_root=ckpt_root)
+    trainer.time_checkpoints()
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
@@ -295,7 +306,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as ckpt_root:
         contenders = {"bare": run_bare, "naive": run_naive,
-                      "flowtrainer": lambda w, x, e: run_flowtrainer(w, x, e, Path(ckpt_root))}
+                      "flowtrainer": lambda w, x, e: run_flowtrainer(w, x, e, Path(ckpt_root)),
+                      "flowtrainer, ckpt every epoch": lambda w, x, e: run_flowtrainer(
+                          w, x, e, Path(ckpt_root), checkpoint_interval=0.0)}
         if lightning is not None:
             contenders["lightning"] = lambda w, x, e: run_lightning(lightning, w, x, e)
         for name in args.workloads.split(","):

@@ -1,46 +1,112 @@
 """Mask values that look like credentials before flowctl prints or stores them.
 
-A value is masked when its key names a secret (WANDB_API_KEY, *_TOKEN, *_SECRET, *password*,
-api_key, ...) or the value itself has the shape of a well-known credential (sk-..., ghp_...,
-AKIA..., a value equal to the current $WANDB_API_KEY). Applied to configs before they reach
-the console, run.json, wandb's config and inspect-ckpt output.
+A value is masked whole when its key names a secret (WANDB_API_KEY, *_TOKEN, *_SECRET,
+*password*, api_key, ...). Inside any other text only the credential itself is replaced
+("my key is sk-..." -> "my key is [SECRET]"): tokens shaped like OpenAI (sk-...), AWS (AKIA...,
+ASIA...), Google (AIza...), GitHub (ghp_..., gho_...) and Slack (xoxb-..., xoxp-...) keys, and
+the current $WANDB_API_KEY's value. Applied to configs, errors and notes before they reach the
+console, run.json, wandb, list-runs and inspect-ckpt.
+
+DISABLE_SECRET_FILTER=1 turns masking off (to debug a config), with one warning line on stderr
+per process.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 MASK = "[SECRET]"
+DISABLE_ENV = "DISABLE_SECRET_FILTER"
 SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-SECRET_VALUE = re.compile(
-    r"^(sk-[A-Za-z0-9_\-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|xox[abpr]-[A-Za-z0-9\-]{10,})$"
+# A token starts where no other token character precedes it ("task-123..." holds no "sk-" key)
+# and ends where its alphabet ends.
+SECRET_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_\-])("
+    r"sk-[A-Za-z0-9_\-]{16,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Za-z])"
+    r"|AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"
+    r"|xox[abpr]-[A-Za-z0-9\-]{10,}"
+    r")"
 )
+
+_warned_disabled = False
+
+
+def filter_enabled() -> bool:
+    """False when $DISABLE_SECRET_FILTER is set to a true value; warns once per process then."""
+    global _warned_disabled
+    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("", "0", "false", "no"):
+        return True
+    if not _warned_disabled:
+        _warned_disabled = True
+        print(f"warning: {DISABLE_ENV} is set: credentials are shown and stored unmasked",
+              file=sys.stderr)
+    return False
+
+
+def mask_text(text: str) -> str:
+    """`text` with every credential-shaped token (and $WANDB_API_KEY's value) replaced by MASK.
+
+    The rest of the text is kept, so an error message stays readable.
+    """
+    return _mask_text(text, os.environ.get("WANDB_API_KEY")) if text and filter_enabled() else text
+
+
+def _mask_text(text: str, api_key: str | None) -> str:
+    masked = SECRET_TOKEN.sub(MASK, text)
+    if api_key and api_key.strip():
+        masked = masked.replace(api_key.strip(), MASK)
+    return masked
 
 
 def looks_secret(key: str, value: Any) -> bool:
+    """True when `value` should be shown as MASK as a whole: a secret key, or a bare token."""
+    if not filter_enabled():
+        return False
+    return _looks_secret(key, value, os.environ.get("WANDB_API_KEY"))
+
+
+def _looks_secret(key: str, value: Any, api_key: str | None) -> bool:
     if value is None or isinstance(value, bool):
         return False
     if SECRET_KEY.search(str(key)):
         return True  # whatever sits under a secret-looking key, numbers included
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         return False
-    if SECRET_VALUE.match(value.strip()):
-        return True
-    api_key = os.environ.get("WANDB_API_KEY")
-    return bool(api_key) and api_key in value
+    return _mask_text(value.strip(), api_key) == MASK
 
 
 def mask_secrets(data: Any, key: str = "") -> Any:
-    """A copy of `data` (dicts, lists, scalars) with secret-looking values replaced.
+    """A copy of `data` (dicts, lists, scalars) with secrets masked.
 
-    Everything below a secret-looking key is masked, however deeply nested.
+    Everything below a secret-looking key is masked, however deeply nested; a string that is
+    one credential becomes MASK; a longer string keeps its text around the masked token.
     """
+    if not filter_enabled():
+        return _copy(data)
+    return _mask(data, key, os.environ.get("WANDB_API_KEY"))
+
+
+def _mask(data: Any, key: str, api_key: str | None) -> Any:
     if isinstance(data, dict):
         if key and SECRET_KEY.search(key):
             return {k: MASK for k in data}
-        return {k: mask_secrets(v, str(k)) for k, v in data.items()}
+        return {k: _mask(v, str(k), api_key) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [mask_secrets(v, key) for v in data]
-    return MASK if looks_secret(key, data) else data
+        return [_mask(v, key, api_key) for v in data]
+    if _looks_secret(key, data, api_key):
+        return MASK
+    return _mask_text(data, api_key) if isinstance(data, str) and data else data
+
+
+def _copy(data: Any) -> Any:
+    """The same containers as mask_secrets returns, nothing masked."""
+    if isinstance(data, dict):
+        return {k: _copy(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_copy(v) for v in data]
+    return data

@@ -24,4 +24,5 @@ def isolated_run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("FLOWCTL_CACHE_DIR", str(tmp_path / "flowctl-cache"))  # sha256 cache
     return root

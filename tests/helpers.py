@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from study.runs.wandb_records import run_files as wandb_files  # noqa: F401
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast: 640 rows at batch 64 -> 9 training steps per epoch after the val split.
 TINY = ["--batch-size", "64", "--width", "16", "--depth", "2", "--warmup-steps", "5",
-        "--wandb-mode", "disabled", "--plain"]
+        "--checkpoint-interval", "0", "--wandb-mode", "disabled", "--plain"]
 
 
 def run_flags(data, *extra: str, epochs: int = 30) -> list[str]:
@@ -73,8 +74,8 @@ def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def wait_for(condition, *, timeout: float = 60.0, process: subprocess.Popen | None = None,
-             what: str = "condition") -> None:
-    """Poll `condition()` until true; fail early if `process` exits first."""
+             what: str = "condition", interval: float = 0.002) -> None:
+    """Poll `condition()` every `interval` s until true; fail early if `process` exits first."""
     deadline = time.monotonic() + timeout
     while not condition():
         if process is not None and process.poll() is not None:
@@ -82,7 +83,89 @@ def wait_for(condition, *, timeout: float = 60.0, process: subprocess.Popen | No
             raise AssertionError(f"process exited ({process.returncode}) before {what}: {err[-2000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def serve_root(root: Path):
+    """A `flowctl ui` server (DashboardServer) over `root` on a free loopback port, served
+    from a thread of this process; yields its base URL (no trailing slash)."""
+    import threading
+
+    from study.ui.api import DashboardApi
+    from study.ui.server import DashboardServer
+
+    server = DashboardServer(DashboardApi(root), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def start_ui(*args: str, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """Start `flowctl ui --port 0 --json ARGS` as a real server; returns (process, base URL).
+
+    The base URL has no trailing slash: f"{url}/api/runs".
+    """
+    import selectors
+
+    process = spawn("ui", "--port", "0", "--json", *args)
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    ready = selector.select(timeout)
+    selector.close()
+    line = process.stdout.readline() if ready else ""
+    if not line:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"flowctl ui did not start (exit {process.returncode}): {err[-2000:]}")
+    return process, json.loads(line)["url"].rstrip("/")
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM `process` (if still running) and wait for it; returns its exit code."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+    return process.returncode
+
+
+def http_get(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one request, without following redirects or raising on 4xx/5xx.
+
+    `url` is sent as written (no normalisation of `..` or `%2F`), to probe the server itself.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        connection.request(method, target, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def get_json(url: str, status: int = 200):
+    """The JSON body of GET `url`, asserting the status code; strict JSON (no NaN/Infinity)."""
+    code, _, body = http_get(url)
+    assert code == status, f"expected {status} from {url}, got {code}: {body[:300]!r}"
+
+    def refuse(constant: str):
+        raise AssertionError(f"non-standard JSON constant {constant} from {url}")
+
+    return json.loads(body, parse_constant=refuse)
 
 
 def load(path: Path) -> dict:

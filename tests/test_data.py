@@ -145,6 +145,62 @@ def test_pt_dict_with_x_or_embeddings(tmp_path, key):
     assert torch.equal(FlowDataset(tmp_path / "d.pt").x, MATRIX)
 
 
+# --- text files as spreadsheets, editors and other tools write them ---------------------------
+
+BOM = "\ufeff"  # UTF-8 byte-order mark: Excel's "CSV UTF-8", Notepad, PowerShell
+CSV_ROWS = ["1.0,2.0,3.0", "4.0,5.5,-6.0", "0.0,0.25,1000.0", "7,8,9"]
+JSONL_ROWS = ["[1.0, 2.0, 3.0]", '{"id": 1, "vec": [4.0, 5.5, -6.0]}', "[0, 0.25, 1e3]", "[7, 8, 9]"]
+
+
+def _load_text(tmp_path: Path, name: str, text: str) -> torch.Tensor:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    return FlowDataset(path).x
+
+
+@pytest.mark.parametrize("header", ["", "a,b,c\n"], ids=["headerless", "header"])
+def test_csv_with_a_byte_order_mark_keeps_every_row(tmp_path, header):
+    assert torch.equal(_load_text(tmp_path, "bom.csv", BOM + header + "\n".join(CSV_ROWS)), MATRIX)
+
+
+def test_jsonl_with_a_byte_order_mark_loads(tmp_path):
+    assert torch.equal(_load_text(tmp_path, "bom.jsonl", BOM + "\n".join(JSONL_ROWS)), MATRIX)
+
+
+def test_csv_with_quoted_fields_loads(tmp_path):
+    text = "\"a\",\"b\",\"c\"\n" + "\n".join(
+        ",".join(f'"{cell}"' if i % 2 else f' "{cell}"' for i, cell in enumerate(row.split(",")))
+        for row in CSV_ROWS)
+    assert torch.equal(_load_text(tmp_path, "quoted.csv", text), MATRIX)
+
+
+@pytest.mark.parametrize("ext, rows", [("csv", CSV_ROWS), ("jsonl", JSONL_ROWS)])
+def test_crlf_line_ends_load(tmp_path, ext, rows):
+    assert torch.equal(_load_text(tmp_path, f"crlf.{ext}", "\r\n".join(rows) + "\r\n"), MATRIX)
+
+
+@pytest.mark.parametrize("ext, rows", [("csv", CSV_ROWS), ("jsonl", JSONL_ROWS)])
+@pytest.mark.parametrize("layout", ["blank-lines", "trailing-newline", "no-trailing-newline",
+                                    "excel"])
+def test_blank_lines_and_line_endings_load(tmp_path, ext, rows, layout):
+    text = {
+        "blank-lines": "\n\n" + "\n  \n\n".join(rows) + "\n\n\t\n",
+        "trailing-newline": "\n".join(rows) + "\n",
+        "no-trailing-newline": "\n".join(rows),
+        "excel": BOM + "\r\n".join(rows) + "\r\n\r\n",
+    }[layout]
+    assert torch.equal(_load_text(tmp_path, f"{layout}.{ext}", text), MATRIX)
+
+
+@pytest.mark.parametrize("newline, bom", [("\n", ""), ("\r\n", BOM)], ids=["lf", "crlf-bom"])
+def test_malformed_jsonl_line_is_one_line_error_with_its_number(tmp_path, newline, bom):
+    path = tmp_path / "bad.jsonl"
+    lines = [JSONL_ROWS[0], "", '{"vec": [4.0, 5.5, -6.0]', JSONL_ROWS[2]]
+    path.write_bytes((bom + newline.join(lines) + newline).encode())
+    message = _usage_error(lambda: FlowDataset(path))
+    assert message.startswith(f"data file {path}: line 3 is not valid JSON"), message
+
+
 def _pt(value):
     return lambda path: torch.save(value, path)
 

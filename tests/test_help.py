@@ -9,13 +9,19 @@ from study.cli.app import app
 from tests.helpers import cli
 
 
-def command_paths(typer_app: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """("train",), ("sweep", "status"), ...: every command the app registers, by name."""
-    paths = [(*prefix, info.name or info.callback.__name__.replace("_", "-"))
-             for info in typer_app.registered_commands]
-    for group in typer_app.registered_groups:
-        name = group.name or group.typer_instance.info.name
-        paths += command_paths(group.typer_instance, (*prefix, name))
+def command_paths(command=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """("train",), ("sweep", "status"), ...: every command the app can build, by name."""
+    import click
+
+    command = command or typer.main.get_command(app)
+    paths = []
+    with click.Context(command) as ctx:
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            if isinstance(sub, click.Group):
+                paths += command_paths(sub, (*prefix, name))
+            else:
+                paths.append((*prefix, name))
     return paths
 
 
@@ -24,7 +30,8 @@ COMMANDS = command_paths(app)
 
 def test_the_app_registers_the_documented_commands():
     names = {path[0] for path in COMMANDS}
-    assert {"train", "resume", "list-runs", "inspect-ckpt", "sample", "eval", "plot"} <= names
+    assert {"train", "resume", "list-runs", "inspect-ckpt", "sample", "eval", "plot", "sweep",
+            "compare", "slurm", "prune", "ui"} <= names
 
 
 def test_app_help_lists_every_top_level_command():

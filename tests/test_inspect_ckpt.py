@@ -280,3 +280,94 @@ def test_code_carrying_pickle_never_runs(tmp_path: Path, writer: str):
     assert_one_line_error(invoke(str(path)), str(path), fragment)
     assert_one_line_error(invoke(str(path), "--json"), fragment)
     assert not marker.exists()
+
+
+# -- without torch ---------------------------------------------------------------------------
+
+def imported_modules(*args: str) -> tuple[set[str], str]:
+    """(modules `flowctl inspect-ckpt ARGS` imported, its stdout), from `python -X importtime`."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "study.cli.app",
+                             "inspect-ckpt", *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120, env={**__import__("os").environ, **WIDE})
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line}
+    return modules, result.stdout
+
+
+@pytest.mark.parametrize("output", ["--json", "table"])
+def test_inspect_never_imports_torch(tmp_path: Path, output: str):
+    path = save(build_checkpoint()[0], tmp_path / "best.pt")
+    modules, stdout = imported_modules(str(path), *([output] if output == "--json" else []))
+    assert "typer" in modules, "expected -X importtime to list the imports"
+    assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
+    assert "AdamW" in stdout and "weight" in stdout
+
+
+def test_a_trained_checkpoint_is_read_without_torch(tmp_path: Path, isolated_run_root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """A checkpoint the trainer really wrote: every object in it is one the reader models
+    (nothing falls back to torch), and the summary equals the one through torch."""
+    from study.runs import checkpoint
+    from study.runs.checkpoint_summary import (
+        describe_loaded,
+        load_checkpoint_info,
+        summarize_checkpoint,
+    )
+    from tests.helpers import TINY, cli, vectors_file
+
+    result = cli("train", "--run-name", "real", "--dataset", vectors_file(tmp_path),
+                 "--epochs", "1", *TINY)
+    assert result.exit_code == 0, result.stderr
+    path = isolated_run_root / "real" / "last.pt"
+    through_torch = summarize_checkpoint(path, describe_loaded(checkpoint.read_checkpoint(path)))
+
+    def no_fallback(path):
+        raise AssertionError(f"fell back to torch for {path}")
+
+    monkeypatch.setattr(checkpoint, "read_checkpoint", no_fallback)
+    fast = summarize_checkpoint(path, load_checkpoint_info(path))
+    assert json.dumps(fast) == json.dumps(through_torch)
+    assert fast["global_step"] > 0 and fast["rng_states"] and fast["optimizer"]["step"] > 0
+
+
+def test_code_in_a_hand_made_zip_never_runs(tmp_path: Path):
+    from tests.test_checkpoint_reader import hostile_files
+
+    for kind, path in hostile_files(tmp_path).items():
+        result = invoke(str(path), "--json")
+        assert result.exit_code == 2, (kind, result.output)
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+        assert not (tmp_path / "marker").exists(), kind
+
+
+def test_stats_adds_statistics_of_each_model_tensor(tmp_path: Path):
+    ckpt = build_checkpoint()[0]
+    ckpt["model_state_dict"]["bias"][1] = float("nan")
+    path = save(ckpt, tmp_path / "best.pt")
+    tensors = summary_of(str(path), "--stats")["tensors"]
+    weight = ckpt["model_state_dict"]["weight"].double()
+    assert tensors[0]["stats"] == {
+        "min": pytest.approx(weight.min().item()), "max": pytest.approx(weight.max().item()),
+        "mean": pytest.approx(weight.mean().item()),
+        "std": pytest.approx(weight.std(correction=0).item()), "nonfinite": 0}
+    assert tensors[1]["stats"]["nonfinite"] == 1
+    finite_bias = ckpt["model_state_dict"]["bias"].double()[[0, 2]]
+    assert tensors[1]["stats"]["mean"] == pytest.approx(finite_bias.mean().item())
+    assert "stats" not in summary_of(str(path))["tensors"][0]
+    table = invoke(str(path), "--stats")
+    assert table.exit_code == 0 and "nonfinite" in table.stdout
+
+
+def test_statistics_in_chunks_equal_the_whole_tensor():
+    from study.runs.checkpoint_summary import tensor_statistics
+
+    values = torch.randn(10_001, generator=torch.Generator().manual_seed(0)) * 3 + 100
+    chunked, whole = tensor_statistics(values, chunk=999), tensor_statistics(values, chunk=1 << 22)
+    assert chunked == {key: pytest.approx(value, rel=1e-12) for key, value in whole.items()}
+    assert whole["std"] == pytest.approx(values.double().std(correction=0).item(), rel=1e-12)

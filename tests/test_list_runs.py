@@ -264,16 +264,52 @@ def test_size_counts_nested_files(isolated_run_root: Path):
     assert "1.2 MB" in invoke().stdout
 
 
-def test_narrow_terminal_cuts_run_names_in_the_middle(isolated_run_root: Path):
-    for index in range(3):
-        write_run(isolated_run_root, f"resmlp-otcfm-checkerboard-noise-seed-{index:03d}", age_s=index)
-    result = runner.invoke(make_app(), ["list-runs"], env={"COLUMNS": "80"})
+SWEEP_NAMES = [f"resmlp-otcfm-checkerboard-noise-lr3e-4-seed-{index:03d}" for index in range(3)]
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+def test_narrow_terminal_never_truncates_run_names(isolated_run_root: Path, columns: int):
+    """Other columns are shortened or dropped first; every name stays whole, on one line."""
+    for index, name in enumerate(SWEEP_NAMES):
+        write_run(isolated_run_root, name, group="ablation-grid-2024", age_s=index)
+    result = runner.invoke(make_app(), ["list-runs"], env={"COLUMNS": str(columns)})
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert all(len(line) <= 80 for line in lines), lines
-    rows = [line for line in lines if line.startswith("res")]
-    assert [row.split()[0][-8:] for row in rows] == ["seed-000", "seed-001", "seed-002"]
-    assert all("…" in row and "finished" in row for row in rows)
+    assert all(len(line) <= columns for line in lines), lines
+    rows = [line for line in lines if line.startswith("resmlp")]
+    assert [row.split()[0] for row in rows] == SWEEP_NAMES
+    assert all("finished" in row for row in rows), rows
+
+
+def test_narrow_terminal_drops_the_least_useful_columns_first(isolated_run_root: Path):
+    for index, name in enumerate(SWEEP_NAMES):
+        write_run(isolated_run_root, name, age_s=index)
+    # 47-character names: size, then step, updated and group make way, in that order.
+    header = [line for line in invoke_at(100).stdout.splitlines() if line.startswith("run ")][0]
+    assert header.split() == ["run", "group", "status", "epoch", "best", "val", "loss", "updated"]
+    header = [line for line in invoke_at(80).stdout.splitlines() if line.startswith("run ")][0]
+    assert header.split() == ["run", "status", "epoch", "best", "val", "loss"]
+    wide_header = [line for line in invoke_at(200).stdout.splitlines() if line.startswith("run ")][0]
+    assert wide_header.split() == ["run", "group", "status", "epoch", "step", "best", "val", "loss",
+                                   "updated", "size"]
+
+
+def invoke_at(columns: int):
+    result = runner.invoke(make_app(), ["list-runs"], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_a_name_wider_than_the_terminal_gets_its_own_line(isolated_run_root: Path):
+    long_name = "resmlp-otcfm-checkerboard-noise-width512-depth8-lr3e-4-ema0.9999-seed-000"
+    write_run(isolated_run_root, long_name, age_s=1)
+    write_run(isolated_run_root, "short-run", age_s=2)
+    lines = invoke_at(60).stdout.splitlines()
+    assert long_name in lines, lines  # whole, alone on its line: the terminal may wrap it
+    following = lines[lines.index(long_name) + 1]
+    assert following.startswith(" ") and "finished" in following
+    assert any(line.startswith("short-run") and "finished" in line for line in lines)
+    assert all(len(line) <= 60 for line in lines if line != long_name), lines
 
 
 @pytest.mark.parametrize(
@@ -355,3 +391,31 @@ def test_flowctl_app_imports_neither_torch_nor_wandb(isolated_run_root: Path, ar
     done = _run_python(APP_MAIN, *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("ok")
+
+
+def test_json_has_one_run_per_line(isolated_run_root: Path):
+    for index in range(3):
+        write_run(isolated_run_root, f"run-{index}", age_s=index)
+    lines = invoke("--json").stdout.strip().splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 5
+    assert [json.loads(line.rstrip(","))["run_name"] for line in lines[1:-1]] == ["run-0", "run-1", "run-2"]
+    assert invoke("--json", "--status", "crashed").stdout.strip() == "[]"
+
+
+def test_watch_frames_fold_a_name_wider_than_the_terminal(isolated_run_root: Path):
+    """rich.live crops every line to the terminal: --watch frames fold instead of cutting."""
+    import io
+
+    from rich.console import Console
+
+    from study.cli.list_runs import render_runs
+
+    long_name = "resmlp-otcfm-checkerboard-noise-width512-depth8-lr3e-4-ema0.9999-seed-000"
+    write_run(isolated_run_root, long_name, age_s=1, status="failed",
+              error={"type": "RunFailed", "message": "non-finite loss at step 7"})
+    console = Console(file=io.StringIO(), width=60, color_system=None)
+    console.print(render_runs(scan_runs(isolated_run_root), isolated_run_root, width=60, fold=True))
+    lines = console.file.getvalue().splitlines()
+    assert all(len(line) <= 60 for line in lines), lines
+    assert long_name in "".join(lines)  # every character, in order, across the folded lines
+    assert any("non-finite loss at step 7" in line for line in lines)

@@ -116,3 +116,48 @@ def test_runs_as_a_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "100" / "test.pt").is_file()
     assert str(tmp_path / "100") in result.stdout
+
+
+# -- --format npy: the same values, written chunk by chunk, memory-mapped when read ------------
+
+def _load_npy(folder: Path) -> dict[str, torch.Tensor]:
+    return {split: torch.from_numpy(np.load(folder / f"{split}.npy"))
+            for split in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 3000], ids=["one-chunk", "many-chunks"])
+def test_npy_format_writes_the_same_values_as_pt(tmp_path, monkeypatch, chunk_bytes):
+    monkeypatch.setattr(make_splits, "GENERATE_CHUNK_BYTES", chunk_bytes)
+    common = ["--generator", "gmm", "--dim", "16", "--sizes", "300,1k", "--seed", "3"]
+    assert make_splits.main([*common, "--out", str(tmp_path / "pt")]) == 0
+    assert make_splits.main([*common, "--out", str(tmp_path / "npy"), "--format", "npy"]) == 0
+    for size in ("300", "1k"):
+        pt, npy = _load(tmp_path / "pt" / size), _load_npy(tmp_path / "npy" / size)
+        for split in ("train", "val", "test"):
+            assert npy[split].dtype == torch.float32 and torch.equal(npy[split], pt[split]), split
+    small, large = _load_npy(tmp_path / "npy" / "300"), _load_npy(tmp_path / "npy" / "1k")
+    assert torch.equal(large["train"][:300], small["train"])  # still a superset
+    assert not list((tmp_path / "npy").rglob(".*tmp-*")), "temp files left behind"
+
+
+def test_a_split_that_fits_one_chunk_is_what_earlier_versions_wrote(tmp_path):
+    from study.data import toy
+
+    assert make_splits.main(["--generator", "gmm", "--dim", "8", "--sizes", "500,1k",
+                             "--out", str(tmp_path), "--format", "npy"]) == 0
+    for split, need in (("train", 1000), ("val", 100)):
+        stream = toy.generate("gmm", need, dim=8, generator=toy.split_generator("gmm", 0, split))
+        assert torch.equal(_load_npy(tmp_path / "500")[split], stream[:500 if split == "train" else 100])
+
+
+def test_npy_split_from_a_file_and_read_back_memory_mapped(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_splits, "GENERATE_CHUNK_BYTES", 100)  # 8 rows per chunk
+    rows = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    np.save(tmp_path / "vectors.npy", rows)
+    common = ["--from", str(tmp_path / "vectors.npy"), "--sizes", "200,500"]
+    assert make_splits.main([*common, "--out", str(tmp_path / "pt")]) == 0
+    assert make_splits.main([*common, "--out", str(tmp_path / "npy"), "--format", "npy"]) == 0
+    assert all(torch.equal(_load(tmp_path / "pt" / "500")[s], _load_npy(tmp_path / "npy" / "500")[s])
+               for s in ("train", "val", "test"))
+    resolved = resolve_dataset("500", seed=0, val_fraction=0.1, splits_root=tmp_path / "npy")
+    assert resolved.memory_mapped and torch.equal(resolved.train, _load(tmp_path / "pt" / "500")["train"])

@@ -25,9 +25,10 @@ STOP_AT_STEP = 11  # epoch 2 of 8-step epochs, between two log rows (log_every 3
 
 
 def config_for(flow: str, name: str, **options) -> TrainingConfig:
-    return TrainingConfig(flow=flow, run_name=name, epochs=3, batch_size=64, width=16, depth=2,
-                          warmup_steps=5, log_every=3, patience=0, ema_decay=0.9,
-                          teacher="teacher.pt" if flow == "reflow" else None, **options)
+    base = dict(flow=flow, run_name=name, epochs=3, batch_size=64, width=16, depth=2,
+                checkpoint_interval=0, warmup_steps=5, log_every=3, patience=0, ema_decay=0.9,
+                teacher="teacher.pt" if flow == "reflow" else None)
+    return TrainingConfig(**{**base, **options})
 
 
 def training_data(flow: str) -> TrainingData:
@@ -39,13 +40,15 @@ def training_data(flow: str) -> TrainingData:
 
 
 def trainer(flow: str, root: Path, name: str, *, stop: GracefulStop | None = None,
-            resume: dict | None = None, options: dict | None = None) -> FlowTrainer:
+            resume: dict | None = None, options: dict | None = None,
+            pairing_workers: int = 0) -> FlowTrainer:
     config = config_for(flow, name, **(options or {}))
     torch.manual_seed(config.seed)
     model = build_model("mlp", 2, width=16, depth=2, activation="selu")
     recorder = RunRecorder(root / name, name, wandb_project="test", wandb_mode="disabled")
     return FlowTrainer.from_parts(model, config, training_data(flow), recorder, "cpu",
-                                  resume=resume, stop=stop, warn=lambda message: None)
+                                  resume=resume, stop=stop, pairing_workers=pairing_workers,
+                                  warn=lambda message: None)
 
 
 def stop_after(model: torch.nn.Module, steps: int, stop: GracefulStop, *,
@@ -65,6 +68,7 @@ def stop_after(model: torch.nn.Module, steps: int, stop: GracefulStop, *,
 
 OPTIONS = {  # every option that adds state or draws: each must resume exactly too
     "bf16+accum": {"precision": "bf16", "grad_accum": 4},
+    "checkpoint-budget": {"checkpoint_interval": 3600.0},
     "eval+linear+noise": {"eval_every": 1, "eval_samples": 64, "select_by": "eval_w2",
                           "scheduler": {"type": "linear", "final_lr_scale": 0.1},
                           "aug": "noise", "normalize": "none"},
@@ -109,3 +113,20 @@ def test_state_dict_round_trips_into_a_fresh_trainer(isolated_run_root):
     for name, generator in source.batches.generators.items():
         assert torch.equal(restored.batches.generators[name].get_state(), generator.get_state()), name
     assert restored.optimizer.param_groups[0]["lr"] == source.optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("flow", ["otcfm", "sbcfm"])
+def test_pairing_ahead_on_workers_gives_the_same_run_and_resumes_exactly(flow, isolated_run_root):
+    """Plans solved ahead on 2 threads: bitwise the run paired on the critical path, also
+    when the stop lands while batches drawn ahead are waiting (they are drawn again)."""
+    trainer(flow, isolated_run_root, "inline").train()
+    stop = GracefulStop()
+    ahead = trainer(flow, isolated_run_root, "ahead", stop=stop, pairing_workers=2)
+    stop_after(ahead.model, STOP_AT_STEP, stop)
+    with pytest.raises(TrainingStopped):
+        ahead.train()
+    assert ahead.batches.ahead, "the stop must land with batches drawn ahead"
+    payload = read_checkpoint(isolated_run_root / "ahead" / "last.pt")
+    trainer(flow, isolated_run_root, "ahead", resume=payload, pairing_workers=2).train()
+    assert_same_state(load(isolated_run_root / "inline" / "last.pt"),
+                      load(isolated_run_root / "ahead" / "last.pt"))

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 
-from study.secrets import MASK, mask_secrets
+from study.secrets import MASK, mask_secrets, mask_text
 
 # Shaped like real credentials, but made up.
 OPENAI_LIKE = "sk-" + "a1B2c3D4e5F6g7H8i9J0"
 GITHUB_LIKE = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2"
 AWS_LIKE = "AKIA" + "ABCDEFGHIJ234567"
+AWS_SESSION_LIKE = "ASIA" + "QWERTYUIOP234567"
+GOOGLE_LIKE = "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q"
+SLACK_BOT_LIKE = "xoxb-" + "123456789012-abcdefABCDEF"
+SLACK_USER_LIKE = "xoxp-" + "123456789012-abcdefABCDEF"
+EVERY_SHAPE = [OPENAI_LIKE, GITHUB_LIKE, AWS_LIKE, AWS_SESSION_LIKE, GOOGLE_LIKE, SLACK_BOT_LIKE,
+               SLACK_USER_LIKE]
 
 
 @pytest.mark.parametrize("key", ["WANDB_API_KEY", "wandb_api_key", "api-key", "github_token",
@@ -21,13 +30,28 @@ def test_masks_by_key(key: str) -> None:
     assert mask_secrets({key: "hunter2", "lr": 0.001}) == {key: MASK, "lr": 0.001}
 
 
-@pytest.mark.parametrize("value", [OPENAI_LIKE, GITHUB_LIKE, AWS_LIKE, f"  {GITHUB_LIKE}\n"])
+@pytest.mark.parametrize("value", [*EVERY_SHAPE, f"  {GITHUB_LIKE}\n"])
 def test_masks_by_value_shape(value: str) -> None:
     assert mask_secrets({"note": value, "dataset": "moons"}) == {"note": MASK, "dataset": "moons"}
 
 
+@pytest.mark.parametrize("token", EVERY_SHAPE)
+def test_masks_only_the_token_inside_longer_text(token: str) -> None:
+    text = f"my key is {token}, do not share"
+    assert mask_text(text) == f"my key is {MASK}, do not share"
+    assert mask_secrets({"note": text, "tags": [f"({token})"]}) == {
+        "note": f"my key is {MASK}, do not share", "tags": [f"({MASK})"]}
+
+
+def test_masks_every_token_of_a_text() -> None:
+    text = f"{AWS_LIKE}:{AWS_SESSION_LIKE}\n{GOOGLE_LIKE} {SLACK_BOT_LIKE}"
+    assert mask_text(text) == f"{MASK}:{MASK}\n{MASK} {MASK}"
+
+
 @pytest.mark.parametrize("value", ["sk-short", "ghp_short", "AKIA123", "task-1234567890abcdefgh",
-                                   "moons", "mlp-icfm-moons-none", ""])
+                                   "ASIAN-cuisine", "AIzaShort", "xoxb-1", "moons",
+                                   "mlp-icfm-moons-none", "mlp-icfm-task-1234567890abcdefgh", "",
+                                   "AKIA" + "ABCDEFGHIJ2345678901"])
 def test_values_that_only_resemble_credentials_are_kept(value: str) -> None:
     assert mask_secrets({"note": value}) == {"note": value}
 
@@ -36,7 +60,7 @@ def test_masks_the_current_wandb_api_key_anywhere(monkeypatch: pytest.MonkeyPatc
     api_key = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("WANDB_API_KEY", api_key)
     data = {"note": api_key, "cmd": f"wandb login {api_key}", "dataset": "moons"}
-    assert mask_secrets(data) == {"note": MASK, "cmd": MASK, "dataset": "moons"}
+    assert mask_secrets(data) == {"note": MASK, "cmd": f"wandb login {MASK}", "dataset": "moons"}
 
 
 def test_the_wandb_value_check_needs_the_env_var() -> None:
@@ -96,3 +120,35 @@ def test_everything_under_a_secret_key_is_masked() -> None:
 
 def test_a_numeric_value_under_a_secret_key_is_masked() -> None:
     assert mask_secrets({"password": 123456}) == {"password": MASK}
+
+
+DISABLED_PROCESS = f"""
+from study.secrets import mask_secrets, mask_text
+print(mask_secrets({{"note": {OPENAI_LIKE!r}, "password": "hunter2"}}))
+print(mask_text("key {GOOGLE_LIKE}"))
+print(mask_secrets({{"group": {AWS_LIKE!r}}}))
+"""
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    from tests.conftest import REPO_ROOT
+
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=60, check=True)
+
+
+def test_disable_secret_filter_turns_masking_off_with_one_warning_per_process() -> None:
+    result = run_python(DISABLED_PROCESS, DISABLE_SECRET_FILTER="1")
+    assert result.stdout.splitlines() == [
+        str({"note": OPENAI_LIKE, "password": "hunter2"}), f"key {GOOGLE_LIKE}",
+        str({"group": AWS_LIKE})]
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 1 and "DISABLE_SECRET_FILTER" in warnings[0], result.stderr
+
+
+@pytest.mark.parametrize("value", ["", "0"])
+def test_the_switch_set_empty_or_zero_keeps_masking(value: str) -> None:
+    result = run_python(DISABLED_PROCESS, DISABLE_SECRET_FILTER=value)
+    assert result.stdout.splitlines() == [
+        str({"note": MASK, "password": MASK}), f"key {MASK}", str({"group": MASK})]
+    assert result.stderr == ""

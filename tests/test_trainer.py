@@ -21,6 +21,7 @@ RESULT_KEYS = {"epochs_run", "best_val_loss", "checkpoint_path", "final_epoch", 
 
 def tiny_config(**overrides) -> TrainingConfig:
     base = dict(epochs=2, batch_size=64, width=16, depth=2, warmup_steps=5, log_every=4,
+                checkpoint_interval=0,
                 patience=0, run_name="tiny")
     return TrainingConfig(**{**base, **overrides})
 

@@ -24,6 +24,7 @@ STEPS_PER_EPOCH = 512 // 64
 
 def tiny(**overrides) -> TrainingConfig:
     base = dict(epochs=3, batch_size=64, width=16, depth=2, warmup_steps=5, log_every=4,
+                checkpoint_interval=0,
                 patience=0, run_name="loop")
     return TrainingConfig(**{**base, **overrides}).validate()
 
@@ -63,13 +64,13 @@ def test_every_step_trains_at_the_closed_form_lr(scheduler, isolated_run_root):
     config = tiny(scheduler=scheduler, lr=2e-3)
     run = trainer(config, isolated_run_root)
     seen = []
-    original = run._set_learning_rate
+    original = run.update.set_learning_rate
 
     def record(step: int) -> None:
         original(step)
         seen.append((step, run.optimizer.param_groups[0]["lr"]))
 
-    run._set_learning_rate = record
+    run.update.set_learning_rate = record
     run.train()
     total = 3 * STEPS_PER_EPOCH
     params = {k: v for k, v in scheduler.items() if k != "type"}

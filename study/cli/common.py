@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from study.errors import FlowctlError
+from study.secrets import mask_text
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -24,8 +25,8 @@ def debug_enabled() -> bool:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print `error: message` as one line on stderr and return the Exit to raise."""
-    first_line = " ".join(str(message).split())
+    """Print `error: message` as one line on stderr (credentials masked); return the Exit."""
+    first_line = mask_text(" ".join(str(message).split()))
     typer.echo(f"error: {first_line}", err=True)
     return typer.Exit(code)
 
@@ -43,7 +44,7 @@ def user_errors() -> Iterator[None]:
 
 def warn(message: str) -> None:
     """One line on stderr, for a value that wins over another or a degraded feature."""
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {mask_text(message)}", file=sys.stderr)
 
 
 def resolve_checkpoint(target: str, ckpt_dir: str | os.PathLike | None, *, last: bool = False):
@@ -76,5 +77,19 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 RequeueSignal = Annotated[str | None, typer.Option(
     "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM).")]
 Plain = Annotated[bool, typer.Option("--plain", help="Plain progress lines even on a terminal.")]
+PairingWorkers = Annotated[int | None, typer.Option(
+    "--pairing-workers", help="Threads solving the next batches' OT plans while a step trains "
+    "(0: pair on the critical path).  [default: OT flows: spare cores, at most 4]")]
+Nproc = Annotated[int | None, typer.Option(
+    "--nproc", help="Train on N processes under torchrun (one per GPU; gloo on CPUs).")]
+MaxRestarts = Annotated[int, typer.Option(
+    "--max-restarts", help="With --nproc: restarts of the worker group after a rank dies; "
+    "restarted workers resume from last.pt.")]
+StrictWorldSize = Annotated[bool, typer.Option(
+    "--strict-world-size", help="Refuse to resume on another number of processes.")]
 TensorBoard = Annotated[bool, typer.Option(
     "--tensorboard", help="Also write scalars to {run}/tb/ (needs the tensorboard package).")]
+Tracker = Annotated[list[str] | None, typer.Option(
+    "--tracker", help="Where metrics go besides metrics.csv: wandb | mlflow | tensorboard | none; "
+    "repeat it or comma-separate (--tracker wandb,mlflow). Default: wandb (plus tensorboard "
+    "with --tensorboard); a resume keeps the run's trackers.")]

@@ -1,7 +1,7 @@
 """`flowctl eval`: score trained runs on held-out data (W2, MMD, NFE, path energy, NPE).
 
-Each evaluated run gets `eval.json` in its folder and `eval/*` in the summary of its own
-wandb run (same id). torch is imported inside the command: `flowctl --help` stays fast.
+Each evaluated run gets `eval.json` in its folder, `eval/*` in the summary of its own
+wandb run (same id) and, when it logged to MLflow, `eval/*` in its MLflow run. torch is imported inside the command: `flowctl --help` stays fast.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def eval_command(
 
     Each metric is the mean over --draws independent draws (x_0 and held-out rows), with the std of W2, MMD² and their floors; eval.json keeps every draw. With --compare, each run after the first is "better" or "worse" than the first only when the gap between the means exceeds the larger of the two stds, else "within spread".
 
-    Writes eval.json in each run folder and adds eval/* to the run's wandb summary (offline unless $WANDB_MODE says otherwise; skipped for runs without wandb).
+    Writes eval.json in each run folder and adds eval/* to the run's wandb summary (offline unless $WANDB_MODE says otherwise; skipped for runs without wandb) and to its MLflow run when it used MLflow.
 
     Example: flowctl eval mlp-otcfm-moons-none --compare mlp-icfm-moons-none --solver rk4 --steps 20
     """
@@ -76,11 +76,12 @@ def evaluate_run(target: str, *, n: int, solver: str, steps: int, seed: int, dat
                  ckpt_dir: str | None, device: str, last: bool = False,
                  draws: int = 1) -> dict[str, Any]:
     """Evaluate one run over `draws` draws, write its eval.json, log eval/* (means and stds)
-    to its wandb run; returns the record."""
+    to its wandb (and MLflow) run; returns the record."""
     from study.cli.train import setup_logging
     from study.flow_matching import evaluate as ev
     from study.flow_matching.device import resolve_device
     from study.flow_matching.eval_draws import evaluate_draws
+    from study.runs.mlflow_tracker import log_eval_to_mlflow
 
     torch_device = resolve_device(device)
     loaded = ev.load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)
@@ -92,6 +93,7 @@ def evaluate_run(target: str, *, n: int, solver: str, steps: int, seed: int, dat
     setup_logging()  # a wandb failure is one "flowctl: wandb ... failed" line on stderr
     ev.log_eval_to_wandb(loaded.run_dir, loaded.wandb_run_id, loaded.wandb_project,
                          summary, config=loaded.config)
+    log_eval_to_mlflow(loaded.run_dir, summary, checkpoint=str(loaded.path))
     return record
 
 

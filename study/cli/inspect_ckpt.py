@@ -1,8 +1,10 @@
 """`flowctl inspect-ckpt`: what a checkpoint holds, without running any of it.
 
-The file is loaded with `weights_only=True` and memory-mapped (study.runs.checkpoint),
-and its sha256 is computed while torch imports, so a 1 GB checkpoint costs little more than
-`import torch`. torch is imported inside the command: `flowctl --help` must not pay for it.
+The file is read by study.runs.checkpoint_reader (via checkpoint_summary): the pickle inside the zip, with a restricted
+unpickler that builds only primitives and tensor descriptors, so neither torch nor any
+tensor's bytes are loaded (a multi-GB checkpoint answers in a fraction of a second, the
+sha256 of a big file coming from a cache after the first time). `--stats` loads the tensors
+with torch (weights_only, memory-mapped) to add min/max/mean/std per model tensor.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def inspect_ckpt(
     target: str = typer.Argument(..., help="A checkpoint file, a run folder, or a run name."),
     last: Last = False,
     tensors: bool = typer.Option(True, "--tensors/--no-tensors", help="List the model's tensors."),
+    stats: bool = typer.Option(False, "--stats", help="Add min, max, mean, std and the number of "
+                               "non-finite values per model tensor (loads the tensors with torch)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object, for scripts."),
     ckpt_dir: Path | None = typer.Option(
         None, "--ckpt-dir", help="Checkpoint root for run names (default: $FLOWCTL_CKPT_DIR, else study/checkpoints)."
@@ -29,22 +33,39 @@ def inspect_ckpt(
 
     TARGET is a .pt file, a run folder or a run name under the checkpoint root: its best.pt, else its last.pt.
 
+    Reads the file without importing torch; `--stats` loads the tensors to summarise them.
+
     Example: flowctl inspect-ckpt mlp-icfm-moons-none --last --no-tensors
     """
-    from study.runs.checkpoint import read_checkpoint  # cheap: torch is imported when loading
-    from study.runs.checkpoint_summary import sha256_in_background, summarize_checkpoint
+    from study.runs.checkpoint_summary import (
+        load_checkpoint_info,
+        sha256_in_background,
+        summarize_checkpoint,
+    )
 
     with user_errors():
         path = resolve_checkpoint(target, ckpt_dir, last=last)
         sha256 = sha256_in_background(path)
-        ckpt = read_checkpoint(path)
+        ckpt = load_checkpoint_info(path)
         summary = summarize_checkpoint(path, ckpt, sha256=sha256())
+        if stats and tensors:
+            add_tensor_statistics(path, summary["tensors"])
     if not tensors:
         summary.pop("tensors")
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
         return
     _render(summary)
+
+
+def add_tensor_statistics(path: Path, tensors: list[dict[str, Any]]) -> None:
+    """Add a "stats" dict to each entry of the summary's tensor list (imports torch)."""
+    from study.runs.checkpoint import read_checkpoint
+    from study.runs.checkpoint_summary import tensor_statistics
+
+    model_state = read_checkpoint(path)["model_state_dict"]
+    for entry in tensors:
+        entry["stats"] = tensor_statistics(model_state[entry["name"]])
 
 
 def _render(summary: dict[str, Any]) -> None:
@@ -94,9 +115,14 @@ def _render(summary: dict[str, Any]) -> None:
         table.add_column("name")
         table.add_column("shape", justify="right")
         table.add_column("dtype")
+        stat_names = ("min", "max", "mean", "std", "nonfinite")
+        with_stats = any("stats" in tensor for tensor in summary["tensors"])
+        for name in stat_names if with_stats else ():
+            table.add_column(name, justify="right")
         for tensor in summary["tensors"]:
             shape = "x".join(map(str, tensor["shape"])) or "scalar"
-            table.add_row(Text(tensor["name"]), shape, tensor["dtype"])
+            values = [_text(tensor.get("stats", {}).get(name)) for name in stat_names]
+            table.add_row(Text(tensor["name"]), shape, tensor["dtype"], *(values if with_stats else ()))
         console.print(table)
 
     for label, value in _detail_lines(summary):

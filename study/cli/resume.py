@@ -7,16 +7,23 @@ import typer
 from study.cli.common import (
     CkptDir,
     Device,
+    MaxRestarts,
+    Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
+    StrictWorldSize,
     TensorBoard,
+    Tracker,
     WandbMode,
     WandbProject,
     user_errors,
 )
+from study.cli.torchrun import exit_code_recorded
 
 
 def resume(
+    ctx: typer.Context,
     target: str = typer.Argument(..., help="Run name, run folder or checkpoint file."),
     epochs: int | None = typer.Option(None, help="Total epochs to reach (not 'more epochs')."),
     patience: int | None = typer.Option(None, help="Override early-stopping patience."),
@@ -29,6 +36,11 @@ def resume(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
+    nproc: Nproc = None,
+    max_restarts: MaxRestarts = 0,
+    strict_world_size: StrictWorldSize = False,
+    tracker: Tracker = None,
 ) -> None:
     """Continue a run exactly where it stopped; the config comes from the checkpoint.
 
@@ -37,12 +49,17 @@ def resume(
 
     Example: flowctl resume mlp-icfm-moons-none --epochs 40
     """
-    from study.cli.train import run_from_cli
+    from study.cli.torchrun import worker_args
+    from study.cli.train import run_from_cli, run_options
 
     overrides = {"epochs": epochs, "patience": patience, "log_every": log_every,
                  "save_every": save_every}
-    with user_errors():
-        run_from_cli(overrides, config_path=None, resume=target, overwrite=False,
-                     ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
-                     device=device, requeue_signal=requeue_signal, plain=plain,
-                     tensorboard=tensorboard)
+    with exit_code_recorded(), user_errors():
+        options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
+                              wandb_mode=wandb_mode, overwrite=False,
+                              requeue_signal=requeue_signal, tensorboard=tensorboard,
+                              strict_world_size=strict_world_size, plain=plain,
+                              pairing_workers=pairing_workers, tracker=tracker)
+        launcher = (nproc, max_restarts, ["--resume", target, *worker_args(ctx)]) if nproc else None
+        run_from_cli(overrides, config_path=None, resume=target, options=options,
+                     launcher=launcher)

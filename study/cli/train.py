@@ -12,14 +12,20 @@ import typer
 from study.cli.common import (
     CkptDir,
     Device,
+    MaxRestarts,
+    Nproc,
+    PairingWorkers,
     Plain,
     RequeueSignal,
+    StrictWorldSize,
     TensorBoard,
+    Tracker,
     WandbMode,
     WandbProject,
     user_errors,
     warn,
 )
+from study.cli.torchrun import exit_code_recorded, worker_args
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
 CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
@@ -27,13 +33,14 @@ CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source"
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
                 "width", "depth", "activation", "save_every", "ema_warmup", "normalize",
                 "grad_accum", "precision", "eval_every", "eval_samples", "select_by",
-                "keep_snapshots")
+                "keep_snapshots", "checkpoint_interval")
 # Flags that set one key of a mapping in the config: flag -> (config key, nested key).
 NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("scheduler", "final_lr_scale"),
                 "lr_gamma": ("scheduler", "gamma"), "lr_step_size": ("scheduler", "step_size")}
 
 
 def train(
+    ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainingConfig keys; flags override it."),
     arch: str | None = typer.Option(None, help="Architecture label, part of the run name; mlp | resmlp also pick that network.  [default: mlp]"),
     network: str | None = typer.Option(None, help="Built-in velocity network: mlp | resmlp.  [default: the arch if it names one, else mlp]"),
@@ -61,6 +68,7 @@ def train(
     depth: int | None = typer.Option(None, help="Hidden layers / residual blocks.  [default: 3]"),
     activation: str | None = typer.Option(None, help="selu | relu | gelu | silu | tanh.  [default: selu]"),
     save_every: int | None = typer.Option(None, help="Also write last.pt every N steps (0: epoch ends only).  [default: 0]"),
+    checkpoint_interval: float | None = typer.Option(None, help="Seconds between epoch-end checkpoints (0: every epoch); a pending best.pt is written with them.  [default: 30]"),
     keep_snapshots: int | None = typer.Option(None, help="Also keep the last K epoch-numbered checkpoints (epoch-0007.pt).  [default: 0]"),
     scheduler: str | None = typer.Option(None, help="LR after warm-up: cosine | linear | step | constant.  [default: cosine]"),
     final_lr_scale: float | None = typer.Option(None, help="cosine/linear: final LR as a fraction of --lr.  [default: 0]"),
@@ -82,6 +90,11 @@ def train(
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
+    pairing_workers: PairingWorkers = None,
+    nproc: Nproc = None,
+    max_restarts: MaxRestarts = 0,
+    strict_world_size: StrictWorldSize = False,
+    tracker: Tracker = None,
 ) -> None:
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
 
@@ -93,61 +106,97 @@ def train(
         if values[flag] is not None:
             overrides.setdefault(key, None)
             overrides[key] = {**(overrides[key] or {}), nested: values[flag]}
-    with user_errors():
-        run_from_cli(overrides, config_path=config, resume=resume, overwrite=overwrite,
-                     ckpt_dir=ckpt_dir, wandb_project=wandb_project, wandb_mode=wandb_mode,
-                     device=device, requeue_signal=requeue_signal, plain=plain,
-                     tensorboard=tensorboard)
+    with exit_code_recorded(), user_errors():
+        options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
+                              wandb_mode=wandb_mode, overwrite=overwrite,
+                              requeue_signal=requeue_signal, tensorboard=tensorboard,
+                              strict_world_size=strict_world_size, plain=plain,
+                              pairing_workers=pairing_workers, tracker=tracker)
+        launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
+        run_from_cli(overrides, config_path=config, resume=resume, options=options,
+                     launcher=launcher)
 
 
-def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
-                 overwrite: bool, ckpt_dir: str | None, wandb_project: str,
-                 wandb_mode: str | None, device: str, requeue_signal: str | None,
-                 plain: bool, tensorboard: bool = False) -> None:
-    """Shared by train and resume: validate, plan, run, print the summary, map the exit code."""
-    from study.flow_matching import launch
-    from study.flow_matching.config_load import load_config
+def run_options(*, plain: bool, wandb_mode: str | None, tracker: list[str] | None = None,
+                **fields: Any):
+    """RunOptions from the flags every training command shares (checked here)."""
+    from study.flow_matching.launch import RunOptions
     from study.flow_matching.progress import ConsoleProgress
-    from study.runs.tracking import WANDB_MODES
+    from study.runs.tracking import WANDB_MODES, check_available, parse_tracker_option
 
     if wandb_mode is not None and wandb_mode not in WANDB_MODES:
         from study.errors import UsageError
 
         raise UsageError(f"unknown --wandb-mode {wandb_mode!r}; choose one of: {', '.join(WANDB_MODES)}")
+    tensorboard = bool(fields.get("tensorboard"))
+    trackers = parse_tracker_option(tracker, tensorboard=tensorboard)
+    check_available((*(trackers or ()), *(("tensorboard",) if tensorboard else ())))
+    return RunOptions(wandb_mode=wandb_mode, progress=ConsoleProgress(force_plain=plain),
+                      trackers=trackers, **fields)
+
+
+def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume: str | None,
+                 options, launcher: tuple[int, int, list[str]] | None = None) -> None:
+    """Shared by train and resume: validate, plan, run (here, or on `launcher` = (nproc,
+    max restarts, worker args) processes under torchrun), print the summary."""
+    from study.flow_matching import resume as resume_plans
+    from study.flow_matching.config_load import load_config
+    from study.flow_matching.distributed import restarted_by_torchrun
+
     setup_logging()
-    options = launch.RunOptions(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
-                                wandb_mode=wandb_mode, overwrite=overwrite,
-                                requeue_signal=requeue_signal, tensorboard=tensorboard,
-                                progress=ConsoleProgress(force_plain=plain))
+    if restarted_by_torchrun():  # a rank died and torchrun restarted us: continue the run
+        resume, options.overwrite = resume or "auto", False
     point = None
     if resume == "auto":
-        training_config, point = launch.plan_auto_resume(load_config(config_path, overrides),
-                                                         options, warn=warn)
+        training_config, point = resume_plans.plan_auto_resume(
+            load_config(config_path, overrides), options.ckpt_dir, warn=warn)
     elif resume is not None:
         if config_path is not None:
             warn("--config is ignored with --resume: the checkpoint's config wins")
-        training_config, point = launch.plan_resume(resume, overrides, options, warn=warn)
+        training_config, point = resume_plans.plan_resume(resume, overrides, options.ckpt_dir,
+                                                          warn=warn)
     else:
         training_config = load_config(config_path, overrides)
+    if launcher is not None:
+        raise typer.Exit(launch_processes(training_config, options, point, *launcher))
     try:
         result = execute(training_config, options, point)
-    except launch.AlreadyCompleted as done:
+    except resume_plans.AlreadyCompleted as done:
         typer.echo(str(done))
         return
     print_summary(result)
 
 
+def launch_processes(config, options, point, nproc: int, max_restarts: int,
+                     args: list[str]) -> int:
+    """Check what can be checked here, then train on `nproc` processes under torchrun."""
+    from study.cli.torchrun import run_under_torchrun
+    from study.errors import UsageError
+    from study.flow_matching.resume import check_world_size
+
+    if nproc < 1 or max_restarts < 0:
+        raise UsageError(f"--nproc must be >= 1 and --max-restarts >= 0, got {nproc} and {max_restarts}")
+    if config.batch_size % (nproc * config.grad_accum):
+        raise UsageError(f"--batch-size {config.batch_size} (the global batch) must split into "
+                         f"{nproc} process(es) x {config.grad_accum} micro-batch(es)")
+    if point is not None:
+        check_world_size(point, nproc, strict=options.strict_world_size, warn=lambda m: None)
+    return run_under_torchrun(args, nproc=nproc, max_restarts=max_restarts)
+
+
 def execute(config, options, resume) -> dict[str, Any]:
     """Run training; a graceful stop exits 143/130, a failure exits 1 with one line."""
     from study.errors import FlowctlError, RunFailed
-    from study.flow_matching.launch import AlreadyCompleted, run_training
+    from study.flow_matching.launch import run_training
+    from study.flow_matching.resume import AlreadyCompleted
     from study.signals import TrainingStopped
 
     try:
         return run_training(config, options, resume=resume, warn=warn)
     except TrainingStopped as stopped:
         typer.echo(f"{config.name}: {stopped}", err=True)
-        raise typer.Exit(stopped.exit_code) from None
+        from study.slurm.requeue import exit_code_after_stop  # under Slurm: requeue the job
+        raise typer.Exit(exit_code_after_stop(stopped, config.name, options)) from None
     except (FlowctlError, AlreadyCompleted):
         raise
     except KeyboardInterrupt:

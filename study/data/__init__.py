@@ -4,7 +4,7 @@ The `augment` function is not re-exported: `study.data.augment` stays the module
 """
 
 from study.data.augment import AUGMENTATIONS
-from study.data.dataset import DataSplits, FlowDataset, resolve_dataset
+from study.data.dataset import DataSplits, FlowDataset, gather_rows, resolve_dataset
 from study.data.toy import TOY_DATASETS, gaussian_mixture, sample_source
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "TOY_DATASETS",
     "DataSplits",
     "FlowDataset",
+    "gather_rows",
     "gaussian_mixture",
     "resolve_dataset",
     "sample_source",

@@ -6,11 +6,22 @@ permutation's next rows, augmented (noise generator); x_0 from the source (noise
 source generator for a built-in 2-D source; pre-coupled rows for reflow); t (t generator);
 eps (noise generator); then the flow's pairing (OT generator). `state_dict()` holds every
 generator's state, so a resumed run draws exactly what an uninterrupted one would.
+
+Under torchrun every rank draws the whole global batch (`batch_size` rows: the same random
+numbers on every rank, keyed by the position in the global batch, never by rank), pairs it
+whole, and trains on its slice: rows [r B/W, (r+1) B/W). So 1, 2 or 8 ranks see the same
+global batches, OT pairs over the global batch, and a resume at another world size
+continues the same data stream. Set $FLOWCTL_SAMPLE_LOG to a folder to have each rank
+append the row ids it trains on (one line per step) to rank{r}.txt there (tests use it).
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,13 +51,42 @@ class FlowBatch:
         return [FlowBatch(*chunk) for chunk in chunks]
 
 
+@dataclass
+class DrawnBatch:
+    """A global batch drawn but not yet paired, with what is needed to finish it later."""
+
+    index: int
+    rows: Tensor  # [B] global row ids
+    x_0: Tensor
+    x_1: Tensor
+    t: Tensor
+    eps: Tensor
+    plan: Any = None  # the pairing plan, or a Future of it (computed on a worker thread)
+    states_before: dict[str, Tensor] | None = None  # the draw generators before this batch
+
+
+DRAW_GENERATORS = ("t", "noise", "source")  # the OT generator is only used when pairing
+
+
 class BatchMaker:
     def __init__(self, data: TrainingData, *, batch_size: int, seed: int, source: str,
-                 device: torch.device):
+                 device: torch.device, rank: int = 0, world_size: int = 1,
+                 pairing_workers: int = 0):
+        assert batch_size % world_size == 0, f"expected batch_size divisible by {world_size}"
         self.data, self.batch_size, self.source, self.device = data, batch_size, source, device
+        share = batch_size // world_size
+        self.rank_rows = slice(rank * share, (rank + 1) * share)
+        log_dir = os.environ.get("FLOWCTL_SAMPLE_LOG")
+        self.sample_log = Path(log_dir) / f"rank{rank}.txt" if log_dir else None
         self.sampler = EpochSampler(len(data.train), batch_size, seed=derive_seed(seed, "data"))
         self.generators = make_generators(seed, device)
         self.permutation: Tensor | None = None
+        # OT pairing ahead of time: the next `pairing_workers` batches of the epoch are drawn
+        # early (the same numbers from the same generators, only sooner) and their plans
+        # solved on worker threads while the current step trains.
+        self.pool = ThreadPoolExecutor(pairing_workers, "ot-pairing") if pairing_workers else None
+        self.depth = pairing_workers
+        self.ahead: deque[DrawnBatch] = deque()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -54,23 +94,64 @@ class BatchMaker:
 
     def start_epoch(self) -> None:
         """Draw this epoch's permutation of the training rows."""
+        assert not self.ahead, "expected no batch drawn ahead across an epoch boundary"
         self.permutation = self.sampler.start_epoch(self.device)
 
     def draw(self, batch_index: int, stage, flow) -> FlowBatch:
-        """Batch `batch_index` of the current epoch under `stage`, paired by `flow`."""
+        """This rank's slice of global batch `batch_index` of the current epoch, under
+        `stage`, paired by `flow` over the whole global batch."""
+        if self.pool is None or not flow.solves_a_plan:
+            drawn = self._draw_unpaired(batch_index, stage)
+            plan = flow.pairing_plan(drawn.x_0, drawn.x_1)
+        else:
+            drawn = self._next_from_ahead(batch_index, stage, flow)
+            plan = drawn.plan.result()
+        x_0, x_1 = flow.apply_pairing(drawn.x_0, drawn.x_1, plan, self.generators["ot"])
+        mine = self.rank_rows
+        if self.sample_log is not None:
+            with open(self.sample_log, "a") as handle:
+                handle.write(" ".join(map(str, drawn.rows[mine].tolist())) + "\n")
+        if mine.stop - mine.start == self.batch_size:
+            return FlowBatch(x_0, x_1, drawn.t, drawn.eps)
+        return FlowBatch(x_0[mine], x_1[mine], drawn.t[mine], drawn.eps[mine])
+
+    def _draw_unpaired(self, batch_index: int, stage) -> DrawnBatch:
         gens = self.generators
+        states = {name: gens[name].get_state() for name in DRAW_GENERATORS} if self.pool else None
         rows = self.permutation[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
         x_1 = augment(stage.aug, self.data.train[rows], std=stage.aug_std, generator=gens["noise"])
         x_0 = (self.data.train_x0[rows] if self.data.train_x0 is not None
                else source_like(self.source, x_1, gens["noise"], gens["source"]))
         t = torch.rand(x_1.shape[0], generator=gens["t"], device=self.device)
         eps = torch.randn(x_1.shape, generator=gens["noise"], device=self.device)
-        x_0, x_1 = flow.pair(x_0, x_1, generator=gens["ot"])
-        return FlowBatch(x_0, x_1, t, eps)
+        return DrawnBatch(batch_index, rows, x_0, x_1, t, eps, states_before=states)
+
+    def _next_from_ahead(self, batch_index: int, stage, flow) -> DrawnBatch:
+        """Batch `batch_index`, with the batches after it (up to `depth`, within the epoch)
+        drawn and their plans submitted to the workers."""
+        assert not self.ahead or self.ahead[0].index == batch_index, (
+            f"expected batch {self.ahead[0].index} next, got {batch_index}")
+        start = self.ahead[-1].index + 1 if self.ahead else batch_index
+        for index in range(start, min(batch_index + self.depth, self.steps_per_epoch - 1) + 1):
+            drawn = self._draw_unpaired(index, stage)
+            drawn.plan = self.pool.submit(flow.pairing_plan, drawn.x_0, drawn.x_1)
+            self.ahead.append(drawn)
+        return self.ahead.popleft()
+
+    def close(self) -> None:
+        """Stop the pairing workers (a plan being solved is left to finish on its own)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     def state_dict(self, *, mid_epoch: bool) -> dict[str, Any]:
-        """{generator name: state}; `data` is the epoch's start when stopping mid-epoch."""
+        """{generator name: state}; `data` is the epoch's start when stopping mid-epoch.
+
+        Batches drawn ahead are given back: the draw generators' states are those from
+        before the first of them, so a resume draws them again, identically.
+        """
         states = {name: generator.get_state() for name, generator in self.generators.items()}
+        if self.ahead:
+            states.update(self.ahead[0].states_before)
         states["data"] = self.sampler.state_dict(mid_epoch=mid_epoch)
         return states
 

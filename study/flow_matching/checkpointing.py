@@ -1,10 +1,19 @@
 """When the trainer writes which checkpoint file, and the guard on what it writes.
 
-Policy: at each epoch end last.pt, and best.pt first when the selection metric improved
-(a crash between the two renames leaves last.pt older, and the resume recomputes and
-rewrites both); every `save_every` steps last.pt; when a stop is requested last.pt; with
-`keep_snapshots` K also `epoch-NNNN.pt` at each epoch end, the oldest beyond K removed.
-One write serialises the state once; the other names are hard links of the same file.
+Policy, with a budget of `interval_s` seconds (`--checkpoint-interval`, 0: every epoch):
+- at an epoch end, last.pt when `interval_s` has passed since the last write (always with
+  0); when the selection metric improved, the state is kept in memory as the pending best;
+- every `save_every` steps, when a stop is requested, and when training ends: last.pt;
+- whenever last.pt is written, a pending best is written first as best.pt (so best.pt is
+  never newer than last.pt: a crash between the two leaves last.pt older, and the resume
+  recomputes both). When the best is the current state, best.pt is a hard link of last.pt;
+- with `keep_snapshots` K, `epoch-NNNN.pt` at each epoch end written, the oldest beyond K
+  removed.
+A SIGKILL therefore loses at most `interval_s` seconds of training (or `save_every` steps,
+or one epoch, whichever comes first), and a resume from what is on disk is exact.
+
+The state is copied (`snapshot`) on the training thread, which costs a memory copy;
+serialising and writing happen on the recorder's writer thread.
 
 Guard: a state whose weights or pending loss are not finite is never written, so a run
 diverging between log steps cannot overwrite the last good last.pt.
@@ -12,39 +21,66 @@ diverging between log steps cannot overwrite the last good last.pt.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from study.errors import RunFailed
+from study.runs.checkpoint import snapshot
 from study.runs.paths import BEST_NAME, LAST_NAME, snapshot_name
 from study.runs.recorder import RunRecorder
 
 
 class Checkpointer:
-    def __init__(self, recorder: RunRecorder, *, save_every: int, keep_snapshots: int):
-        self.recorder = recorder
+    def __init__(self, recorder: RunRecorder, *, save_every: int, keep_snapshots: int,
+                 interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        self.recorder, self.clock = recorder, clock
         self.save_every = save_every
         self.keep_snapshots = keep_snapshots
+        self.interval_s = interval_s
+        self.last_write = clock()
+        self.pending_best: dict[str, Any] | None = None  # a snapshot not yet on disk
+        self.written_step = -1  # global_step of the newest last.pt written
 
     def after_step(self, *, step: int, epoch: int, epoch_done: bool, improved: bool,
                    stopping: bool, state: Callable[[], dict[str, Any]],
                    finite: Callable[[], torch.Tensor]) -> None:
         """Write what the policy asks for after optimizer step `step` (1-based count)."""
-        names = []
-        if epoch_done:
-            names = [BEST_NAME, LAST_NAME] if improved else [LAST_NAME]
-            if self.keep_snapshots:
-                names.append(snapshot_name(epoch))
-        elif stopping or (self.save_every and step % self.save_every == 0):
-            names = [LAST_NAME]
-        if names:
-            self.write(names, state=state, finite=finite, step=step)
+        due = (stopping or (self.save_every and step % self.save_every == 0)
+               or (epoch_done and self.clock() - self.last_write >= self.interval_s))
+        if epoch_done and improved and not due:
+            self._check(finite, step)
+            self.pending_best = snapshot(state())  # best.pt waits for the next write
+        if due:
+            extra = [snapshot_name(epoch)] if epoch_done and self.keep_snapshots else []
+            self.write(state=state, finite=finite, step=step, best_now=epoch_done and improved,
+                       extra=extra)
 
-    def write(self, names: list[str], *, state: Callable[[], dict[str, Any]],
-              finite: Callable[[], torch.Tensor], step: int) -> None:
-        if not finite():  # one host sync per checkpoint
+    def finish(self, *, step: int, state: Callable[[], dict[str, Any]],
+               finite: Callable[[], torch.Tensor]) -> None:
+        """At the end of training: last.pt (and a pending best) unless already on disk."""
+        if step != self.written_step or self.pending_best is not None:
+            self.write(state=state, finite=finite, step=step, best_now=False)
+
+    def write(self, *, state: Callable[[], dict[str, Any]], finite: Callable[[], torch.Tensor],
+              step: int, best_now: bool, extra: list[str] | None = None) -> None:
+        self._check(finite, step)
+        self.last_write, self.written_step = self.clock(), step
+        if not self.recorder.enabled:  # only rank 0 writes
+            self.pending_best = None
+            return
+        folder = self.recorder.run_dir
+        jobs = []
+        if self.pending_best is not None and not best_now:
+            jobs.append((self.pending_best, [folder / BEST_NAME]))
+        names = [BEST_NAME, LAST_NAME] if best_now else [LAST_NAME]
+        jobs.append((snapshot(state()), [folder / name for name in [*names, *(extra or [])]]))
+        self.pending_best = None
+        self.recorder.save_checkpoints(jobs, keep_snapshots=self.keep_snapshots)
+
+    @staticmethod
+    def _check(finite: Callable[[], torch.Tensor], step: int) -> None:
+        if not finite():  # one host sync per checkpoint, on every rank alike
             raise RunFailed(f"non-finite loss at step {step}")
-        self.recorder.save_checkpoint(state(), [self.recorder.run_dir / name for name in names],
-                                      keep_snapshots=self.keep_snapshots)

@@ -89,6 +89,7 @@ class TrainingConfig:
     depth: int = 3
     activation: str = "selu"
     save_every: int = 0  # also write last.pt every N optimizer steps; 0: epoch ends only
+    checkpoint_interval: float = 30.0  # seconds between epoch-end checkpoints; 0: every epoch
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the step's batch)
     precision: str = "fp32"  # autocast dtype of the forward pass: fp32 | bf16 | fp16 (CUDA)
@@ -126,7 +127,7 @@ class TrainingConfig:
         """Raise UsageError on the first impossible value; return self for chaining.
 
         Any arch label is accepted (a label that names no built-in network trains the
-        default one; see launch.assign_network); `network` must name a built-in one unless
+        default one; see assign_network); `network` must name a built-in one unless
         `check_arch=False` (callers that pass their own model).
         """
         if check_arch and self.network is not None:
@@ -154,7 +155,8 @@ class TrainingConfig:
             if getattr(self, key) <= 0:
                 raise UsageError(f"{key} must be a positive integer, got {getattr(self, key)}")
         non_negative = ("warmup_steps", "patience", "weight_decay", "grad_clip", "sigma",
-                        "aug_std", "save_every", "eval_every", "keep_snapshots")
+                        "aug_std", "save_every", "eval_every", "keep_snapshots",
+                        "checkpoint_interval")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise UsageError(f"{key} must be >= 0, got {getattr(self, key)}")
@@ -202,3 +204,14 @@ class TrainingConfig:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def assign_network(config: TrainingConfig, warn=print) -> None:
+    """Fix which built-in network a run trains: `network`, else the arch when it names one,
+    else the default mlp under the arch label (with one notice line)."""
+    if config.network is not None:
+        return
+    if config.arch not in ARCH_NAMES:
+        warn(f"arch {config.arch!r} names no built-in network; training the default mlp under "
+             f"that label (choose one with --network {'|'.join(ARCH_NAMES)})")
+    config.network = config.arch if config.arch in ARCH_NAMES else "mlp"

@@ -13,20 +13,16 @@ is never touched. Build one by name with `build_flow`; names match `config.FLOW_
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from study.errors import UsageError
+from study.flow_matching.ot_plans import entropic_plan, exact_ot_permutation
 
 # Guards t (1 - t) in the Schrodinger-bridge target, whose coefficient diverges at t = 0, 1.
 _SB_EPS = 1e-8
-# Largest relative error in a Sinkhorn plan's marginals that sbcfm accepts. Sampling B pairs
-# with replacement already weights each point by Poisson(1) noise, so 10% is harmless; a
-# numerically broken plan is off by far more (or not finite).
-_SINKHORN_TOL = 0.1
 
 
 def _check_batch(x_0: Tensor, x_1: Tensor) -> None:
@@ -42,51 +38,33 @@ def _check_path_args(x_0: Tensor, x_1: Tensor, t: Tensor, eps: Tensor) -> None:
     assert eps.shape == x_0.shape, f"expected eps of shape {tuple(x_0.shape)}, got {tuple(eps.shape)}"
 
 
-def _exact_plan(cost: np.ndarray) -> np.ndarray:
-    """Exact OT plan [B, B] for uniform weights (`ot.emd`): a permutation matrix / B.
-
-    The cost is divided by its max first: the plan is scale-invariant, and costs of order one
-    keep the network simplex's tolerances meaningful.
-    """
-    import ot  # POT pulls in scipy: load it only when a flow pairs a batch
-
-    if cost.max() > 0:
-        cost = cost / cost.max()
-    weights = ot.unif(cost.shape[0])
-    return ot.emd(weights, weights, cost, numItermax=1_000_000)
-
-
-def _marginal_error(plan: np.ndarray) -> float:
-    """max |B * marginal - 1| over both marginals of a [B, B] plan; inf if not finite."""
-    if not np.all(np.isfinite(plan)):
-        return float("inf")
-    batch = plan.shape[0]
-    rows, cols = plan.sum(axis=1) * batch, plan.sum(axis=0) * batch
-    return float(max(np.abs(rows - 1).max(), np.abs(cols - 1).max()))
-
-
-def _sq_cost(x_0: Tensor, x_1: Tensor) -> np.ndarray:
-    """Squared Euclidean cost matrix C[i, j] = |x_0[i] - x_1[j]|^2 as CPU float64: [B, B]."""
-    a = x_0.detach().to("cpu", torch.float64).numpy()
-    b = x_1.detach().to("cpu", torch.float64).numpy()
-    import ot
-
-    return ot.dist(a, b, metric="sqeuclidean")
-
-
 class FlowMatcher:
-    """Base class: independent coupling (identity `pair`); subclasses give `path`."""
+    """Base class: independent coupling (identity `pair`); subclasses give `path`.
+
+    Pairing has two halves: `pairing_plan` (deterministic, possibly expensive: an OT solve
+    on the CPU; batches.py may run it ahead on a worker thread) and `apply_pairing` (cheap,
+    the only part that draws from the generator). `pair` does both.
+    """
 
     name = "base"
+    solves_a_plan = False  # whether pairing_plan does real work worth running ahead
 
     def __init__(self, *, sigma: float) -> None:
         self.sigma = float(sigma)
+
+    def pairing_plan(self, x_0: Tensor, x_1: Tensor):
+        """What `apply_pairing` needs for this batch (None: nothing). x_0, x_1: [B, D]."""
+        return None
+
+    def apply_pairing(self, x_0: Tensor, x_1: Tensor, plan, generator: torch.Generator | None
+                      ) -> tuple[Tensor, Tensor]:
+        return x_0, x_1
 
     def pair(self, x_0: Tensor, x_1: Tensor, generator: torch.Generator | None = None
              ) -> tuple[Tensor, Tensor]:
         """Re-pair the minibatch (OT-based flows); identity by default. x_0, x_1: [B, D]."""
         _check_batch(x_0, x_1)
-        return x_0, x_1
+        return self.apply_pairing(x_0, x_1, self.pairing_plan(x_0, x_1), generator)
 
     def path(self, x_0: Tensor, x_1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """Pure formula: (x_t, u_t), both [B, D], for t: [B] and eps: [B, D] ~ N(0, I)."""
@@ -132,27 +110,16 @@ class OTCFM(ICFM):
     """
 
     name = "otcfm"
+    solves_a_plan = True
 
-    def pair(self, x_0: Tensor, x_1: Tensor, generator: torch.Generator | None = None
-             ) -> tuple[Tensor, Tensor]:
-        """Return (x_0, x_1[perm]) with perm the optimal assignment. x_0, x_1: [B, D]."""
-        _check_batch(x_0, x_1)
-        perm = exact_ot_permutation(x_0, x_1)
-        return x_0, x_1[perm.to(x_1.device)]
+    def pairing_plan(self, x_0: Tensor, x_1: Tensor) -> Tensor:
+        """perm [B] (CPU int64), the optimal assignment x_0[i] <-> x_1[perm[i]]."""
+        return exact_ot_permutation(x_0, x_1)
 
-
-def exact_ot_permutation(x_0: Tensor, x_1: Tensor) -> Tensor:
-    """perm [B] (CPU int64) such that x_0[i] <-> x_1[perm[i]] is the exact OT matching.
-
-    Solved on CPU in float64 by `ot.emd` on the squared Euclidean cost.
-    """
-    perm = np.argmax(_exact_plan(_sq_cost(x_0, x_1)), axis=1)
-    # A vertex of the Birkhoff polytope is a permutation; anything else is a solver failure.
-    assert len(np.unique(perm)) == len(perm), (
-        f"expected a permutation plan from ot.emd, got {len(np.unique(perm))} distinct targets "
-        f"for {len(perm)} sources"
-    )
-    return torch.from_numpy(perm).long()
+    def apply_pairing(self, x_0: Tensor, x_1: Tensor, plan: Tensor, generator=None
+                      ) -> tuple[Tensor, Tensor]:
+        """(x_0, x_1[perm]): x_1 reordered, nothing duplicated or dropped."""
+        return x_0, x_1[plan.to(x_1.device)]
 
 
 class FM(FlowMatcher):
@@ -202,56 +169,36 @@ class SBCFM(FlowMatcher):
     """
 
     name = "sbcfm"
+    solves_a_plan = True
 
     def __init__(self, *, sigma: float) -> None:
         if not sigma > 0:
             raise UsageError(f"flow 'sbcfm' needs sigma > 0 (entropic reg = 2 sigma^2), got {sigma}")
         super().__init__(sigma=sigma)
 
-    def pair(self, x_0: Tensor, x_1: Tensor, generator: torch.Generator | None = None
-             ) -> tuple[Tensor, Tensor]:
-        """Return (x_0[i], x_1[j]) for B index pairs drawn from the entropic plan. [B, D] each.
+    def plan(self, x_0: Tensor, x_1: Tensor) -> np.ndarray:
+        """The entropic OT plan [B, B] (float64, sums to 1); see ot_plans.entropic_plan."""
+        return entropic_plan(x_0, x_1, self.sigma)
 
-        The draw runs on the generator's device (CPU when there is none).
-        """
-        _check_batch(x_0, x_1)
+    def pairing_plan(self, x_0: Tensor, x_1: Tensor) -> Tensor:
+        """The entropic plan, flattened: [B * B] float64 on the CPU."""
         batch = x_0.shape[0]
         if batch * batch > 2**24:  # torch.multinomial's limit on the number of categories
             raise UsageError(f"flow 'sbcfm' needs batch_size <= 4096, got {batch}")
-        plan = torch.from_numpy(self.plan(x_0, x_1)).flatten()
+        return torch.from_numpy(self.plan(x_0, x_1)).flatten()
+
+    def apply_pairing(self, x_0: Tensor, x_1: Tensor, plan: Tensor, generator=None
+                      ) -> tuple[Tensor, Tensor]:
+        """(x_0[i], x_1[j]) for B index pairs drawn from the plan. [B, D] each.
+
+        The draw runs on the generator's device (CPU when there is none).
+        """
+        batch = x_0.shape[0]
         if generator is not None:
             plan = plan.to(generator.device)
         flat = torch.multinomial(plan, batch, replacement=True, generator=generator)
         flat = flat.to(x_0.device)
         return x_0[flat // batch], x_1[flat % batch]
-
-    def plan(self, x_0: Tensor, x_1: Tensor) -> np.ndarray:
-        """The entropic OT plan [B, B] (float64, sums to 1) between the rows of x_0 and x_1.
-
-        Plain Sinkhorn (fast) on the cost minus its row minima, then minus the column minima:
-        the shift changes <P, C> by a constant for every P with these marginals, so the plan is
-        the same, but every row and column of exp(-C / reg) keeps an entry of 1 instead of
-        underflowing to 0 (which, at reg = 0.02, one outlier is enough to cause). An unconverged
-        plan is used as is while its marginals are within 10%; when reg is too small for Sinkhorn
-        in float64, the exact OT plan (the sigma -> 0 limit) is used, with a RuntimeWarning.
-        """
-        cost = _sq_cost(x_0, x_1)
-        cost = cost - cost.min(axis=1, keepdims=True)
-        cost = cost - cost.min(axis=0, keepdims=True)
-        import ot
-
-        weights = ot.unif(x_0.shape[0])
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")  # POT's "did not converge" / "numerical errors"
-            plan = ot.sinkhorn(weights, weights, cost, reg=2 * self.sigma**2, method="sinkhorn")
-        if _marginal_error(plan) <= _SINKHORN_TOL:
-            return plan / plan.sum()
-        warnings.warn(
-            f"sbcfm: Sinkhorn failed for sigma={self.sigma} (reg {2 * self.sigma**2:.3g} is too "
-            "small for this batch's costs); pairing by exact OT instead",
-            RuntimeWarning, stacklevel=3,
-        )
-        return _exact_plan(cost)
 
     def path(self, x_0: Tensor, x_1: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         _check_path_args(x_0, x_1, t, eps)

@@ -21,10 +21,15 @@ class LogWindow:
         self.grad_norm_sum += grad_norm
         self.steps += 1
 
-    def mean_and_reset(self) -> tuple[float, float]:
-        """(mean loss, mean grad norm) over the window as floats; empties the window."""
-        steps = max(self.steps, 1)
-        loss, grad_norm = (self.loss_sum / steps).item(), (self.grad_norm_sum / steps).item()
+    def mean_and_reset(self, reduce=None) -> tuple[float, float]:
+        """(mean loss, mean grad norm) over the window as floats; empties the window.
+
+        `reduce` (e.g. a mean across ranks) is applied to the two means first, in place.
+        """
+        means = torch.stack([self.loss_sum, self.grad_norm_sum]) / max(self.steps, 1)
+        if reduce is not None:
+            reduce(means)
+        loss, grad_norm = means.tolist()
         self.loss_sum.zero_()
         self.grad_norm_sum.zero_()
         self.steps = 0

@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from study.data.training_data import TrainingData
 from study.errors import RunFailed
-from study.flow_matching.batches import BatchMaker, FlowBatch
+from study.flow_matching.batches import BatchMaker
 from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
+from study.flow_matching.distributed import (
+    StopAgreement,
+    mean_across_ranks,
+    rank,
+    world_size,
+    wrap_model,
+)
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
@@ -37,7 +44,9 @@ from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
 from study.flow_matching.sample_quality import SampleQuality
 from study.flow_matching.schedule import LRSchedule
+from study.flow_matching.selection import Selection
 from study.flow_matching.stages import plan_stages, stage_for_epoch
+from study.flow_matching.update import Update
 from study.flow_matching.validation import Validator
 from study.runs.checkpoint import checkpoint_metadata, read_checkpoint, restore_modules
 from study.runs.paths import BEST_NAME, LAST_NAME, run_dir
@@ -71,25 +80,31 @@ class FlowTrainer:
     @classmethod
     def from_parts(cls, model, config: TrainingConfig, data: TrainingData, recorder: RunRecorder,
                    device, *, resume: dict[str, Any] | None = None, resume_source=None,
-                   progress=None, stop: GracefulStop | None = None, warn=print) -> FlowTrainer:
-        """A trainer from built parts; `resume`: a checkpoint payload already read."""
+                   progress=None, stop: GracefulStop | None = None, pairing_workers: int = 0,
+                   warn=print) -> FlowTrainer:
+        """A trainer from built parts; `resume`: a checkpoint payload already read;
+        `pairing_workers`: threads solving OT plans of the next batches ahead of the step."""
         trainer = cls.__new__(cls)
         trainer._assemble(model, config, data, recorder, device, resume=resume,
-                          resume_source=resume_source, progress=progress, stop=stop, warn=warn)
+                          resume_source=resume_source, progress=progress, stop=stop,
+                          pairing_workers=pairing_workers, warn=warn)
         return trainer
 
     def _assemble(self, model, config, data, recorder, device, *, resume=None, resume_source=None,
-                  progress=None, stop=None, warn=print) -> None:
+                  progress=None, stop=None, pairing_workers=0, warn=print) -> None:
         self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun
         log.info("model on %s (%d parameters)", self.device, sum(p.numel() for p in model.parameters()))
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
         self.run_dir = recorder.run_dir
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
-                                  source=config.source, device=self.device)
+                                  source=config.source, device=self.device, rank=rank(),
+                                  world_size=world_size(), pairing_workers=pairing_workers)
+        self.stop_agreement = StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -100,6 +115,10 @@ class FlowTrainer:
                                            **fast_adamw_options(self.device))
         self.ema = EMAModel(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
         self.precision = Precision(config.precision, self.device)
+        self.update = Update(train_model=self.train_model, model=self.model,
+                             optimizer=self.optimizer, ema=self.ema, precision=self.precision,
+                             schedule=self.learning_rate, grad_accum=config.grad_accum,
+                             grad_clip=config.grad_clip)
         self.validator = Validator(data.val, seed=config.seed, source=config.source,
                                    batch_size=config.batch_size, device=self.device,
                                    val_x0=data.val_x0)
@@ -107,12 +126,12 @@ class FlowTrainer:
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
-                                        keep_snapshots=config.keep_snapshots)
+                                        keep_snapshots=config.keep_snapshots,
+                                        interval_s=config.checkpoint_interval)
 
         # Progress counters: `epoch` is the last completed epoch (-1: none yet).
         self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
-        self.best_loss, self.epochs_without_improvement = math.inf, 0
-        self.best_score = math.inf  # of the selection metric (val loss or eval W2)
+        self.selection = Selection(config.select_by, config.patience)
         self.window = LogWindow(self.device)
         self.last_train_loss: float | None = None
         self.wandb_run_id: str | None = None
@@ -136,7 +155,7 @@ class FlowTrainer:
         started, status = time.perf_counter(), "finished"
         try:
             for epoch in range(self.epoch + 1, cfg.epochs):
-                if cfg.patience and self.epochs_without_improvement >= cfg.patience:
+                if self.selection.should_stop():
                     status = "early_stopped"
                     break
                 stage = stage_for_epoch(self.stages, epoch)
@@ -144,7 +163,8 @@ class FlowTrainer:
                 self.batches.start_epoch()
                 epoch_started = time.perf_counter()
                 for batch_index in range(self.batch_in_epoch, self.steps_per_epoch):
-                    loss, grad_norm = self._train_step(self.batches.draw(batch_index, stage, flow), flow)
+                    batch = self.batches.draw(batch_index, stage, flow)
+                    loss, grad_norm = self.update(batch, flow, step=self.global_step)
                     self.global_step += 1
                     self.batch_in_epoch = batch_index + 1
                     self.window.add(loss, grad_norm)
@@ -157,15 +177,19 @@ class FlowTrainer:
                         row.update(self._end_epoch(epoch, stage, time.perf_counter() - epoch_started))
                     if row:  # logged before the checkpoint of this step, never after
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
-                    # The signal handler only sets stop.requested: we save here, not there.
+                    # The signal handler only sets stop.requested: we save here, not there,
+                    # and under torchrun every rank stops at the same step.
+                    stopping = self.stop_agreement.should_stop(self.stop.requested, self.global_step)
                     self.checkpoints.after_step(
                         step=self.global_step, epoch=epoch, epoch_done=epoch_done,
-                        improved=epoch_done and self.epochs_without_improvement == 0,
-                        stopping=self.stop.requested, state=self.state_dict, finite=self._finite)
-                    if self.stop.requested:
+                        improved=epoch_done and self.selection.improved_last,
+                        stopping=stopping, state=self.state_dict, finite=self._finite)
+                    if stopping:
                         self.recorder.flush()
-                        raise TrainingStopped(self.stop.signum)
+                        raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
+            self.checkpoints.finish(step=self.global_step, state=self.state_dict,
+                                    finite=self._finite)
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
         except TrainingStopped as stopped:
             self.recorder.close("preempted", exit_code=stopped.exit_code,
@@ -178,6 +202,7 @@ class FlowTrainer:
         finally:
             self.stop.uninstall()
             self.progress.close()
+            self.batches.close()
         result = self._result(status, time.perf_counter() - started)
         self.recorder.close(status, summary={"final_epoch": result["final_epoch"],
                                              "best_val_loss": result["best_val_loss"],
@@ -185,31 +210,9 @@ class FlowTrainer:
                             progress=self._progress_fields(None))
         return result
 
-    def _train_step(self, batch: FlowBatch, flow) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on `batch`, in `grad_accum` equal micro-batches whose mean
-        gradient is the whole batch's; returns (loss, grad norm) as device scalars."""
-        parts = self.config.grad_accum
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=self.device)
-        for part in batch.split(parts):
-            x_t, u_t = flow.path(part.x_0, part.x_1, part.t, part.eps)
-            with self.precision.autocast():
-                v_t = self.model(x_t, part.t)
-            part_loss = F.mse_loss(v_t.float(), u_t) / parts
-            self.precision.backward(part_loss)
-            loss += part_loss.detach()
-        grad_norm = self.precision.clip_and_step(self.optimizer, self.params, self.config.grad_clip)
-        self._set_learning_rate(self.global_step + 1)  # for the next step
-        self.ema.update(self.model, n=self.global_step)
-        return loss, grad_norm
-
-    def _set_learning_rate(self, step: int) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(step)
-
     def _train_log_row(self, epoch: int, stage) -> dict[str, Any]:
         """Mean loss and grad norm over the window; one host sync per `log_every` steps."""
-        loss, grad_norm = self.window.mean_and_reset()
+        loss, grad_norm = self.window.mean_and_reset(reduce=mean_across_ranks)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             raise RunFailed(f"non-finite {what} at step {self.global_step}")
@@ -227,16 +230,12 @@ class FlowTrainer:
         val_loss = self.validate(stage)
         if not math.isfinite(val_loss):
             raise RunFailed(f"non-finite validation loss at step {self.global_step}")
-        self.best_loss = min(self.best_loss, val_loss)
-        row = {"val/loss": val_loss, "val/best_loss": self.best_loss, "epoch": epoch,
-               "metrics/stage_id": stage.index, "epoch_time_s": round(seconds, 4)}
+        row = {"val/loss": val_loss, "epoch": epoch, "metrics/stage_id": stage.index,
+               "epoch_time_s": round(seconds, 4)}
         if self.quality is not None and (epoch + 1) % cfg.eval_every == 0:
             row.update(self.quality(self.model, self.ema))
-        score = row.get("eval/w2") if cfg.select_by == "eval_w2" else val_loss
-        if score is not None and score < self.best_score:
-            self.best_score, self.epochs_without_improvement = score, 0
-        else:
-            self.epochs_without_improvement += 1
+        self.selection.update(val_loss, row.get("eval/w2"))
+        row["val/best_loss"] = self.selection.best_loss
         self.epoch, self.batch_in_epoch = epoch, 0
         self.progress.update(step=self.global_step, epoch=epoch, total_epochs=cfg.epochs,
                              loss=self.last_train_loss, val_loss=val_loss)
@@ -260,6 +259,7 @@ class FlowTrainer:
             **checkpoint_metadata(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "world_size": world_size(),
             "batch_in_epoch": self.batch_in_epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "model_state_dict": self.model.state_dict(),
@@ -268,9 +268,9 @@ class FlowTrainer:
             "optimizer_type": type(self.optimizer).__name__,
             "scheduler_state_dict": self.learning_rate.state_dict(self.global_step),
             "rng_states": self.batches.state_dict(mid_epoch=self.batch_in_epoch > 0),
-            "best_loss": float(self.best_loss),
-            "best_score": float(self.best_score),
-            "epochs_without_improvement": self.epochs_without_improvement,
+            "best_loss": float(self.selection.best_loss),
+            "best_score": float(self.selection.best_score),
+            "epochs_without_improvement": self.selection.epochs_without_improvement,
             "log_window": self.window.state_dict(),
             "grad_scaler": self.precision.state_dict(),
             "last_train_loss": self.last_train_loss,
@@ -295,13 +295,11 @@ class FlowTrainer:
                                    steps_per_epoch=self.steps_per_epoch, warn=self.warn)
         restore_modules(payload, source, self.model, self.ema, self.optimizer)
         self.epoch = int(payload["epoch"])
-        self.best_loss = float(payload["best_loss"])
-        self.best_score = float(payload.get("best_score", self.best_loss))
+        self.selection.load(payload)
         self.precision.load_state_dict(payload.get("grad_scaler") or {})
         exact = "rng_states" in payload and "global_step" in payload
         self.global_step = int(payload.get("global_step", (self.epoch + 1) * self.steps_per_epoch))
         self.batch_in_epoch = int(payload.get("batch_in_epoch", 0))
-        self.epochs_without_improvement = int(payload.get("epochs_without_improvement", 0))
         self.wandb_run_id = payload.get("wandb_run_id")
         self.last_train_loss = payload.get("last_train_loss")
         if "log_window" in payload:
@@ -311,7 +309,7 @@ class FlowTrainer:
         else:
             self.warn(f"{source} has no RNG or step state (original study format); resuming with "
                       "defaults, so the result is not guaranteed to match an uninterrupted run")
-        self._set_learning_rate(self.global_step)
+        self.update.set_learning_rate(self.global_step)
         self.resumed_from = self.global_step
         stage = stage_for_epoch(self.stages, self.epoch + 1)
         log.info("resuming %s at epoch %d of %d, step %d, stage %r (stage step %d)%s", source,
@@ -320,6 +318,11 @@ class FlowTrainer:
                  "" if exact else " (legacy checkpoint: exactness not guaranteed)")
 
     # -- reporting -----------------------------------------------------------------------
+    @property
+    def best_loss(self) -> float:
+        """The best validation loss so far (inf before the first validation)."""
+        return self.selection.best_loss
+
     def _progress_fields(self, stage) -> dict[str, Any]:
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
         return {"epoch": self.epoch + 1, "global_step": self.global_step, "stage": stage.name,

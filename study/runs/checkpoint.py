@@ -90,6 +90,18 @@ def serialize(payload: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def snapshot(payload: Any) -> Any:
+    """A copy of `payload` (nested dicts, lists, tensors, primitives) whose tensors are CPU
+    copies: it stays as it is while training goes on and can be written on another thread."""
+    if isinstance(payload, dict):
+        return {key: snapshot(value) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return type(payload)(snapshot(value) for value in payload)
+    if hasattr(payload, "detach") and hasattr(payload, "clone"):
+        return payload.detach().to("cpu", copy=True)
+    return payload
+
+
 def write_atomic(path: Path, data: bytes, *, also: tuple[Path, ...] = ()) -> None:
     """Write `data` to `path` (and to each path in `also`, same folder) so that readers only
     ever see complete files.

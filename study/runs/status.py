@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from study.errors import UsageError
 from study.runs.display import format_age
 from study.runs.lock import pid_alive, utc_now
 from study.runs.paths import BEST_NAME, LAST_NAME, RUN_JSON
+from study.secrets import mask_secrets
 
 CHECKPOINT_NAMES = (BEST_NAME, LAST_NAME)
 
@@ -74,6 +76,8 @@ class RunInfo:
     wandb_run_id: str | None = None
     wandb_mode: str | None = None
     wandb: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = None
     error: dict[str, Any] | None = None
     checkpoints: dict[str, Any] = field(default_factory=dict)
     size_bytes: int = 0
@@ -104,12 +108,24 @@ RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
     "updated_at": (str,), "finished_at": (str,), "elapsed_s": (int, float), "pid": (int,),
     "host": (str,), "wandb_run_id": (str,), "wandb_mode": (str,), "wandb": (str,),
     "error": (dict,), "checkpoints": (dict,), "resumed_from_step": (int,),
-    "lr": (int, float), "scheduler": (str,), "dataset": (dict,),
+    "lr": (int, float), "scheduler": (str,), "dataset": (dict,), "exit_code": (int,),
+    # {tracker name: ok | disabled | unavailable} of the trackers the run logs to (a resume
+    # without --tracker uses the same ones); the MLflow run a resume continues, and its
+    # store when that was $MLFLOW_TRACKING_URI rather than the run's own mlruns/.
+    "trackers": (dict,), "mlflow_run_id": (str,), "mlflow_tracking_uri": (str,),
 }
 
 
+# The run.json fields a RunInfo holds, computed once: read_run runs 1,000 times per list-runs.
+_READ_FIELDS = tuple((key, types) for key, types in RUN_JSON_FIELDS.items()
+                     if key in RunInfo.__dataclass_fields__)
+
+
 class RunStatusFile:
-    """The writer of run.json: the live status of one run, merged and rewritten on update."""
+    """The writer of run.json: the live status of one run, merged and rewritten on update.
+
+    Credentials anywhere in it (config, group, error message) are masked on the way to disk.
+    """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / RUN_JSON
@@ -130,7 +146,7 @@ class RunStatusFile:
         if throttle_s and now - self._last_write < throttle_s:
             return
         self.data["updated_at"] = utc_now()
-        write_json_atomic(self.path, self.data)
+        write_json_atomic(self.path, mask_secrets(self.data))
         self._last_write = now
 
 
@@ -144,12 +160,16 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
-def scan_runs(root: str | os.PathLike, *, now: float | None = None) -> list[RunInfo]:
+def scan_runs(root: str | os.PathLike, *, now: float | None = None,
+              reader: Callable[..., RunInfo] | None = None) -> list[RunInfo]:
     """Every sub-folder of `root` as a RunInfo, newest update first. [] if root is missing;
     UsageError if it cannot be read.
 
     Folders whose name starts with "." are skipped (editor and sync tool litter).
+    `reader(folder, now=, hostname=)` reads one folder: read_run unless given (`flowctl ui`
+    passes one that remembers unchanged folders between its polls).
     """
+    reader = reader or read_run
     now = time.time() if now is None else now
     hostname = socket.gethostname()
     try:
@@ -159,7 +179,7 @@ def scan_runs(root: str | os.PathLike, *, now: float | None = None) -> list[RunI
         return []
     except OSError as err:
         raise UsageError(f"cannot read checkpoint root {root}: {err.strerror or err}") from None
-    runs = [read_run(folder, now=now, hostname=hostname) for folder in folders]
+    runs = [reader(folder, now=now, hostname=hostname) for folder in folders]
     runs.sort(key=lambda run: (run.sort_time, run.run_name), reverse=True)
     return runs
 
@@ -181,9 +201,7 @@ def read_run(run_dir: str | os.PathLike, *, now: float | None = None,
     if raw is None:
         info.reason = problem
         return info
-    for key, types in RUN_JSON_FIELDS.items():
-        if not hasattr(info, key):
-            continue
+    for key, types in _READ_FIELDS:
         value = raw.get(key)
         if isinstance(value, types) and not isinstance(value, bool):
             setattr(info, key, value)

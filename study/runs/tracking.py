@@ -1,142 +1,155 @@
-"""Weights & Biases, kept at arm's length: a tracker failure never kills training.
+"""Which trackers a run logs to (`--tracker wandb|mlflow|tensorboard|none`), and the set of
+them the recorder drives as one.
 
-Every wandb call goes through `_guard`: the first exception prints one warning, marks the
-tracker `unavailable` and turns later calls into no-ops, while metrics.csv and run.json
-keep recording locally. `wandb` is imported only when a run starts.
+Default (no `--tracker`): a fresh run logs to wandb (mode from --wandb-mode / $WANDB_MODE,
+offline by default), plus TensorBoard with `--tensorboard` or when the run folder already
+has tb/; a resumed run logs to the trackers its run.json lists, so no flag needs repeating.
+An explicit `--tracker` list is exactly what is used (`--tensorboard` adds TensorBoard);
+`--tracker none` keeps the local files only. Each tracker is guarded on its own: one that
+fails is one warning, the others and the local files go on.
+
+The tracker modules (wandb_tracker, mlflow_tracker, tensorboard_tracker) import their
+library only when a run starts with them; this module imports none of them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-log = logging.getLogger("flowctl")
+from study.errors import UsageError
+from study.runs.metrics_log import MetricsLog
+from study.runs.tensorboard_tracker import TB_FOLDER, check_tensorboard_available
+from study.runs.tracker import END_TAGS, GuardedTracker
+from study.runs.wandb_tracker import WANDB_MODES, WandbTracker, resolve_wandb_mode
 
-WANDB_MODES = ("offline", "online", "disabled")
+__all__ = ["TRACKER_NAMES", "WANDB_MODES", "Trackers", "WandbTracker", "check_available",
+           "choose_trackers", "parse_tracker_option", "resolve_wandb_mode"]
 
-
-def resolve_wandb_mode(flag: str | None) -> str:
-    """$WANDB_MODE wins (the wandb convention), then --wandb-mode, then `offline`."""
-    mode = os.environ.get("WANDB_MODE") or flag or "offline"
-    return "disabled" if mode in ("dryrun", "disabled") else mode
-
-
-class WandbTracker:
-    """One wandb run, resumable by id; `status` is ok, disabled or unavailable."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.run = None
-        self.status = "disabled" if mode == "disabled" else "ok"
-        # Steps at or below this were logged by an earlier segment of the same run; the
-        # resumed run recomputes them bit-identically, so skipping them loses nothing.
-        self.skip_through_step = -1
-
-    def _guard(self, what: str, call, *args, **kwargs) -> Any:
-        if self.run is None and what != "init":
-            return None
-        try:
-            return call(*args, **kwargs)
-        except Exception as err:  # wandb raises many types (service gone, bad settings, ...)
-            log.warning("wandb %s failed (%s: %s); continuing with local logging only",
-                        what, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-            self.status = "unavailable"
-            self.run = None
-            with contextlib.suppress(Exception):  # stop wandb's service and its exit hooks too
-                import wandb
-
-                wandb.teardown()
-            return None
-
-    def start(self, *, project: str, group: str, name: str, config: dict[str, Any],
-              run_dir: Path, run_id: str | None) -> str | None:
-        """wandb.init with `resume="allow"` on `run_id`; returns the run id (None if no run)."""
-        if self.mode == "disabled":
-            return run_id
-        self.run = self._guard("init", self._init, project, group, name, config, run_dir, run_id)
-        if self.run is None:
-            return run_id
-        self._guard("define_metric", self.run.define_metric, "val/loss", summary="min")
-        self._guard("define_metric", self.run.define_metric, "train/loss", summary="min")
-        if run_id and self.run is not None:
-            self.skip_through_step = self._last_step_already_logged(run_dir, run_id)
-        return self.run.id if self.run is not None else run_id
-
-    def _last_step_already_logged(self, run_dir: Path, run_id: str) -> int:
-        """What an earlier segment of this run really logged (a killed process loses what
-        wandb had not flushed, so metrics.csv is no guide): online, the server's count;
-        offline, the history in the earlier segments' files."""
-        if self.mode == "online":
-            return int(getattr(self.run, "starting_step", 0) or 0) - 1
-        from study.runs.wandb_records import last_logged_step
-
-        wandb_root = Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else run_dir
-        return last_logged_step(wandb_root, run_id)
-
-    def _init(self, project, group, name, config, run_dir: Path, run_id):
-        import wandb
-
-        wandb_dir = None if os.environ.get("WANDB_DIR") else run_dir
-        return wandb.init(
-            project=project, group=group, name=name, config=config, dir=wandb_dir,
-            mode=self.mode, id=run_id, resume="allow" if run_id else None,
-            settings=wandb.Settings(console="off", save_code=False, disable_git=True,
-                                    x_disable_stats=True, silent=True),
-        )
-
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        if self.run is None or step <= self.skip_through_step:
-            return
-        self._guard("log", self.run.log, metrics, step=step)
-
-    def finish(self, *, exit_code: int = 0, summary: dict[str, Any] | None = None,
-               tags: tuple[str, ...] = (), notes: str | None = None,
-               preempting: bool = False) -> None:
-        if self.run is None:
-            return
-        run = self.run
-        if preempting and hasattr(run, "mark_preempting"):
-            self._guard("mark_preempting", run.mark_preempting)
-        if summary:
-            self._guard("summary", run.summary.update, summary)
-        if tags:
-            self._guard("tags", setattr, run, "tags", tuple(run.tags or ()) + tags)
-        if notes:
-            self._guard("notes", setattr, run, "notes", notes)
-        self._guard("finish", run.finish, exit_code=exit_code)
-        self.run = None
+TRACKER_NAMES = ("wandb", "mlflow", "tensorboard")  # also the order they are driven in
+NO_TRACKER = "none"
 
 
-class TensorBoardWriter:
-    """Optional scalars in {run}/tb/, with explicit global_step, appending across resumes.
+def parse_tracker_option(values: list[str] | None, *, tensorboard: bool = False) -> tuple[str, ...] | None:
+    """`--tracker` values (repeatable, each comma-separated) -> names in TRACKER_NAMES order;
+    () for `none`; None when not given (the defaults apply). UsageError for a bad name."""
+    if not values:
+        return None
+    names = {part.strip().lower() for value in values for part in value.split(",") if part.strip()}
+    unknown = sorted(names - {*TRACKER_NAMES, NO_TRACKER})
+    if unknown or not names:
+        raise UsageError(f"unknown --tracker {(unknown or [''])[0]!r}; choose from: "
+                         f"{', '.join((*TRACKER_NAMES, NO_TRACKER))} (several: --tracker wandb,mlflow)")
+    if NO_TRACKER in names and (len(names) > 1 or tensorboard):
+        raise UsageError("--tracker none means local files only; drop it, or drop the other "
+                         "trackers" + (" and --tensorboard" if tensorboard else ""))
+    return tuple(name for name in TRACKER_NAMES if name in names)
 
-    On resume, `purge_step` hides events a crashed segment wrote past the checkpoint, so
-    the curve continues with no duplicates. Needs the `tensorboard` package.
+
+def check_available(names: tuple[str, ...]) -> None:
+    """UsageError (one line, with the pip command) if a chosen tracker's package is missing."""
+    if "mlflow" in names:
+        from study.runs.mlflow_store import check_mlflow_available
+
+        check_mlflow_available()
+    if "tensorboard" in names:
+        check_tensorboard_available()
+
+
+def choose_trackers(requested: tuple[str, ...] | None, *, tensorboard: bool,
+                    previous: dict[str, Any], run_dir: Path) -> tuple[str, ...]:
+    """The trackers of this segment: `requested`, else the ones run.json lists (a resume),
+    else wandb plus TensorBoard where tb/ exists and MLflow where a run id is recorded."""
+    if requested is not None:
+        names = set(requested)
+    elif isinstance(previous.get("trackers"), dict):
+        names = set(previous["trackers"]) & set(TRACKER_NAMES)
+    else:
+        names = {"wandb"}
+        if (Path(run_dir) / TB_FOLDER).is_dir():
+            names.add("tensorboard")
+        if previous.get("mlflow_run_id"):
+            names.add("mlflow")
+    if tensorboard:
+        names.add("tensorboard")
+    return tuple(name for name in TRACKER_NAMES if name in names)
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` with any user:password@ removed (run.json is not a place for secrets)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Trackers:
+    """The trackers one run segment logs to, driven together.
+
+    `run_ids` maps a tracker to its run id: given ones (the checkpoint's wandb id, run.json's
+    MLflow id) are kept for trackers not used this segment, so a later resume can continue.
     """
 
-    @staticmethod
-    def check_available() -> None:
-        import importlib.util
+    def __init__(self, names: tuple[str, ...], *, wandb_mode: str,
+                 run_ids: dict[str, str | None] | None = None):
+        self.names = names
+        self.run_ids = dict(run_ids or {})
+        self.wandb_mode = wandb_mode
+        self.by_name: dict[str, GuardedTracker] = {name: self._build(name) for name in names}
 
-        if importlib.util.find_spec("tensorboard") is None:
-            from study.errors import UsageError
+    def _build(self, name: str) -> GuardedTracker:
+        if name == "wandb":
+            return WandbTracker(self.wandb_mode)
+        if name == "mlflow":
+            from study.runs.mlflow_tracker import MlflowTracker
 
-            raise UsageError("--tensorboard needs the tensorboard package: "
-                             "pip install tensorboard (or pip install -e '.[tensorboard]')")
+            return MlflowTracker()
+        from study.runs.tensorboard_tracker import TensorBoardTracker
 
-    def __init__(self, log_dir: Path, resume_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
+        return TensorBoardTracker()
 
-        purge = None if resume_step is None else resume_step + 1
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
+    def start(self, *, project: str, group: str, name: str, config: dict[str, Any],
+              run_dir: Path, resume_step: int | None, metrics: MetricsLog) -> None:
+        """Start each tracker; after a resume, replay the metrics.csv rows it lacks."""
+        for tracker_name, tracker in self.by_name.items():
+            run_id = tracker.start(project=project, group=group, name=name, config=config,
+                                   run_dir=run_dir, run_id=self.run_ids.get(tracker_name),
+                                   resume_step=resume_step)
+            if tracker_name != "tensorboard":
+                self.run_ids[tracker_name] = run_id
+            if resume_step is not None:  # rows a killed process had not yet handed over
+                for step, row in metrics.rows_as_metrics(tracker.skip_through_step, resume_step):
+                    tracker.log(row, step)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(key, value, global_step=step)
+        for tracker in self.by_name.values():
+            tracker.log(metrics, step)
 
-    def close(self) -> None:
-        self.writer.close()
+    def finish(self, *, status: str | None = None, exit_code: int = 0,
+               summary: dict[str, Any] | None = None, notes: str | None = None) -> None:
+        """Close every tracker (safe to call twice): tagged `failed`/`preempted` by status."""
+        for tracker in self.by_name.values():
+            tracker.finish(status=status, exit_code=exit_code, summary=summary,
+                           tags=END_TAGS.get(status or "", ()), notes=notes)
+
+    def status_fields(self) -> dict[str, Any]:
+        """run.json's live tracker fields: each tracker's status (ok, disabled, unavailable)."""
+        wandb = self.by_name.get("wandb")
+        return {"wandb": wandb.status if wandb else "disabled",
+                "trackers": {name: tracker.status for name, tracker in self.by_name.items()}}
+
+    def run_json_fields(self, previous: dict[str, Any]) -> dict[str, Any]:
+        """Everything run.json records about trackers when a segment starts."""
+        wandb = self.by_name.get("wandb")
+        uri = previous.get("mlflow_tracking_uri")
+        if "mlflow" in self.by_name:
+            env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+            uri = without_credentials(env_uri) if env_uri else None
+        return {"wandb_run_id": self.run_ids.get("wandb"),
+                "wandb_mode": wandb.mode if wandb else "disabled",
+                "mlflow_run_id": self.run_ids.get("mlflow"), "mlflow_tracking_uri": uri,
+                **self.status_fields()}

@@ -102,3 +102,96 @@ def test_resume_override_line_masks_the_secret(tmp_path, isolated_run_root, secr
     assert result.exit_code == 0, result.stderr
     assert "group: [SECRET] (flag) wins over [SECRET] (checkpoint)" in result.stderr
     assert other not in result.stderr + result.stdout and GROUP not in result.stderr
+
+
+# -- credentials inside longer text: only the token is masked, the rest stays readable --------
+AWS_SESSION = "ASIA" + "QWERTYUIOP234567"
+GOOGLE = "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q"
+
+
+def test_console_error_line_masks_a_key_inside_text():
+    result = cli("inspect-ckpt", f"my key is {GOOGLE}")
+    assert result.exit_code == 2
+    assert GOOGLE not in result.stderr and "my key is [SECRET]" in result.stderr
+
+
+@pytest.fixture
+def leaky_run(isolated_run_root) -> Path:
+    """A run whose model fails at step 3 with an error that quotes a credential."""
+    import torch
+
+    from study.flow_matching.config import TrainingConfig
+    from study.flow_matching.trainer import FlowTrainer
+    from tests.helpers import LinearVelocity
+
+    def leak_at_step_3(call, out):
+        if call == 3:
+            raise RuntimeError(f"upload refused for key {AWS_SESSION} (simulated by the test)")
+        return out
+
+    config = TrainingConfig(arch="test", epochs=1, batch_size=64, run_name="leaky")
+    x = torch.randn(640, 2, generator=torch.Generator().manual_seed(0))
+    trainer = FlowTrainer(LinearVelocity(leak_at_step_3), config, x[:512], x[512:], "cpu",
+                          wandb_mode="offline")
+    with pytest.raises(RuntimeError):
+        trainer.train()
+    return isolated_run_root / "leaky"
+
+
+def test_failed_run_json_keeps_the_error_without_the_key(leaky_run):
+    error = run_json(leaky_run)["error"]
+    assert error["message"] == "upload refused for key [SECRET] (simulated by the test)"
+    assert AWS_SESSION not in (leaky_run / "run.json").read_text()
+
+
+@pytest.mark.xfail(strict=True, reason="needs study/runs/recorder.py to pass notes through "
+                   "study.secrets.mask_text (requested from the lead)")
+def test_failed_run_wandb_notes_keep_the_error_without_the_key(leaky_run):
+    notes = [record.notes for record in wandb_run_records(leaky_run) if record.notes]
+    assert notes, "expected the error in wandb's notes"
+    assert all(AWS_SESSION not in note and "[SECRET]" in note for note in notes), notes
+
+
+def write_run_json(root: Path, name: str, **fields) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_name": name, "status": "failed", **fields}))
+    return run
+
+
+def test_list_runs_masks_keys_in_run_json_written_without_masking(isolated_run_root):
+    """A run.json from an older flowctl (or DISABLE_SECRET_FILTER=1): masked when shown."""
+    write_run_json(isolated_run_root, "old", group=f"team {AWS_SESSION}",
+                   error={"type": "RuntimeError", "message": f"bad key {GOOGLE}"})
+    for args in (["--json"], []):
+        result = cli("list-runs", *args)
+        assert result.exit_code == 0, result.stderr
+        assert AWS_SESSION not in result.stdout and GOOGLE not in result.stdout
+        assert "team [SECRET]" in result.stdout and "bad key [SECRET]" in result.stdout
+
+
+def test_inspect_ckpt_masks_a_key_inside_a_config_value(isolated_run_root):
+    import torch
+
+    path = isolated_run_root / "best.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model_state_dict": {"weight": torch.zeros(2)}, "epoch": 0,
+                "config": {"notes": f"shared with {AWS_SESSION} today"}}, path)
+    for args in (["--json"], []):
+        result = cli("inspect-ckpt", path, "--no-tensors", *args)
+        assert result.exit_code == 0, result.stderr
+        assert AWS_SESSION not in result.stdout and "shared with [SECRET] today" in result.stdout
+
+
+def test_disable_secret_filter_shows_values_with_one_warning(isolated_run_root):
+    """The switch works in a real process: list-runs shows the raw value, warns once."""
+    from tests.helpers import spawn
+
+    write_run_json(isolated_run_root, "a", group=AWS_SESSION)
+    write_run_json(isolated_run_root, "b", group=GOOGLE)
+    child = spawn("list-runs", "--json", env={"DISABLE_SECRET_FILTER": "1"})
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert {run["group"] for run in json.loads(out)} == {AWS_SESSION, GOOGLE}
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "warning: DISABLE_SECRET_FILTER is set: credentials are shown and stored unmasked"]

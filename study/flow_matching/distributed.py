@@ -1,0 +1,130 @@
+"""Several processes (torchrun): the process group, DDP, and the collectives the loop needs.
+
+One process is the default and costs nothing here: every helper answers for a world of
+one. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) the process group
+uses nccl on CUDA and gloo on the CPU. What each rank computes:
+
+- the same global batch (batches.py draws it whole on every rank and hands each rank its
+  slice), so 1, 2 or 8 ranks train on the same data stream;
+- its slice's gradient, averaged across ranks by DistributedDataParallel;
+- the same validation and evaluation (identical EMA weights), so early stopping and
+  best.pt agree without a collective;
+- one all-reduce per log row (the window's loss), and the stop flag (`StopAgreement`).
+
+Only rank 0 writes files (RunRecorder(enabled=is_main_process())).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# A rank that stops answering (not one that dies: that closes its sockets at once) makes
+# the others fail after this long instead of hanging for gloo's default 30 minutes.
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this worker group after a failure (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def init_process_group(device: torch.device) -> None:
+    """Join torchrun's process group (nccl on CUDA, gloo otherwise); once per process.
+
+    The store keys carry torchrun's restart count: after a restart (--max-restarts) the
+    agent's store still holds the dead group's addresses, and gloo would connect to them
+    (seen with torch 2.13: "connectFullMesh failed ... Connection refused").
+    """
+    if not is_distributed() or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size(),
+                          is_master=not agent_store and rank() == 0, timeout=COLLECTIVE_TIMEOUT)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"flowctl/attempt-{attempt}", store),
+                            rank=rank(), world_size=world_size(), timeout=COLLECTIVE_TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+
+
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The module the loop trains: DDP around `model` in a process group, else `model`."""
+    if not is_distributed():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def gradient_sync(model: nn.Module, sync: bool):
+    """DDP: `no_sync()` for micro-batches that only accumulate; a no-op context otherwise."""
+    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of `values` (any shape), in place; identity in one process."""
+    if is_distributed():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= world_size()
+    return values
+
+
+def broadcast_from_main(value):
+    """Rank 0's `value` on every rank (any picklable object)."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class StopAgreement:
+    """All ranks stop at the same step when any rank was asked to stop.
+
+    The signal handler only sets a local flag; every `every` steps the ranks all-reduce it
+    (MAX) and stop together when any was set. In one process it is the local flag itself,
+    checked every step. The cost per check is one small collective and one host sync
+    (scripts/bench_ddp.py measures it), hence a check every few steps by default.
+    """
+
+    def __init__(self, device: torch.device, every: int = 1):
+        self.every = every
+        self._flag = torch.zeros((), dtype=torch.int32, device=device)
+
+    def should_stop(self, requested: bool, step: int) -> bool:
+        if not is_distributed():
+            return requested
+        if step % self.every:
+            return False
+        self._flag.fill_(int(requested))
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
+        return bool(self._flag.item())

@@ -1,0 +1,48 @@
+"""Hand a script to `sbatch` and read back the job id. No torch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from study.errors import RunFailed, UsageError
+
+SBATCH_TIMEOUT_S = 120
+
+
+def write_script(path: Path, text: str) -> Path:
+    """Write an sbatch script (atomically, executable) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.write_text(text)
+    temp.chmod(0o755)
+    os.replace(temp, path)
+    return path
+
+
+def submit(script: Path) -> str:
+    """`sbatch --parsable SCRIPT` -> the job id (`1234`, or `1234` for an array job).
+
+    UsageError when sbatch is missing (the fix: submit the script from a login node);
+    RunFailed with sbatch's own message when it refuses the job.
+    """
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise UsageError(f"sbatch not found on PATH; the script is {script}: submit it where "
+                         "Slurm is installed with `sbatch " + str(script) + "`")
+    try:
+        result = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True,
+                                text=True, timeout=SBATCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"sbatch did not answer within {SBATCH_TIMEOUT_S}s; is slurmctld up? "
+                        "(try `sinfo`)") from None
+    if result.returncode != 0:
+        message = " ".join((result.stderr or result.stdout).split()) or f"exit {result.returncode}"
+        raise RunFailed(f"sbatch refused {script}: {message}")
+    # --parsable prints "jobid" or "jobid;cluster"
+    job_id = result.stdout.strip().splitlines()[-1].split(";")[0] if result.stdout.strip() else ""
+    if not job_id:
+        raise RunFailed(f"sbatch accepted {script} but printed no job id")
+    return job_id

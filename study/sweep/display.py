@@ -1,0 +1,109 @@
+"""What a person watching a sweep sees: a live rich table on a terminal, plain lines elsewhere.
+
+The table (point, state, epoch, loss, best val, ETA) is redrawn from the points' run.json
+files; plain mode prints one line per event (started, finished, failed, ...) so a log file
+or CI output stays short. No torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from study.runs.display import format_age
+from study.sweep.state import PointState
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+STATE_STYLES = {"running": "blue", "finished": "green", "early_stopped": "cyan",
+                "failed": "red", "preempted": "yellow", "crashed": "magenta", "pending": "dim"}
+MAX_TABLE_ROWS = 30  # above this, the live table shows the active and failed points only
+
+
+def eta_seconds(state: PointState) -> float | None:
+    """Time left from run.json: seconds per epoch so far times the epochs left."""
+    run = state.run
+    if state.state != "running" or run is None or not run.epoch or not run.elapsed_s:
+        return None
+    total = run.total_epochs or state.point.config.epochs
+    return run.elapsed_s / run.epoch * max(0, total - run.epoch)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def render_table(states: list[PointState], title: str) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("point", "state", "epoch", "loss", "best val", "ETA"):
+        table.add_column(column, justify="left" if column in ("point", "state") else "right")
+    shown = states
+    if len(states) > MAX_TABLE_ROWS:
+        shown = [s for s in states if s.state in ("running", "failed")][:MAX_TABLE_ROWS]
+    for state in shown:
+        run = state.run
+        epoch = f"{run.epoch or 0}/{run.total_epochs or state.point.config.epochs}" if run else ""
+        eta = eta_seconds(state)
+        style = STATE_STYLES.get(state.state, "")
+        table.add_row(state.point.name, f"[{style}]{state.state}[/]" if style else state.state,
+                      epoch, _number(run.train_loss if run else None),
+                      _number(run.best_val_loss if run else None),
+                      format_age(eta) if eta is not None else "")
+    return table
+
+
+class SweepDisplay:
+    """`event()` for things that happen, `refresh()` for the live table; `close()` at the end."""
+
+    def __init__(self, *, plain: bool = False, title: str = "sweep"):
+        self.interactive = sys.stdout.isatty() and not plain
+        self.title = title
+        self._live = None
+
+    def start(self) -> None:
+        if self.interactive:
+            from rich.live import Live
+
+            self._live = Live(refresh_per_second=2, transient=False)
+            self._live.start()
+
+    def event(self, text: str) -> None:
+        if self._live is not None:
+            from rich.text import Text
+
+            # A Text, not markup=False: print's options would also reach the live table.
+            self._live.console.print(Text(text))
+        else:
+            print(text, flush=True)
+
+    def refresh(self, states: list[PointState], summary: str) -> None:
+        if self._live is not None:
+            self._live.update(render_table(states, f"{self.title}: {summary}"))
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def status_table(states: list[PointState], title: str) -> Table:
+    """`flowctl sweep status`: state, progress, best val loss, eval W2/MMD, error or detail."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("point", "state", "epoch", "best val", "eval w2", "eval mmd", "error / detail"):
+        table.add_column(column, justify="right" if column in ("epoch", "best val", "eval w2",
+                                                                "eval mmd") else "left",
+                         overflow="fold")
+    for state in states:
+        run, evaluation = state.run, state.eval or {}
+        epoch = f"{run.epoch or 0}/{run.total_epochs or state.point.config.epochs}" if run else ""
+        style = STATE_STYLES.get(state.state, "")
+        table.add_row(state.point.name, f"[{style}]{state.state}[/]" if style else state.state,
+                      epoch, _number(run.best_val_loss if run else None),
+                      _number(evaluation.get("w2")), _number(evaluation.get("mmd")),
+                      state.error or state.detail or "")
+    return table

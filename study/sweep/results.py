@@ -1,0 +1,145 @@
+"""The results table of a group of runs: one row per setting, mean and spread over seeds.
+
+Reads run.json (best val loss) and eval.json (`flowctl eval`'s W2, MMD, ...) of the runs
+whose group is G; only finished and early-stopped runs count. Rows are grouped by the
+config keys in `by` (default: every key that varies across the group except the seed), so
+seeds collapse into n, mean, std (sample, n-1), min and max. No torch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study.errors import UsageError
+from study.runs.status import RunInfo, scan_runs
+from study.sweep.identity import NOT_IDENTITY
+from study.sweep.state import DONE_STATES, EVAL_JSON
+
+# `val_loss` is run.json's best_val_loss; `eval_X` is key X of eval.json.
+EVAL_METRICS = ("w2", "mmd", "nfe", "path_energy", "npe", "straightness")
+METRICS = ("val_loss", *(f"eval_{name}" for name in EVAL_METRICS))
+# Keys that never make a row of their own.
+NOT_SETTINGS = ("seed", "stages", *NOT_IDENTITY)
+
+
+@dataclass
+class RunResult:
+    run_name: str
+    config: dict[str, Any]
+    value: float
+
+
+@dataclass
+class ResultRow:
+    """One setting: its `by` values and the metric over its runs (seeds)."""
+
+    setting: dict[str, Any]
+    runs: list[RunResult] = field(default_factory=list)
+
+    @property
+    def values(self) -> list[float]:
+        return [run.value for run in self.runs]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.setting, "n": len(self.runs), "mean": self.mean, "std": self.std,
+                "min": min(self.values), "max": max(self.values),
+                "runs": {run.run_name: run.value for run in self.runs}}
+
+
+@dataclass
+class Comparison:
+    group: str
+    metric: str
+    by: list[str]
+    rows: list[ResultRow]
+    skipped: dict[str, str]  # run name -> why it is not in the table
+
+
+def metric_value(run: RunInfo, metric: str) -> float | None:
+    if metric == "val_loss":
+        value = run.best_val_loss
+    else:
+        value = _read_eval(run.path).get(metric.removeprefix("eval_"))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _read_eval(folder: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads((folder / EVAL_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
+    """Config keys whose value differs between runs (seed and harmless keys excluded)."""
+    keys = sorted({key for config in configs for key in config} - set(NOT_SETTINGS))
+    return [key for key in keys if len({repr(config.get(key)) for config in configs}) > 1]
+
+
+def compare_group(root: str | Path, group: str, *, metric: str = "val_loss",
+                  by: list[str] | None = None) -> Comparison:
+    """The results table of `group`; UsageError when the group has no finished runs."""
+    if metric not in METRICS:
+        raise UsageError(f"unknown --metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    runs = [run for run in scan_runs(root) if run.group == group]
+    if not runs:
+        raise UsageError(f"no runs of group {group!r} under {root}; see `flowctl list-runs`")
+    skipped: dict[str, str] = {}
+    results: list[RunResult] = []
+    for run in sorted(runs, key=lambda r: r.run_name):
+        value = metric_value(run, metric)
+        if run.display_status not in DONE_STATES:
+            skipped[run.run_name] = run.display_status
+        elif value is None:
+            skipped[run.run_name] = ("no eval.json (run `flowctl eval RUN`)"
+                                     if metric != "val_loss" else "no val loss")
+        else:
+            results.append(RunResult(run.run_name, run.config, value))
+    if not results:
+        raise UsageError(f"group {group!r} has no finished runs with {metric}"
+                         + (f" ({len(skipped)} skipped: {next(iter(skipped.values()))})"
+                            if skipped else ""))
+    by = by if by is not None else varying_keys([result.config for result in results])
+    known = {key for result in results for key in result.config}
+    unknown = [key for key in by if key not in known]
+    if unknown:
+        raise UsageError(f"--by {unknown[0]!r} is not a config key of these runs; e.g. "
+                         "--by flow,dataset")
+    rows: dict[tuple, ResultRow] = {}
+    for result in results:
+        setting = {key: result.config.get(key) for key in by}
+        key = tuple(repr(value) for value in setting.values())
+        rows.setdefault(key, ResultRow(setting)).runs.append(result)
+    ordered = sorted(rows.values(), key=lambda row: row.mean)
+    return Comparison(group=group, metric=metric, by=by, rows=ordered, skipped=skipped)
+
+
+def format_mean_std(row: ResultRow) -> str:
+    """`0.1234 ± 0.0056` (`0.1234` for one run), the form a paper's table uses."""
+    return f"{row.mean:.4g}" + (f" ± {row.std:.2g}" if row.std is not None else "")
+
+
+def markdown_table(comparison: Comparison) -> str:
+    header = [*comparison.by, "n", f"{comparison.metric} (mean ± std)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in comparison.rows:
+        cells = [str(row.setting[key]) for key in comparison.by]
+        lines.append("| " + " | ".join([*cells, str(len(row.runs)), format_mean_std(row)]) + " |")
+    return "\n".join(lines)

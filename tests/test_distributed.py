@@ -1,0 +1,202 @@
+"""Several processes with torchrun (gloo on the CPU), started by `flowctl train --nproc 2`
+as a real subprocess: the same global batches as one process, exact resume after signals
+and after a rank dies, resume across world sizes without repeating or skipping a sample,
+and only rank 0 writing files."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import (
+    assert_same_state,
+    load,
+    metrics_rows,
+    run_flags,
+    run_json,
+    spawn,
+    vectors_file,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+EPOCHS = 30  # 9 steps of 64 rows per epoch: 270 steps, ~2 s, time for a signal to land
+RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "run.json"}
+
+
+def args_for(data: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
+    return run_flags(data, "--log-every", "3", *extra, epochs=epochs)
+
+
+def finish(process, timeout: float = 240) -> int:
+    """Wait for `process`; its stderr text is then `process.stderr_text`."""
+    _, process.stderr_text = process.communicate(timeout=timeout)
+    return process.returncode
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = parent_of(pid)
+    return False
+
+
+def workers_of(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the live workers under this test's own launcher (tests run in
+    parallel: another test's workers must never be touched)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not descends_from(int(entry.name), launcher_pid):
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+        except OSError:
+            continue
+        if b"study.flow_matching.train" in cmdline and b"RANK" in environ:
+            found[int(environ[b"RANK"])] = int(entry.name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """Uninterrupted runs on 1 and on 2 processes, and their sample logs."""
+    root = tmp_path_factory.mktemp("references")
+    data = vectors_file(root)
+    env = {"FLOWCTL_CKPT_DIR": str(root / "runs")}
+    logs = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        logs[name] = root / f"samples-{name}"
+        logs[name].mkdir()
+        process = spawn("train", "--run-name", name, *args_for(data), *extra,
+                        env={**env, "FLOWCTL_SAMPLE_LOG": str(logs[name])})
+        assert finish(process) == 0, process.stderr_text
+    return {"root": root / "runs", "data": data, "logs": logs}
+
+
+def steps_of(log_dir: Path) -> list[list[int]]:
+    """The global row ids trained at each step, all ranks' slices joined."""
+    ranks = sorted(log_dir.glob("rank*.txt"))
+    lines = [path.read_text().splitlines() for path in ranks]
+    assert len({len(part) for part in lines}) == 1, "every rank trains every step"
+    return [sum((list(map(int, part[i].split())) for part in lines), []) for i in range(len(lines[0]))]
+
+
+def test_two_processes_train_what_one_does(references):
+    root = references["root"]
+    one, two = load(root / "one" / "last.pt"), load(root / "two" / "last.pt")
+    assert two["world_size"] == 2 and one["global_step"] == two["global_step"] == EPOCHS * 9
+    for key in ("model_state_dict", "ema_shadow"):
+        for name, tensor in one[key].items():
+            torch.testing.assert_close(two[key][name], tensor, rtol=0, atol=1e-6)
+    assert steps_of(references["logs"]["two"]) == steps_of(references["logs"]["one"])
+    # Only rank 0 wrote: the run files and nothing else, each row once, rank 0's pid.
+    assert {p.name for p in (root / "two").iterdir()} == RUN_FILES
+    rows = metrics_rows(root / "two")
+    assert [r["step"] for r in rows] == [r["step"] for r in metrics_rows(root / "one")]
+    for mine, theirs in zip(rows, metrics_rows(root / "one"), strict=True):
+        for key in ("train/loss", "val/loss"):
+            if mine[key]:
+                assert float(mine[key]) == pytest.approx(float(theirs[key]), rel=1e-5)
+
+
+def agent_of(launcher_pid: int) -> int:
+    """The torchrun agent started by a `flowctl train --nproc` process."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == launcher_pid and b"torch.distributed.run" in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"no torchrun agent under pid {launcher_pid}")
+
+
+def stop_when(process, run: Path, sig: int, *, after_step: int, to_agent: bool = False) -> None:
+    """Send `sig` once the run has a last.pt past `after_step`."""
+    def ready() -> bool:  # last.pt is replaced atomically: it is whole whenever it exists
+        return (run / "last.pt").exists() and load(run / "last.pt")["global_step"] > after_step
+
+    wait_for(ready, process=process, what=f"a checkpoint past step {after_step}", timeout=180)
+    os.kill(agent_of(process.pid) if to_agent else process.pid, sig)
+
+
+def test_signals_to_launcher_and_agent_save_once_and_resume_exactly(references, isolated_run_root):
+    """SIGTERM to flowctl, then (resumed) SIGUSR1 to torchrun's agent: each stop leaves
+    last.pt and `preempted` with the signal's exit code; the run ends bit-identical."""
+    run = isolated_run_root / "two"
+    args = [*args_for(references["data"]), "--requeue-signal", "SIGUSR1", "--save-every", "4"]
+    first = spawn("train", "--run-name", "two", *args, "--nproc", "2")
+    stop_when(first, run, signal.SIGTERM, after_step=0)
+    assert finish(first) == 143, first.stderr_text
+    assert "Traceback" not in first.stderr_text
+    stopped = load(run / "last.pt")["global_step"]
+    assert run_json(run)["status"] == "preempted" and 0 < stopped < EPOCHS * 9
+
+    second = spawn("resume", "two", "--requeue-signal", "SIGUSR1", "--nproc", "2")
+    stop_when(second, run, signal.SIGUSR1, after_step=stopped + 4, to_agent=True)
+    assert finish(second) == 138, second.stderr_text
+    assert run_json(run)["status"] == "preempted"
+    assert load(run / "last.pt")["global_step"] > stopped
+
+    third = spawn("resume", "two", "--nproc", "2")
+    assert finish(third) == 0, third.stderr_text
+    assert_same_state(load(references["root"] / "two" / "last.pt"), load(run / "last.pt"))
+    assert metrics_rows(run) == metrics_rows(references["root"] / "two")
+
+
+def test_a_rank_that_dies_is_restarted_and_the_run_ends_identical(references, isolated_run_root):
+    process = spawn("train", "--run-name", "two", *args_for(references["data"]),
+                    "--save-every", "4", "--nproc", "2", "--max-restarts", "1")
+    wait_for((isolated_run_root / "two" / "last.pt").exists, process=process, what="a last.pt",
+             timeout=180)
+    wait_for(lambda: 1 in workers_of(process.pid), process=process, what="rank 1")
+    os.kill(workers_of(process.pid)[1], signal.SIGKILL)
+    assert finish(process) == 0, process.stderr_text
+    assert run_json(isolated_run_root / "two")["status"] == "finished"
+    assert_same_state(load(references["root"] / "two" / "last.pt"),
+                      load(isolated_run_root / "two" / "last.pt"))
+
+
+def test_resume_across_world_sizes_repeats_and_skips_no_sample(references, tmp_path,
+                                                              isolated_run_root):
+    """2 processes, stopped; 1 process, stopped; 2 processes to the end: the global batches
+    are those of one uninterrupted process, in order, each once."""
+    run = isolated_run_root / "r"
+    logs = [tmp_path / f"segment-{i}" for i in range(3)]
+    for folder in logs:
+        folder.mkdir()
+    first = spawn("train", "--run-name", "r", *args_for(references["data"]), "--save-every", "4",
+                  "--nproc", "2", env={"FLOWCTL_SAMPLE_LOG": str(logs[0])})
+    stop_when(first, run, signal.SIGTERM, after_step=0)
+    assert finish(first) == 143, first.stderr_text
+    refused = spawn("resume", "r", "--strict-world-size")
+    assert finish(refused) == 2 and "--strict-world-size" in refused.stderr_text
+    stopped = load(run / "last.pt")["global_step"]
+
+    second = spawn("resume", "r", "--save-every", "4", env={"FLOWCTL_SAMPLE_LOG": str(logs[1])})
+    stop_when(second, run, signal.SIGTERM, after_step=stopped + 4)
+    assert finish(second) == 143, second.stderr_text
+    assert "continuing on 1 process(es) a run trained on 2" in second.stderr_text
+    third = spawn("resume", "r", "--nproc", "2", env={"FLOWCTL_SAMPLE_LOG": str(logs[2])})
+    assert finish(third) == 0, third.stderr_text
+
+    assert sum((steps_of(folder) for folder in logs), []) == steps_of(references["logs"]["one"])
+    final = load(run / "last.pt")
+    for name, tensor in load(references["root"] / "one" / "last.pt")["model_state_dict"].items():
+        torch.testing.assert_close(final["model_state_dict"][name], tensor, rtol=0, atol=1e-5)

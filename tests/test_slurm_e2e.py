@@ -1,0 +1,92 @@
+"""End to end on a real one-node Slurm (slurmctld + slurmd + munged; `.ci/start_slurm.sh`):
+`flowctl slurm submit` a small 2-D run, send the requeue signal with `scancel --signal`,
+and check that the job requeues itself, runs again with SLURM_RESTART_COUNT=1 and ends in
+the same state as a run that was never interrupted. Skipped where Slurm is not running."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.helpers import assert_same_state, cli, load, metrics_rows, run_json, vectors_file
+
+pytestmark = pytest.mark.slow
+JOB_TIMEOUT_S = 300
+
+
+def slurm_unavailable() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "sbatch not on PATH: no Slurm here (.ci/start_slurm.sh installs a one-node one)"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"scontrol ping failed: {error}"
+    if "UP" not in ping.stdout:
+        return f"slurmctld is not up ({ping.stdout.strip() or ping.stderr.strip()}); run .ci/start_slurm.sh"
+    return None
+
+
+def job_fields(job: str) -> dict[str, str]:
+    """`scontrol show job -o JOB` as a dict (JobState, Restarts, Reason, ...)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                         timeout=20).stdout
+    return dict(token.split("=", 1) for token in out.split() if "=" in token)
+
+
+def wait_until(condition, what: str, job: str, timeout: float = JOB_TIMEOUT_S) -> None:
+    """Poll `condition()` (scheduler calls are not free: every 0.2 s) until true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; job: {job_fields(job)}")
+        time.sleep(0.2)
+
+
+def test_requeue_signal_requeues_the_job_which_finishes_like_an_uninterrupted_run(tmp_path):
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+    data = vectors_file(tmp_path)
+    settings = {"dataset": str(data), "epochs": 150, "patience": 0, "checkpoint_interval": 0,
+                "batch_size": 64,
+                "width": 16, "depth": 2, "warmup_steps": 5, "run_name": "slurm-e2e"}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    root = tmp_path / "ckpt"
+    submitted = cli("slurm", "submit", config, "--ckpt-dir", root, "--wandb-mode", "disabled",
+                    "--max-requeues", "2", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job = json.loads(submitted.stdout)["job_id"]
+    run = root / "slurm-e2e"
+    try:
+        wait_until((run / "last.pt").exists, "the job's first last.pt", job)
+        subprocess.run(["scancel", "--signal=USR2", "--batch", job], check=True, timeout=20)
+        wait_until(lambda: job_fields(job).get("Restarts") == "1", "the requeue", job)
+        # Slurm starts a requeued job once its last credential expired (AuthInfo cred_expire:
+        # 120 s by default, 10 s in .ci/start_slurm.sh).
+        wait_until(lambda: job_fields(job).get("JobState") == "COMPLETED", "the job's end", job)
+    finally:
+        if job_fields(job).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"):
+            subprocess.run(["scancel", job], timeout=20)
+    log = (run / f"slurm-{job}.out").read_text()
+    assert f"flowctl: job {job} on" in log and "restart 0" in log and "restart 1" in log
+    assert "slurm-e2e: stopped by SIGUSR2; last.pt is saved" in log
+    assert f"requeued job {job} (restart 1 of at most 2)" in log
+    starts = [int(s) for s in re.findall(r"^training slurm-e2e: step (\d+)/", log, re.M)]
+    assert len(starts) == 2 and starts[0] == 0 < starts[1]  # the requeued job continued
+    assert run_json(run)["status"] == "finished"
+
+    reference_root = tmp_path / "reference"
+    uninterrupted = cli("train", "--config", config, "--ckpt-dir", reference_root,
+                        "--wandb-mode", "disabled", "--plain")
+    assert uninterrupted.exit_code == 0, uninterrupted.stderr
+    reference = reference_root / "slurm-e2e"
+    assert_same_state(load(reference / "last.pt"), load(run / "last.pt"))
+    assert_same_state(load(reference / "best.pt"), load(run / "best.pt"))
+    assert metrics_rows(reference) == metrics_rows(run)

@@ -1,0 +1,121 @@
+"""`flowctl sweep` in-process: help, routing, dry runs, the print launcher, status, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.helpers import REPO_ROOT, TINY, cli, vectors_file
+
+WIDE = {"COLUMNS": "200"}
+
+
+def tiny_grid(tmp_path, grid: dict, **extra) -> str:
+    data = vectors_file(tmp_path)
+    base = {"dataset": str(data), "batch_size": 64, "width": 16, "depth": 2, "warmup_steps": 5,
+            "epochs": 2, "patience": 0, "checkpoint_interval": 0}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"base": base, "grid": grid, **extra}))
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["sweep", "run"], ["sweep", "status"],
+                                     ["compare"], ["slurm"], ["slurm", "submit"]])
+def test_help_has_an_example(command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.stderr
+    assert "Usage" in result.stdout and "Example" in result.stdout
+
+
+def test_app_help_lists_the_new_commands():
+    out = cli("--help").stdout
+    for name in ("sweep", "compare", "slurm"):
+        assert name in out
+
+
+def test_grid_file_goes_to_run_and_dry_run_changes_nothing(tmp_path, isolated_run_root):
+    grid = tiny_grid(tmp_path, {"flow": ["icfm", "otcfm"], "seed": [0]})
+    result = cli("sweep", grid, "--dry-run", "--parallel", "2")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("sweep g: 2 points, 2 at a time (--parallel 2)")
+    assert "start" in lines[1] and "mlp-icfm-vectors-640x2-none-s0" in lines[1]
+    assert not isolated_run_root.exists()
+
+
+def test_print_launcher_writes_point_configs_and_one_command_each(tmp_path, isolated_run_root):
+    grid = tiny_grid(tmp_path, {"seed": [0, 1]})
+    result = cli("sweep", grid, "--launcher", "print", "--wandb-mode", "disabled")
+    assert result.exit_code == 0, result.stderr
+    commands = result.stdout.splitlines()
+    assert commands == [
+        f"flowctl train --config {isolated_run_root.absolute()}/mlp-icfm-vectors-640x2-none-s{seed}"
+        "/sweep.yaml --resume auto --plain --wandb-mode disabled" for seed in (0, 1)]
+    written = yaml.safe_load((isolated_run_root / "mlp-icfm-vectors-640x2-none-s1" / "sweep.yaml").read_text())
+    assert written["seed"] == 1 and written["run_name"] == "mlp-icfm-vectors-640x2-none-s1"
+    assert written["group"] == "g"
+    # The printed command is a real one: it trains the point.
+    args = commands[0].split()[1:]
+    assert cli(*args).exit_code == 0
+    status = json.loads(cli("sweep", "status", grid, "--json").stdout)
+    assert [p["state"] for p in status["points"]] == ["finished", "pending"]
+    assert status["summary"] == "2 points: 1 finished, 1 pending"
+    again = cli("sweep", grid, "--launcher", "print", "--wandb-mode", "disabled")
+    assert again.stdout.splitlines() == commands[1:]  # only what is left
+
+
+def test_status_table_and_json_of_a_fresh_grid(tmp_path):
+    grid = tiny_grid(tmp_path, {"flow": ["icfm", "otcfm"]})
+    table = cli("sweep", "status", grid)
+    assert table.exit_code == 0 and "2 points: 2 pending" in table.stdout
+    data = json.loads(cli("sweep", "status", grid, "--json").stdout)
+    assert data["group"] == "g" and data["counts"] == {"pending": 2}
+    assert {p["point"] for p in data["points"]} == {"mlp-icfm-vectors-640x2-none",
+                                                    "mlp-otcfm-vectors-640x2-none"}
+
+
+def test_a_run_holding_another_config_under_a_points_name_is_refused(tmp_path, isolated_run_root):
+    grid = tiny_grid(tmp_path, {"seed": [0]})
+    data = vectors_file(tmp_path)
+    trained = cli("train", "--dataset", data, "--epochs", "1", "--seed", "0", "--lr", "0.01",
+                  "--run-name", "mlp-icfm-vectors-640x2-none-s0", *TINY)
+    assert trained.exit_code == 0, trained.stderr
+    result = cli("sweep", grid)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "point mlp-icfm-vectors-640x2-none-s0" in result.stderr
+    assert "lr: 0.01 in the run, 0.001 in the grid" in result.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--launcher", "kube"], "unknown --launcher 'kube'"),
+    (["--parallel", "0"], "--parallel must be at least 1"),
+    (["--launcher", "slurm", "--time", "soon"], "is not a Slurm time"),
+])
+def test_bad_flags_are_one_line_exit_2(tmp_path, args, fragment):
+    result = cli("sweep", tiny_grid(tmp_path, {"seed": [0]}), *args)
+    assert result.exit_code == 2 and fragment in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_missing_grid_file_is_one_line_exit_2(tmp_path):
+    result = cli("sweep", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "cannot read grid" in result.stderr
+
+
+def test_sweep_status_and_compare_do_not_import_torch(tmp_path):
+    grid = tiny_grid(tmp_path, {"seed": [0]})
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom study.cli.app import app\n"
+        f"r = CliRunner().invoke(app, ['sweep', 'status', {grid!r}, '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "CliRunner().invoke(app, ['compare', '--group', 'g'])\n"
+        "print(sorted(m for m in ('torch', 'wandb') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
