@@ -7,7 +7,9 @@ Builds a float32 split folder of about --gb GB (train.npy, plus val/test) with
 - `mapped, gathers via the mapping`: the same with gather_rows forced to index the mapping
   (what the page cache's fault-around does to resident memory);
 - `in memory`: the same data read whole with np.load (no mmap) into a tensor, same stats
-  and gathers (the path data that fits takes).
+  and gathers (the path data that fits takes);
+- `flowctl train`: a real one-epoch training run on the split folder (`--batch-size` rows per
+  step, a width-64 mlp, the default checkpoint budget), in the same kind of subprocess.
 Each reports its peak RSS (VmHWM) and its growth over the interpreter with torch imported,
 the time to load and to gather, and a digest of the stats and batches: equal digests mean
 bit-identical results.
@@ -69,6 +71,32 @@ print(json.dumps({"peak": status("VmHWM"), "baseline": baseline, "load_s": loade
 """
 
 
+TRAIN_PROBE = """
+import json, sys, time
+import torch
+from study.cli.app import app
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+folder, ckpt_dir, batch = sys.argv[1], sys.argv[2], sys.argv[3]
+torch.ones(1)
+baseline = status("VmHWM")
+started = time.perf_counter()
+try:
+    app(["train", "--dataset", folder, "--epochs", "1", "--batch-size", batch, "--width", "64",
+         "--run-name", "big", "--ckpt-dir", ckpt_dir, "--wandb-mode", "disabled", "--plain"],
+        prog_name="flowctl")
+except SystemExit as done:
+    assert not done.code, done.code
+print(json.dumps({"peak": status("VmHWM"), "baseline": baseline,
+                  "load_s": time.perf_counter() - started, "gather_ms": float("nan"),
+                  "digest": "-", "rows": 0}))
+"""
+
+
 def build_split(folder: Path, gb: float, dim: int) -> Path:
     """A gmm split of about `gb` GB of training rows, written by make_splits --format npy."""
     spec = importlib.util.spec_from_file_location("make_splits", REPO_ROOT / "scripts" / "make_splits.py")
@@ -101,6 +129,10 @@ def main() -> None:
                                    capture_output=True, text=True, check=True)
             results[mode] = json.loads(child.stdout)
             print(f"  {mode} done", file=sys.stderr)
+        child = subprocess.run([sys.executable, "-c", TRAIN_PROBE, str(folder),
+                                str(Path(scratch) / "runs"), str(args.batch)], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True)
+        results["train"] = json.loads(child.stdout.strip().splitlines()[-1])
 
     import torch
 
@@ -109,7 +141,7 @@ def main() -> None:
           f"made by make_splits --format npy in {built_s:.0f} s); {args.batches} batches of "
           f"{args.batch} random rows\n")
     labels = {"mapped": "mapped (gather_rows: pread)", "via-mapping": "mapped, gathers via the mapping",
-              "in-memory": "in memory (np.load)"}
+              "in-memory": "in memory (np.load)", "train": "flowctl train, 1 epoch (load + train s)"}
     print("| data path | peak RSS | growth over torch | growth / file | load s | gather ms/batch | digest |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for mode, label in labels.items():

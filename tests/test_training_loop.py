@@ -234,3 +234,29 @@ def test_checkpoints_written_before_a_key_existed_keep_their_behaviour():
     assert old.ema_warmup is False and old.normalize == "standard"
     assert old.scheduler == SchedulerConfig()
     assert TrainingConfig().ema_warmup is True
+
+
+# -- data larger than memory ---------------------------------------------------------------
+
+def test_a_memory_mapped_split_trains_batch_by_batch_and_bit_identically(tmp_path, isolated_run_root):
+    """A float32 .npy split stays a mapping (never normalised or copied whole); each batch is
+    gathered, normalised and moved per step, with the in-memory path's exact numbers."""
+    import numpy as np
+
+    from study.data.matrix import is_memory_mapped
+    from study.data.readers import load_vectors
+
+    x = torch.randn(640, 2, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    np.save(tmp_path / "train.npy", x[:512].numpy())
+    mapped = load_vectors(tmp_path / "train.npy")
+    assert is_memory_mapped(mapped)
+    from_file = TrainingData.prepare(mapped, x[512:])
+    in_memory = TrainingData.prepare(mapped.clone(), x[512:])
+    assert from_file.mapped and from_file.train.data_ptr() == mapped.data_ptr()
+    assert not in_memory.mapped
+    for name, data in (("mapped", from_file), ("memory", in_memory)):
+        trainer(tiny(flow="otcfm", run_name=name), isolated_run_root, data).train()
+    a, b = (load(isolated_run_root / name / "last.pt") for name in ("mapped", "memory"))
+    for key in ("model_state_dict", "ema_shadow"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), name

@@ -24,11 +24,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("study.cli.sample", "sample", "Generate samples in data units (de-normalized)..."),
     "eval": ("study.cli.eval", "eval_command", "Evaluate a run's best.pt: W2 and MMD²..."),
     "plot": ("study.cli.plot", "plot", "Write loss.png (train/val loss from metrics.csv)..."),
-    "sweep": ("study.cli.sweep", "sweep_app", "Run an ablation grid: every point exactly once..."),
-    "compare": ("study.cli.compare", "compare", "The results table of a group of runs..."),
-    "slurm": ("study.cli.slurm", "slurm_app", "Train on a Slurm cluster: submit a run as a job..."),
+    "sweep": ("study.cli.sweep", "sweep_app", "Train a grid of runs (an ablation) exactly once each..."),
+    "compare": ("study.cli.compare", "compare", "Compare the finished runs of a group..."),
+    "slurm": ("study.cli.slurm", "slurm_app", "Run flowctl on Slurm: batch scripts that save and requeue..."),
     "prune": ("study.cli.prune", "prune", "Remove run folders by rule..."),
-    "ui": ("study.cli.ui", "ui", "Serve a live local dashboard of the runs..."),
+    "ui": ("study.cli.ui", "ui", "Serve a live dashboard of the runs..."),
 }
 
 
@@ -43,7 +43,7 @@ class LazyCommands(TyperGroup):
             module, attribute, _ = COMMANDS[cmd_name]
             target = getattr(importlib.import_module(module), attribute)
             if isinstance(target, typer.Typer):  # a command with sub-commands (sweep, slurm)
-                command = typer.main.get_command(target)
+                command = typer.main.get_group(target)
                 command.name = cmd_name
             else:
                 single = typer.Typer(add_completion=False, rich_markup_mode=None,

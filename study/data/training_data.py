@@ -2,7 +2,10 @@
 
 `TrainingData.prepare` takes raw splits (tensors [N, D], or datasets with an `x` tensor),
 normalises them with the training split's statistics (or the given ones, e.g. a resumed
-checkpoint's) and moves them to the training device.
+checkpoint's) and moves them to the training device. A training split that is a
+memory-mapped file (study.data.readers) is left where it is: each batch is gathered from
+the file, normalised and moved when it is asked for (`train_rows`), so a split larger than
+memory trains with a batch's worth of memory; the numbers are the same either way.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from study.data.matrix import gather_rows, is_memory_mapped
 from study.data.normalize import denormalize, normalization_stats
 from study.data.normalize import normalize as normalize_rows
 from study.errors import UsageError
@@ -28,10 +32,18 @@ class TrainingData:
     train_x0: Tensor | None = None  # [N_train, D] pre-coupled sources (reflow), else None
     val_x0: Tensor | None = None  # [N_val, D]
     heldout: Tensor | None = None  # [M, D] raw rows for sample quality (a test split), else None
+    mapped: bool = False  # `train` is the raw memory-mapped file, normalised per batch
+    device: torch.device = torch.device("cpu")
 
     @property
     def dim(self) -> int:
         return self.train.shape[1]
+
+    def train_rows(self, rows: Tensor) -> Tensor:
+        """Normalised training rows [B, D] on the training device for row ids `rows` [B]."""
+        if not self.mapped:
+            return self.train[rows]
+        return normalize_rows(gather_rows(self.train, rows.cpu()), self.stats).to(self.device)
 
     def describe(self) -> dict[str, Any]:
         """What the run trains on, for run.json: the data's checksum and row counts."""
@@ -55,10 +67,12 @@ class TrainingData:
         given) and move everything to `device`."""
         train_x, val_x = as_tensor(train), as_tensor(val)
         stats = stats or normalization_stats(train_x, normalize)
-        return cls(normalize_rows(train_x, stats).to(device), normalize_rows(val_x, stats).to(device),
-                   stats, checksum,
+        mapped = is_memory_mapped(train_x)
+        train_x = train_x if mapped else normalize_rows(train_x, stats).to(device)
+        return cls(train_x, normalize_rows(val_x, stats).to(device), stats, checksum,
                    None if train_x0 is None else train_x0.to(device),
-                   None if val_x0 is None else val_x0.to(device), heldout)
+                   None if val_x0 is None else val_x0.to(device), heldout, mapped,
+                   torch.device(device))
 
     def check_checkpoint(self, payload: dict[str, Any], source: Path, *, dataset: str,
                          steps_per_epoch: int, warn=print) -> None:

@@ -119,7 +119,7 @@ class BatchMaker:
         gens = self.generators
         states = {name: gens[name].get_state() for name in DRAW_GENERATORS} if self.pool else None
         rows = self.permutation[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
-        x_1 = augment(stage.aug, self.data.train[rows], std=stage.aug_std, generator=gens["noise"])
+        x_1 = augment(stage.aug, self.data.train_rows(rows), std=stage.aug_std, generator=gens["noise"])
         x_0 = (self.data.train_x0[rows] if self.data.train_x0 is not None
                else source_like(self.source, x_1, gens["noise"], gens["source"]))
         t = torch.rand(x_1.shape[0], generator=gens["t"], device=self.device)

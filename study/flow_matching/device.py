@@ -1,8 +1,9 @@
-"""Device placement and process rank: the one place a DDP/torchrun port changes.
+"""Device placement and process rank.
 
-Today flowctl runs one process. Under torchrun, `resolve_device` would pick `cuda:LOCAL_RANK`
-and `is_main_process` would read RANK; everything that writes files or logs asks
-`is_main_process()` (through RunRecorder), so the rest of the code does not change.
+`resolve_device` picks the CPU or CUDA (`cuda:LOCAL_RANK` under torchrun, one GPU per
+rank); `is_main_process` reads RANK: everything that writes files or logs asks it (through
+RunRecorder), so the loop reads the same with 1 or 8 ranks. The process group itself is
+distributed.py's.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from study.runs.lock import RunLock, utc_now
 from study.runs.metrics_log import MetricsLog
 from study.runs.status import RunStatusFile
 from study.runs.tracking import Trackers, check_available, choose_trackers
-from study.secrets import mask_secrets
+from study.secrets import mask_secrets, mask_text
 
 RUN_JSON_THROTTLE_S = 2.0
 
@@ -186,7 +186,7 @@ class RunRecorder:
                     status, exit_code, error = "failed", 1, write_error
             error_info = None
             if error is not None:
-                message = " ".join(str(error).split()) or type(error).__name__
+                message = mask_text(" ".join(str(error).split()) or type(error).__name__)
                 error_info = {"type": type(error).__name__, "message": message}
             self.trackers.finish(status=status, exit_code=exit_code, summary=summary,
                                  notes=error_info["message"] if error_info else None)

@@ -144,8 +144,6 @@ def test_failed_run_json_keeps_the_error_without_the_key(leaky_run):
     assert AWS_SESSION not in (leaky_run / "run.json").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="needs study/runs/recorder.py to pass notes through "
-                   "study.secrets.mask_text (requested from the lead)")
 def test_failed_run_wandb_notes_keep_the_error_without_the_key(leaky_run):
     notes = [record.notes for record in wandb_run_records(leaky_run) if record.notes]
     assert notes, "expected the error in wandb's notes"
