@@ -190,6 +190,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--write", default=None, help="append the markdown table to this file")
+    parser.add_argument("--from-json", nargs="*", default=None,
+                        help="render the table from earlier results.json files (no training)")
     args = parser.parse_args(argv)
     args.tasks, args.flows = args.tasks.split(","), args.flows.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -202,9 +204,15 @@ def main(argv: list[str]) -> int:
     if any(getattr(defaults, k) != v for k, v in PEER_NETWORK.items()):
         setups["flowctl 3x64"] = dict(PEER_NETWORK)
     trainers = ["torchcfm", *setups]
+    command = shlex.join(["python", "scripts/bench_quality.py", *argv])
+    if args.from_json is not None:
+        records = [r for path in args.from_json for r in json.loads(Path(path).read_text())]
+        args.seeds = sorted({r["seed"] for r in records})
+        trainers = ["torchcfm", *dict.fromkeys(r["trainer"] for r in records if r["trainer"] != "torchcfm")]
+        print(render(records, args, command, 0.0, trainers))
+        return 0
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="bench_quality-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = shlex.join(["python", "scripts/bench_quality.py", *argv])
     started, records = time.perf_counter(), []
 
     def note(record: dict) -> None:
