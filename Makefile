@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python scripts/bench_data.py
 	$(BIN)/python scripts/bench_ot.py
 	$(BIN)/python scripts/bench_ddp.py
+	$(BIN)/python scripts/bench_precision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

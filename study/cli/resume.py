@@ -17,9 +17,7 @@ from study.cli.common import (
     Tracker,
     WandbMode,
     WandbProject,
-    user_errors,
 )
-from study.cli.torchrun import exit_code_recorded
 
 
 def resume(
@@ -49,17 +47,10 @@ def resume(
 
     Example: flowctl resume mlp-icfm-moons-none --epochs 40
     """
-    from study.cli.torchrun import worker_args
-    from study.cli.train import run_from_cli, run_options
+    from study.cli.train import run_command
 
+    values = dict(locals())
     overrides = {"epochs": epochs, "patience": patience, "log_every": log_every,
                  "save_every": save_every}
-    with exit_code_recorded(), user_errors():
-        options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
-                              wandb_mode=wandb_mode, overwrite=False,
-                              requeue_signal=requeue_signal, tensorboard=tensorboard,
-                              strict_world_size=strict_world_size, plain=plain,
-                              pairing_workers=pairing_workers, tracker=tracker)
-        launcher = (nproc, max_restarts, ["--resume", target, *worker_args(ctx)]) if nproc else None
-        run_from_cli(overrides, config_path=None, resume=target, options=options,
-                     launcher=launcher)
+    run_command(ctx, values, overrides, config_path=None, resume=target, overwrite=False,
+                worker_prefix=("--resume", target))

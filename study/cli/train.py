@@ -106,14 +106,23 @@ def train(
         if values[flag] is not None:
             overrides.setdefault(key, None)
             overrides[key] = {**(overrides[key] or {}), nested: values[flag]}
+    run_command(ctx, values, overrides, config_path=config, resume=resume, overwrite=overwrite)
+
+
+# The run options `train` and `resume` share (RunOptions fields, and --plain, --tracker).
+RUN_OPTION_FLAGS = ("ckpt_dir", "device", "wandb_project", "wandb_mode", "requeue_signal",
+                    "tensorboard", "strict_world_size", "plain", "pairing_workers", "tracker")
+
+
+def run_command(ctx, values: dict[str, Any], overrides: dict[str, Any], *,
+                config_path: Path | None, resume: str | None, overwrite: bool,
+                worker_prefix: tuple[str, ...] = ()) -> None:
+    """What `train` and `resume` do with their flags: run here, or under torchrun (--nproc)."""
     with exit_code_recorded(), user_errors():
-        options = run_options(ckpt_dir=ckpt_dir, device=device, wandb_project=wandb_project,
-                              wandb_mode=wandb_mode, overwrite=overwrite,
-                              requeue_signal=requeue_signal, tensorboard=tensorboard,
-                              strict_world_size=strict_world_size, plain=plain,
-                              pairing_workers=pairing_workers, tracker=tracker)
-        launcher = (nproc, max_restarts, worker_args(ctx)) if nproc else None
-        run_from_cli(overrides, config_path=config, resume=resume, options=options,
+        options = run_options(overwrite=overwrite, **{key: values[key] for key in RUN_OPTION_FLAGS})
+        launcher = ((values["nproc"], values["max_restarts"], [*worker_prefix, *worker_args(ctx)])
+                    if values["nproc"] else None)
+        run_from_cli(overrides, config_path=config_path, resume=resume, options=options,
                      launcher=launcher)
 
 

@@ -22,13 +22,18 @@ LEGACY_DEFAULTS = {"ema_warmup": False, "normalize": "standard"}
 NESTED = {"scheduler": SchedulerConfig}
 
 
+def _check_keys(cls: type, raw: dict[str, Any], what: str) -> None:
+    """UsageError naming the first key of `raw` that `cls` has no field for."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UsageError(f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+
+
 def _stage_from_dict(raw: Any) -> StageConfig:
     if not isinstance(raw, dict):
         raise UsageError(f"each entry of 'stages' must be a mapping, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(StageConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UsageError(f"unknown stage key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+    _check_keys(StageConfig, raw, "stage")
     if "name" not in raw or "epochs" not in raw:
         raise UsageError("each stage needs 'name' and 'epochs', e.g. {name: warm, epochs: 5}")
     return StageConfig(**{k: _coerce(StageConfig, k, v) for k, v in raw.items()})
@@ -84,10 +89,7 @@ def _nested_from_dict(key: str, raw: Any):
         return raw
     if not isinstance(raw, dict):
         raise UsageError(f"{key} must be a mapping, e.g. {key}: {{type: linear}}, got {raw!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UsageError(f"unknown {key} key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+    _check_keys(cls, raw, key)
     return cls(**{k: _coerce(cls, k, v) for k, v in raw.items()})
 
 

@@ -38,10 +38,10 @@ from study.flow_matching.metrics import (
 from study.flow_matching.models import build_model
 from study.flow_matching.solvers import SOLVERS, integrate
 from study.runs.checkpoint import read_checkpoint, write_atomic
+from study.runs.paths import EVAL_JSON
 
 log = logging.getLogger("flowctl")
 
-EVAL_JSON = "eval.json"
 # MMD length scales: multiples of the held-out data's median pairwise distance, so the
 # kernel suits any dimension and scale (fixed 0.1/1/10 would see only noise in 1024-D).
 MMD_MEDIAN_MULTIPLES = (0.5, 1.0, 2.0)

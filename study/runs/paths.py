@@ -19,6 +19,7 @@ LAST_NAME = "last.pt"
 RUN_JSON = "run.json"
 METRICS_CSV = "metrics.csv"
 LOCK_NAME = "run.lock"
+EVAL_JSON = "eval.json"  # written by `flowctl eval`
 # What evaluation and inspection read first (the weights that validated best), and what a
 # resume reads first (the newest full state). Each falls back to the other file.
 BEST_FIRST = (BEST_NAME, LAST_NAME)

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from study.errors import UsageError
 from study.runs.display import format_age
+from study.runs.paths import EVAL_JSON
 from study.runs.status import DISPLAY_STATUSES, RunInfo
 
-EVAL_JSON = "eval.json"  # written by `flowctl eval` (study.flow_matching.evaluate)
 RANK_BY = {"val_loss": "best val loss", "eval_w2": "eval W2"}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)

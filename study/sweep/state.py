@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from study.runs.lock import pid_alive
-from study.runs.paths import BEST_NAME, LAST_NAME, LOCK_NAME, RUN_JSON, run_dir
+from study.runs.paths import (
+    BEST_NAME,
+    EVAL_JSON,
+    LAST_NAME,
+    LOCK_NAME,
+    RUN_JSON,
+    run_dir,
+)
 from study.runs.status import RunInfo, parse_time, read_run
 from study.sweep.grid import Point
 from study.sweep.identity import identity_diff
@@ -32,7 +39,6 @@ from study.sweep.point_files import read_record
 DONE_STATES = ("finished", "early_stopped")
 RESUMABLE_STATES = ("pending", "preempted", "crashed")
 STATE_ORDER = ("finished", "early_stopped", "running", "pending", "preempted", "crashed", "failed")
-EVAL_JSON = "eval.json"  # written by `flowctl eval` (study.flow_matching.evaluate.EVAL_JSON)
 
 
 @dataclass

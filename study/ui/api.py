@@ -1,4 +1,4 @@
-"""The JSON views of `flowctl ui`, built on study.runs. No torch import (see checkpoint_view).
+"""The JSON views of `flowctl ui`, built on study.runs. No torch import.
 
 Every view returns a Reply; none raises for a bad run folder. A run.json that is missing,
 half-written or corrupt reads as status `unknown` with its reason (study.runs.status), a
@@ -24,14 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.runs.paths import DEFAULT_CKPT_ROOT, METRICS_CSV, RUN_JSON
+from study.runs.paths import (
+    DEFAULT_CKPT_ROOT,
+    EVAL_JSON,
+    METRICS_CSV,
+    RUN_JSON,
+)
 from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, read_run, scan_runs
 from study.ui.checkpoint_view import CheckpointSummaries
 from study.ui.metrics_feed import MetricsFeed
 from study.ui.resolve import file_in_run, links_outside, plain_name, run_folder
 from study.ui.run_cache import RunInfoCache
 
-EVAL_JSON = "eval.json"  # written by `flowctl eval` (study.flow_matching.evaluate, which imports torch)
 PICTURE_SUFFIX = ".png"
 
 
@@ -83,7 +87,7 @@ class DashboardApi:
 
     def run(self, name: str, query: dict[str, list[str]]) -> Reply:
         """One run: its table row, run.json as written, eval.json, pictures, resume command,
-        and (unless `?checkpoint=0`) the checkpoint summary, the one torch import here."""
+        and (unless `?checkpoint=0`) the checkpoint summary (read without torch)."""
         folder = run_folder(self.root, name)
         if folder is None:
             return not_found(f"no run named {name!r} under {self.root}")

@@ -1,9 +1,8 @@
 """The checkpoint summary of one run page, computed on demand and cached per file version.
 
-This is the only part of `flowctl ui` that imports torch, and only when a run page (or
-`/api/runs/{name}`) asks for it: the runs table never does. Each file version (inode, size,
-mtime) is loaded and hashed once; a trainer replacing best.pt makes a new version.
-TODO(fastio): switch to the torch-free checkpoint reader in study/runs/ once it lands.
+Read with the torch-free checkpoint reader (study.runs.checkpoint_summary), only when a run
+page (or `/api/runs/{name}`) asks: the runs table never does. Each file version (inode,
+size, mtime) is read and hashed once; a trainer replacing best.pt makes a new version.
 """
 
 from __future__ import annotations
@@ -47,11 +46,10 @@ class CheckpointSummaries:
 def load_summary(path: str) -> dict[str, Any]:
     """summarize_checkpoint of the file, tensors cut to TENSORS_SHOWN; {"error": one line}."""
     from study.errors import FlowctlError
-    from study.runs.checkpoint import read_checkpoint
-    from study.runs.checkpoint_summary import summarize_checkpoint
+    from study.runs.checkpoint_summary import load_checkpoint_info, summarize_checkpoint
 
     try:
-        summary = summarize_checkpoint(path, read_checkpoint(path))
+        summary = summarize_checkpoint(path, load_checkpoint_info(path))
     except FlowctlError as err:
         return {"error": str(err)}
     except OSError as err:  # replaced or removed while being read
