@@ -86,7 +86,7 @@ def test_mlflow_run_holds_the_params_and_metrics_of_metrics_csv(tmp_path, isolat
     assert run.info.run_name == "ml" and run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "flow-matching-study"
     assert run.data.params == flatten_params(status["config"])
-    assert run.data.params["lr"] == "0.001" and run.data.params["stages"] == "[]"
+    assert run.data.params["lr"] == str(status["config"]["lr"]) and run.data.params["stages"] == "[]"
     tags = run.data.tags
     assert tags["group"] == "grid" and tags["status"] == "finished" and tags["exit_code"] == "0"
     assert tags["checkpoint_path"] == str(run_dir / "best.pt")

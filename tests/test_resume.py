@@ -129,11 +129,12 @@ def test_extension_continues_step_and_replans_the_cosine(tmp_path, isolated_run_
     assert steps == sorted(set(steps)) and steps[-1] == 6 * 9
     # lr logged at step s was used for step s's update: cfg.lr * factor(s - 1) for the
     # old horizon (36 steps) before the extension and the new one (54) after it.
+    lr = load(isolated_run_root / "a" / "last.pt")["config"]["lr"]
     for row in rows:
         if row["train/lr"]:
             step = int(row["step"])
             horizon = 36 if step <= 36 else 54
-            assert float(row["train/lr"]) == pytest.approx(1e-3 * cosine_warmup_factor(step, 5, horizon))
+            assert float(row["train/lr"]) == pytest.approx(lr * cosine_warmup_factor(step, 5, horizon))
     assert int(rows[-1]["epoch"]) == 5 and load(isolated_run_root / "a" / "last.pt")["epoch"] == 5
 
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from study.flow_matching.config import TrainingConfig
 from tests.helpers import REPO_ROOT, TINY, cli, vectors_file
 
 WIDE = {"COLUMNS": "200"}
@@ -88,7 +89,7 @@ def test_a_run_holding_another_config_under_a_points_name_is_refused(tmp_path, i
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1
     assert "point mlp-icfm-vectors-640x2-none-s0" in result.stderr
-    assert "lr: 0.01 in the run, 0.001 in the grid" in result.stderr
+    assert f"lr: 0.01 in the run, {TrainingConfig().lr} in the grid" in result.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [

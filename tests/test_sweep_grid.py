@@ -125,7 +125,7 @@ def test_a_run_with_another_config_under_the_points_name_is_a_conflict(tmp_path,
     RunStatusFile(folder).update(status="finished", config={**point.config.to_dict(), "lr": 0.5})
     assert read_point_state(point).conflict is None  # no checkpoint: nothing to lose
     (folder / "best.pt").write_bytes(b"x")
-    assert read_point_state(point).conflict == "lr: 0.5 in the run, 0.001 in the grid"
+    assert read_point_state(point).conflict == f"lr: 0.5 in the run, {point.config.lr} in the grid"
 
 
 def test_last_error_line_reads_only_the_attempts_part_of_the_log(tmp_path):

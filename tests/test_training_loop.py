@@ -95,7 +95,7 @@ def test_extension_replans_linear_from_the_current_step():
     old = LRSchedule(short, plan_stages(short), STEPS_PER_EPOCH)
     new = LRSchedule(longer, plan_stages(longer), STEPS_PER_EPOCH)
     assert old(24) == pytest.approx(0.0, abs=1e-12)  # the 3-epoch plan ends at 0
-    assert new(24) == pytest.approx(1e-3 * (1 - 19 / 43))  # the 6-epoch plan, no new warm-up
+    assert new(24) == pytest.approx(longer.lr * (1 - 19 / 43))  # the 6-epoch plan, no new warm-up
 
 
 # -- EMA warm-up ---------------------------------------------------------------------------
@@ -186,10 +186,11 @@ def test_keep_snapshots_keeps_the_newest_k_epoch_files(isolated_run_root):
 
 
 def test_run_json_and_metrics_report_schedule_lr_data_and_epoch_times(isolated_run_root):
-    result = trainer(tiny(scheduler={"type": "constant"}), isolated_run_root).train()
+    config = tiny(scheduler={"type": "constant"})
+    result = trainer(config, isolated_run_root).train()
     status = run_json(isolated_run_root / "loop")
     assert status["scheduler"] == result["scheduler"] == "constant"
-    assert status["lr"] == result["lrs"][0] == 1e-3
+    assert status["lr"] == result["lrs"][0] == config.lr
     assert status["dataset"]["rows"] == {"train": 512, "val": 128}
     import csv
 

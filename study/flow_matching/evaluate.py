@@ -220,9 +220,12 @@ def write_eval_json(folder: str | Path, result: dict[str, Any]) -> Path:
     return path
 
 
-def eval_record(loaded: LoadedModel, result: EvalResult, *, data: str, seed: int) -> dict[str, Any]:
-    """The eval.json object: the metrics plus what was evaluated, on what, and when."""
-    return {**result.to_dict(), "seed": seed, "run": loaded.run_dir.name,
+def eval_record(loaded: LoadedModel, result: EvalResult | dict[str, Any], *, data: str,
+                seed: int) -> dict[str, Any]:
+    """The eval.json object: the metrics (an EvalResult, or eval_draws' summary with every
+    draw) plus what was evaluated, on what, and when."""
+    metrics = result if isinstance(result, dict) else result.to_dict()
+    return {**metrics, "seed": seed, "run": loaded.run_dir.name,
             "checkpoint": str(loaded.path), "data": data,
             "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 

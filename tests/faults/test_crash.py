@@ -117,7 +117,8 @@ FINAL_REPLACES = 2 * EPOCHS  # replace calls up to the end of the final epoch's 
 ])
 def test_sigkill_at_each_point_of_a_checkpoint_write(tmp_path, isolated_run_root, flowctl,
                                                      call, nth, before):
-    args = run_flags(vectors_file(tmp_path), epochs=EPOCHS)
+    # lr 1e-3: the val loss improves at every one of these few epochs (a best.pt write each)
+    args = run_flags(vectors_file(tmp_path), "--lr", "1e-3", epochs=EPOCHS)
     train_reference("reference", args)
     reference = isolated_run_root / "reference"
     val_best = [float(r["val/best_loss"]) for r in metrics_rows(reference) if r["val/best_loss"]]
