@@ -74,6 +74,9 @@ WandbProject = Annotated[str, typer.Option("--wandb-project")]
 WandbMode = Annotated[str | None, typer.Option(
     "--wandb-mode", help="offline | online | disabled ($WANDB_MODE wins).  [default: offline]")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+Threads = Annotated[int | None, typer.Option(
+    "--threads", help="CPU intra-op threads.  [default: $OMP_NUM_THREADS, else 1 for models under "
+    "1M parameters (faster on small models), else torch's default]")]
 RequeueSignal = Annotated[str | None, typer.Option(
     "--requeue-signal", help="Also stop gracefully on this signal (e.g. SIGUSR1 for SLURM).")]
 Plain = Annotated[bool, typer.Option("--plain", help="Plain progress lines even on a terminal.")]

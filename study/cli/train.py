@@ -19,6 +19,7 @@ from study.cli.common import (
     RequeueSignal,
     StrictWorldSize,
     TensorBoard,
+    Threads,
     Tracker,
     WandbMode,
     WandbProject,
@@ -87,6 +88,7 @@ def train(
     wandb_project: WandbProject = "flow-matching-study",
     wandb_mode: WandbMode = None,
     device: Device = "auto",
+    threads: Threads = None,
     requeue_signal: RequeueSignal = None,
     plain: Plain = False,
     tensorboard: TensorBoard = False,
@@ -111,7 +113,8 @@ def train(
 
 # The run options `train` and `resume` share (RunOptions fields, and --plain, --tracker).
 RUN_OPTION_FLAGS = ("ckpt_dir", "device", "wandb_project", "wandb_mode", "requeue_signal",
-                    "tensorboard", "strict_world_size", "plain", "pairing_workers", "tracker")
+                    "tensorboard", "strict_world_size", "plain", "pairing_workers", "tracker",
+                    "threads")
 
 
 def run_command(ctx, values: dict[str, Any], overrides: dict[str, Any], *,

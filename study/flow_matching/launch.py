@@ -45,6 +45,7 @@ class RunOptions:
     tensorboard: bool = False
     strict_world_size: bool = False  # refuse to resume on another number of processes
     pairing_workers: int | None = None  # OT plans solved ahead; None: auto (see pairing_workers)
+    threads: int | None = None  # CPU intra-op threads; None: auto (device.set_cpu_threads)
     trackers: tuple[str, ...] | None = None  # --tracker (None: the defaults; (): none)
     progress: Any = None
 
@@ -145,7 +146,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.data.dataset import resolve_dataset
     from study.data.normalize import normalization_stats
     from study.data.training_data import TrainingData
-    from study.flow_matching.device import is_main_process
+    from study.flow_matching.device import is_main_process, set_cpu_threads
     from study.flow_matching.distributed import world_size
     from study.flow_matching.models import build_model
     from study.flow_matching.precision import check_precision
@@ -174,6 +175,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
     model = build_model(config.network, splits.dim, width=config.width, depth=config.depth,
                         activation=config.activation)
+    set_cpu_threads(device, sum(p.numel() for p in model.parameters()), options.threads)
     recorder = RunRecorder(folder, config.name, wandb_project=options.wandb_project,
                            wandb_mode=resolve_wandb_mode(options.wandb_mode),
                            enabled=is_main_process(), tensorboard=options.tensorboard,

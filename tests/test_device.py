@@ -1,0 +1,40 @@
+"""Device and CPU threads: small models train on one intra-op thread unless told otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from study.errors import UsageError
+from study.flow_matching.device import SMALL_MODEL_PARAMETERS, set_cpu_threads
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_small_model_on_cpu_gets_one_thread(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    assert set_cpu_threads(torch.device("cpu"), SMALL_MODEL_PARAMETERS - 1, None) == 1
+
+
+def test_large_model_keeps_torchs_default(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    assert set_cpu_threads(torch.device("cpu"), SMALL_MODEL_PARAMETERS, None) == 2
+
+
+def test_omp_num_threads_and_the_flag_win(monkeypatch):
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert set_cpu_threads(torch.device("cpu"), 10, None) == 2
+    assert set_cpu_threads(torch.device("cpu"), 10, 1) == 1
+
+
+def test_bad_thread_count_is_a_usage_error():
+    with pytest.raises(UsageError, match="--threads must be >= 1"):
+        set_cpu_threads(torch.device("cpu"), 10, 0)
