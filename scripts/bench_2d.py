@@ -77,7 +77,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out-dir", default=None, help="run folders and results.json [default: a temp dir]")
-    parser.add_argument("--write", default=None, help="also write the markdown report here")
+    parser.add_argument("--write", default=None,
+                        help="also put the report in this markdown file, replacing its own section")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
     if args.quick:
@@ -141,10 +142,25 @@ def mean_std(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+SECTION = "## 2-D reference check against Tong et al. 2023"
+
+
+def write_section(path: Path, report: str) -> None:
+    """Put `report` in place of the file's SECTION (up to the next `## `), or append it."""
+    text = path.read_text() if path.exists() else ""
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip() + ("\n\n" if text else "") + report
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + report.rstrip() + "\n" + (text[end:] if end >= 0 else "")
+    path.write_text(text)
+
+
 def render(records: list[dict], args: argparse.Namespace, command: str, elapsed_s: float) -> str:
     """The markdown report: setup, the table, the floor, and the claims check."""
     label = " (QUICK SMOKE RUN: 1 seed, few steps; not a reference result)" if args.quick else ""
-    lines = [f"# 2-D reference check against Tong et al. 2023{label}", "",
+    lines = [f"{SECTION}{label}", "",
              f"Produced by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d} in "
              f"{elapsed_s / 60:.1f} min.", "",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores (shared), "
@@ -231,7 +247,7 @@ def main(argv: list[str]) -> int:
     print(report)
     if args.write:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(report)
+        write_section(Path(args.write), report)
         print(f"wrote {args.write}; runs and results.json in {out_dir}")
     return 0
 

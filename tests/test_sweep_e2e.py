@@ -91,6 +91,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def freeze_when(condition, launcher) -> None:
+    """Stop the launcher and every child (SIGSTOP) at a moment `condition()` holds, checked
+    again once everything is frozen, so nothing moves between the check and what follows."""
+    while True:
+        wait_for(condition, timeout=SWEEP_TIMEOUT_S, process=launcher, what="the moment to kill")
+        launcher.send_signal(signal.SIGSTOP)  # first: no new children from here on
+        frozen = descendants(launcher.pid)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        if condition():
+            return
+        for pid in [*frozen, launcher.pid]:
+            os.kill(pid, signal.SIGCONT)
+
+
 def reference(tmp_path: Path, folder: Path) -> Path:
     """The same point trained without interruption, in another root."""
     root = tmp_path / "reference"
@@ -108,14 +123,13 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_point_once_and_exactly(tmp_p
     def one_done_one_midway() -> bool:
         states = [run_json(folder) for folder in folders]
         done = any(s and s["status"] == "finished" for s in states)
-        midway = any(s and s["status"] == "running" and 1 <= (s.get("epoch") or 0) <= 40
-                     and (f / "last.pt").exists() for s, f in zip(states, folders, strict=True))
+        midway = any(s and s["status"] == "running" and (f / "last.pt").exists()
+                     and load(f / "last.pt")["global_step"] < 80 * 9
+                     for s, f in zip(states, folders, strict=True))
         return done and midway
 
     launcher = start_sweep(grid, "--parallel", "2")
-    wait_for(one_done_one_midway, timeout=SWEEP_TIMEOUT_S, process=launcher,
-             what="a finished point and one midway")
-    launcher.send_signal(signal.SIGSTOP)  # no new children from here on
+    freeze_when(one_done_one_midway, launcher)
     for pid in descendants(launcher.pid):
         os.kill(pid, signal.SIGKILL)
     launcher.kill()
@@ -220,7 +234,9 @@ def test_adding_a_seed_trains_only_the_new_points(tmp_path, isolated_run_root):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_stops_children_gracefully_and_the_next_sweep_continues(
         tmp_path, isolated_run_root, sig):
-    grid = write_grid(tmp_path, {"seed": [0, 1]}, epochs=200)
+    # Epochs enough that no point can finish before the signal; the next sweep then asks for
+    # fewer in total (epochs is a harmless key: the same points), so it ends.
+    grid = write_grid(tmp_path, {"seed": [0, 1]}, epochs=100_000)
     folders = [isolated_run_root / f"mlp-icfm-vectors-none-s{seed}" for seed in (0, 1)]
     launcher = start_sweep(grid, "--parallel", "2")
     wait_for(lambda: all((run_json(f) or {}).get("epoch", 0) >= 1 for f in folders),
@@ -234,6 +250,8 @@ def test_a_stop_signal_stops_children_gracefully_and_the_next_sweep_continues(
         assert f"stopped by {signal.Signals(sig).name}" in (folder / "train.log").read_text()
         stopped_at[folder] = load(folder / "last.pt")["global_step"]
     assert "2 points: 2 preempted" in out
+    grid = write_grid(tmp_path, {"seed": [0, 1]},
+                      epochs=max(step for step in stopped_at.values()) // 9 + 3)
     code, out, err = finish(start_sweep(grid, "--parallel", "2"))
     assert code == 0, err
     for folder in folders:
