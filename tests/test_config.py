@@ -322,3 +322,9 @@ def test_two_stages_with_overrides() -> None:
     # The last stage also covers epochs beyond the stages' sum (3 + 4 = 7).
     assert stage_for_epoch([warm, fine], 50) is fine
     assert fine.to_dict()["end_epoch"] == -1 and warm.to_dict()["end_epoch"] == 3
+
+
+def test_sigma_defaults_to_the_flows_own():
+    assert TrainingConfig().sigma == 0.01
+    assert TrainingConfig(flow="sbcfm").sigma == 1.0  # entropic OT needs reg = 2 sigma^2 > 0
+    assert load_config(None, {"flow": "sbcfm", "sigma": 0.5}).sigma == 0.5

@@ -62,7 +62,7 @@ def train(
     weight_decay: float | None = typer.Option(None, help="[default: 0]"),
     grad_clip: float | None = typer.Option(None, help="Max grad norm (0: off).  [default: 1.0]"),
     ema_decay: float | None = typer.Option(None, help="[default: 0.999]"),
-    sigma: float | None = typer.Option(None, help="Flow noise level (in the model's space: see --normalize).  [default: 0.01]"),
+    sigma: float | None = typer.Option(None, help="Flow noise level (in the model's space: see --normalize).  [default: 0.01; sbcfm: 1.0]"),
     log_every: int | None = typer.Option(None, help="Optimizer steps per log row.  [default: 10]"),
     val_fraction: float | None = typer.Option(None, help="Val share when a dataset has no val split.  [default: 0.1]"),
     width: int | None = typer.Option(None, help="Hidden width.  [default: 64]"),
