@@ -135,3 +135,14 @@ def test_module_entry_point_runs_as_a_real_process(tmp_path, isolated_run_root):
     assert load(run / "best.pt")["config"]["group"] == "test"
     assert len(wandb_files(run)) == 1
     assert "best val loss" in process.stdout
+
+
+def test_run_json_names_the_data_files_with_their_checksums(tmp_path, isolated_run_root):
+    import hashlib
+
+    data = vectors_file(tmp_path)
+    result = cli("train", "--dataset", data, "--epochs", "1", "--run-name", "files", *TINY)
+    assert result.exit_code == 0, result.stderr
+    dataset = run_json(isolated_run_root / "files")["dataset"]
+    assert dataset["files"] == {data.name: hashlib.sha256(data.read_bytes()).hexdigest()}
+    assert dataset["rows"] == {"train": 576, "val": 64}

@@ -15,7 +15,7 @@ of its rows, which copies them into memory.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class DataSplits:
     std: Tensor  # [D], of train only; near-zero entries replaced by 1 so dividing is safe
     checksum: str  # SHA-256 hex of the file(s), or of a "builtin:..." string
     source: str  # one line for people, e.g. "built-in moons (seed 0)"
+    files: dict[str, str] = field(default_factory=dict)  # file name -> its SHA-256 hex
 
     @property
     def dim(self) -> int:
@@ -127,13 +128,14 @@ def resolve_dataset(name: str, *, seed: int, val_fraction: float,
 
 
 def _make_splits(train: Tensor, val: Tensor, test: Tensor | None, checksum: str,
-                 source: str, stats: tuple[Tensor, Tensor] | None = None) -> DataSplits:
+                 source: str, stats: tuple[Tensor, Tensor] | None = None,
+                 files: dict[str, str] | None = None) -> DataSplits:
     for split, x in (("val", val), ("test", test)):
         if x is not None and x.shape[1] != train.shape[1]:
             raise UsageError(f"dataset {source}: {split} has {x.shape[1]} columns, "
                              f"train has {train.shape[1]}")
     mean, std = stats if stats is not None else column_stats(train)
-    return DataSplits(train, val, test, mean, std, checksum, source)
+    return DataSplits(train, val, test, mean, std, checksum, source, files or {})
 
 
 def _load_split_folder(folder: Path) -> DataSplits:
@@ -154,7 +156,8 @@ def _load_split_folder(folder: Path) -> DataSplits:
     test = loaded["test"].x if "test" in loaded else None
     train = loaded["train"]
     return _make_splits(train.x, loaded["val"].x, test, digest.hexdigest(),
-                        str(folder.resolve()), stats=(train.mean, train.std))
+                        str(folder.resolve()), stats=(train.mean, train.std),
+                        files={files[s].name: d.sha256 for s, d in loaded.items()})
 
 
 def _split_file(data: FlowDataset, *, seed: int, val_fraction: float) -> DataSplits:
@@ -167,4 +170,4 @@ def _split_file(data: FlowDataset, *, seed: int, val_fraction: float) -> DataSpl
                          "split into train and val")
     order = torch.randperm(data.n, generator=torch.Generator().manual_seed(seed))
     return _make_splits(data.x[order[n_val:]], data.x[order[:n_val]], None, data.sha256,
-                        str(data.path.resolve()))
+                        str(data.path.resolve()), files={data.path.name: data.sha256})

@@ -10,7 +10,7 @@ memory trains with a batch's worth of memory; the numbers are the same either wa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class TrainingData:
     train_x0: Tensor | None = None  # [N_train, D] pre-coupled sources (reflow), else None
     val_x0: Tensor | None = None  # [N_val, D]
     heldout: Tensor | None = None  # [M, D] raw rows for sample quality (a test split), else None
+    files: dict[str, str] = field(default_factory=dict)  # data file name -> its SHA-256 hex
     mapped: bool = False  # `train` is the raw memory-mapped file, normalised per batch
     device: torch.device = torch.device("cpu")
 
@@ -50,7 +51,7 @@ class TrainingData:
         rows = {"train": len(self.train), "val": len(self.val)}
         if self.heldout is not None:
             rows["test"] = len(self.heldout)
-        return {"checksum": self.checksum, "rows": rows}
+        return {"checksum": self.checksum, "rows": rows, "files": dict(self.files)}
 
     def heldout_rows(self) -> Tensor:
         """Raw rows to compare samples with: the test split, else the val split ([M, D], CPU)."""
@@ -62,7 +63,8 @@ class TrainingData:
     def prepare(cls, train, val, *, device: torch.device | str = "cpu", normalize: str = "standard",
                 stats: dict[str, Tensor] | None = None, checksum: str = "",
                 train_x0: Tensor | None = None, val_x0: Tensor | None = None,
-                heldout: Tensor | None = None) -> TrainingData:
+                heldout: Tensor | None = None, files: dict[str, str] | None = None
+                ) -> TrainingData:
         """Normalise raw `train`/`val` rows (`normalize`: standard or none, unless `stats` are
         given) and move everything to `device`."""
         train_x, val_x = as_tensor(train), as_tensor(val)
@@ -71,8 +73,8 @@ class TrainingData:
         train_x = train_x if mapped else normalize_rows(train_x, stats).to(device)
         return cls(train_x, normalize_rows(val_x, stats).to(device), stats, checksum,
                    None if train_x0 is None else train_x0.to(device),
-                   None if val_x0 is None else val_x0.to(device), heldout, mapped,
-                   torch.device(device))
+                   None if val_x0 is None else val_x0.to(device), heldout, files or {},
+                   mapped, torch.device(device))
 
     def check_checkpoint(self, payload: dict[str, Any], source: Path, *, dataset: str,
                          steps_per_epoch: int, warn=print) -> None:

@@ -171,7 +171,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
              else normalization_stats(splits.train, config.normalize))
     data = TrainingData.prepare(splits.train, splits.val, device=device, stats=stats,
                                 checksum=splits.checksum, train_x0=train_x0, val_x0=val_x0,
-                                heldout=splits.test)
+                                heldout=splits.test, files=splits.files)
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
     model = build_model(config.network, splits.dim, width=config.width, depth=config.depth,
                         activation=config.activation)
