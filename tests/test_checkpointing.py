@@ -69,6 +69,13 @@ def test_a_stop_and_save_every_force_a_write_with_the_pending_best():
     assert len(writes) == 2, "nothing new at the end: step 16 is already on disk"
 
 
+def test_a_pending_best_of_the_final_step_is_written_once_as_a_link_of_last():
+    # The last epoch improved inside the budget: best and last are the same state, so the
+    # end of training writes it once (best.pt a hard link), not twice.
+    writes = run_policy([(1, 10, True, False, False), (1, 20, True, True, False)])
+    assert writes == [[(["best.pt", "last.pt"], 20)]]
+
+
 def test_budget_zero_writes_every_epoch_as_before():
     writes = run_policy([(0, 10, True, True, False), (0, 20, True, False, False)], interval_s=0,
                         keep_snapshots=2)
@@ -88,3 +95,16 @@ def test_a_real_run_within_the_budget_writes_best_and_last_once_at_the_end(isola
     best, last = load(run / "best.pt"), load(run / "last.pt")
     assert last["global_step"] == result["global_step"] == 4 * 8
     assert best["epoch"] == val.index(min(val)) and best["best_loss"] == min(val)
+
+
+def test_a_real_run_whose_last_epoch_is_best_links_best_to_last(isolated_run_root):
+    from tests.test_training_loop import trainer
+
+    config = TrainingConfig(epochs=2, batch_size=64, width=16, depth=2, warmup_steps=0,
+                            patience=0, run_name="linked", lr=3e-3,
+                            checkpoint_interval=3600.0).validate()
+    trainer(config, isolated_run_root).train()
+    run = isolated_run_root / "linked"
+    val = [float(r["val/loss"]) for r in metrics_rows(run) if r["val/loss"]]
+    assert val[-1] < val[0], "expected the last epoch to be the best (lr 3e-3, 2 epochs)"
+    assert (run / "best.pt").stat().st_ino == (run / "last.pt").stat().st_ino

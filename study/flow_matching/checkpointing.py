@@ -42,6 +42,7 @@ class Checkpointer:
         self.interval_s = interval_s
         self.last_write = clock()
         self.pending_best: dict[str, Any] | None = None  # a snapshot not yet on disk
+        self.pending_best_step = -1  # the global_step it was taken at
         self.written_step = -1  # global_step of the newest last.pt written
 
     def after_step(self, *, step: int, epoch: int, epoch_done: bool, improved: bool,
@@ -53,6 +54,7 @@ class Checkpointer:
         if epoch_done and improved and not due:
             self._check(finite, step)
             self.pending_best = snapshot(state())  # best.pt waits for the next write
+            self.pending_best_step = step
         if due:
             extra = [snapshot_name(epoch)] if epoch_done and self.keep_snapshots else []
             self.write(state=state, finite=finite, step=step, best_now=epoch_done and improved,
@@ -68,6 +70,8 @@ class Checkpointer:
               step: int, best_now: bool, extra: list[str] | None = None) -> None:
         self._check(finite, step)
         self.last_write, self.written_step = self.clock(), step
+        if self.pending_best is not None and self.pending_best_step == step:
+            best_now = True  # the pending best is this very state: one file, hard-linked
         if not self.recorder.enabled:  # only rank 0 writes
             self.pending_best = None
             return
