@@ -11,7 +11,7 @@ each epoch, last.pt/best.pt, metrics.csv, run.json). What does that cost? In one
   flowtrainer  FlowTrainer.train(), all of it; "steps only" subtracts validate() and checkpoints.
   lightning    the same step as a LightningModule, if lightning is installed.
 Workloads (CPU, batch 256, icfm): `2d` is moons with a 3x64 SELU mlp, `1024d` a Gaussian
-mixture (4096 rows: 16-step epochs) with a 3x1024 one. `flowtrainer` runs with the default
+mixture (4096 rows: 16-step epochs, 4 of them; `1024d-long`: 20) with a 3x1024 one. `flowtrainer` runs with the default
 checkpoint budget (--checkpoint-interval 30), `flowtrainer, ckpt every epoch` with 0. Each measurement trains a fresh model from one seed
 (building it is not timed); after a warm-up the contenders take turns for --repeats rounds, so
 load from other processes spreads over all of them. Reported: median steps/s, and the median over rounds of the ratio to bare in the same round.
@@ -78,11 +78,12 @@ def make_workload(name: str, quick: bool) -> Workload:
     if name == "2d":  # 20,000 rows: 78 steps per epoch
         splits = resolve_dataset("moons", seed=SEED, val_fraction=0.1)
         return Workload(name, splits.train, splits.val, 64, 1 if quick else 40)
-    if name == "1024d":  # 4096 rows: 16 steps per epoch (--quick: 2048 rows, 8 steps)
+    if name in ("1024d", "1024d-long"):  # 4096 rows: 16 steps per epoch (--quick: 2048, 8)
         rows = 2048 if quick else 4096
         x = gaussian_mixture(rows + 1024, 1024, 8, torch.Generator().manual_seed(SEED))
-        return Workload(name, x[:rows], x[rows:], 1024, 1 if quick else 4)
-    raise SystemExit(f"unknown workload {name!r}; choose from 2d, 1024d")
+        epochs = 1 if quick else 4 if name == "1024d" else 20
+        return Workload(name, x[:rows], x[rows:], 1024, epochs)
+    raise SystemExit(f"unknown workload {name!r}; choose from 2d, 1024d, 1024d-long")
 
 
 def fresh_model(work: Workload) -> torch.nn.Module:
@@ -167,27 +168,33 @@ def run_naive(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
 
 
 class TimedTrainer(FlowTrainer):
-    """FlowTrainer that adds up the seconds the training thread spends in validate() and in
-    the checkpoint policy (snapshots; serialising and writing run on the writer thread)."""
+    """FlowTrainer that adds up the seconds the training thread spends validating (in line,
+    or starting and collecting a validation overlapped with the next epoch) and on
+    checkpoints (the policy's snapshots, and waiting for the writer thread at the end)."""
 
     validate_s = save_s = 0.0
+    timing = False
 
-    def validate(self, stage=None) -> float:
-        started = time.perf_counter()
-        val_loss = super().validate(stage)
-        self.validate_s += time.perf_counter() - started
-        return val_loss
+    def time_parts(self) -> None:
+        for owner, name, total in ((self, "validate", "validate_s"),
+                                   (self.overlap, "start", "validate_s"),
+                                   (self.overlap, "collect", "validate_s"),
+                                   (self.checkpoints, "after_step", "save_s"),
+                                   (self.checkpoints, "finish", "save_s"),
+                                   (self.recorder, "flush", "save_s")):
+            call = getattr(owner, name)
 
-    def time_checkpoints(self) -> None:
-        for name in ("after_step", "finish"):
-            call = getattr(self.checkpoints, name)
+            def timed(*args, call=call, total=total, **kwargs):
+                if self.timing:  # nested (a checkpoint write waits in flush): counted once
+                    return call(*args, **kwargs)
+                self.timing, started = True, time.perf_counter()
+                try:
+                    return call(*args, **kwargs)
+                finally:
+                    self.timing = False
+                    setattr(self, total, getattr(self, total) + time.perf_counter() - started)
 
-            def timed(*args, call=call, **kwargs):
-                started = time.perf_counter()
-                call(*args, **kwargs)
-                self.save_s += time.perf_counter() - started
-
-            setattr(self.checkpoints, name, timed)
+            setattr(owner, name, timed)
 
 
 def run_flowtrainer(work: Workload, train_x: torch.Tensor, epochs: int, ckpt_root: Path,
@@ -199,12 +206,13 @@ def run_flowtrainer(work: Workload, train_x: torch.Tensor, epochs: int, ckpt_roo
                             checkpoint_interval=checkpoint_interval)
     trainer = TimedTrainer(fresh_model(work), config, train_x, work.val_x, "cpu",
                            wandb_mode="disabled", ckpt_root=ckpt_root)
-    trainer.time_checkpoints()
+    trainer.time_parts()
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
-    for path in trainer.run_dir.iterdir():  # 1024d checkpoints are ~50 MB each
-        path.unlink()
+    # Run folders stay until the benchmark ends: on this machine's ext4 (mounted with online
+    # discard) deleting a 67 MB checkpoint stalls the next large write for ~0.15 s a few
+    # seconds later, i.e. inside the next contender's measurement.
     return Result(result["global_step"], seconds, trainer.model, trainer.validate_s, trainer.save_s)
 
 
@@ -281,7 +289,8 @@ def print_table(rows: list[tuple]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="2d,1024d", help="comma-separated: 2d, 1024d")
+    parser.add_argument("--workloads", default="2d,1024d",
+                        help="comma-separated: 2d, 1024d, 1024d-long")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (3; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="a few steps, to check the script runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (torch's default)")

@@ -45,20 +45,30 @@ class Checkpointer:
         self.pending_best_step = -1  # the global_step it was taken at
         self.written_step = -1  # global_step of the newest last.pt written
 
+    def due(self, *, step: int, epoch_done: bool, stopping: bool) -> bool:
+        """Whether last.pt is written after optimizer step `step` (1-based count)."""
+        return bool(stopping or (self.save_every and step % self.save_every == 0)
+                    or (epoch_done and self.clock() - self.last_write >= self.interval_s))
+
     def after_step(self, *, step: int, epoch: int, epoch_done: bool, improved: bool,
                    stopping: bool, state: Callable[[], dict[str, Any]],
-                   finite: Callable[[], torch.Tensor]) -> None:
-        """Write what the policy asks for after optimizer step `step` (1-based count)."""
-        due = (stopping or (self.save_every and step % self.save_every == 0)
-               or (epoch_done and self.clock() - self.last_write >= self.interval_s))
+                   finite: Callable[[], torch.Tensor], due: bool | None = None) -> None:
+        """Write what the policy asks for after optimizer step `step` (1-based count);
+        `due`: `self.due(...)` as the caller already decided it (the clock moves on)."""
+        if due is None:
+            due = self.due(step=step, epoch_done=epoch_done, stopping=stopping)
         if epoch_done and improved and not due:
-            self._check(finite, step)
-            self.pending_best = snapshot(state())  # best.pt waits for the next write
-            self.pending_best_step = step
+            self.keep_best(snapshot(state()), step=step, finite=finite)
         if due:
             extra = [snapshot_name(epoch)] if epoch_done and self.keep_snapshots else []
             self.write(state=state, finite=finite, step=step, best_now=epoch_done and improved,
                        extra=extra)
+
+    def keep_best(self, payload: dict[str, Any], *, step: int,
+                  finite: Callable[[], torch.Tensor]) -> None:
+        """Hold `payload` (a snapshot of step `step`) in memory as best.pt until the next write."""
+        self._check(finite, step)
+        self.pending_best, self.pending_best_step = payload, step
 
     def finish(self, *, step: int, state: Callable[[], dict[str, Any]],
                finite: Callable[[], torch.Tensor]) -> None:

@@ -37,6 +37,15 @@ class Selection:
     def should_stop(self) -> bool:
         return bool(self.patience) and self.epochs_without_improvement >= self.patience
 
+    def may_stop_after_next_update(self) -> bool:
+        """Whether the next `update` could make `should_stop()` true (if it does not improve)."""
+        return bool(self.patience) and self.epochs_without_improvement + 1 >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's selection fields."""
+        return {"best_loss": float(self.best_loss), "best_score": float(self.best_score),
+                "epochs_without_improvement": self.epochs_without_improvement}
+
     def load(self, payload: dict[str, Any]) -> None:
         """From a checkpoint (older ones have no best_score: it was the val loss)."""
         self.best_loss = float(payload["best_loss"])

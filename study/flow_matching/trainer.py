@@ -16,6 +16,7 @@ to one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -40,6 +41,7 @@ from study.flow_matching.distributed import (
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
+from study.flow_matching.overlap import ValidationOverlap, spare_core_available
 from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
 from study.flow_matching.sample_quality import SampleQuality
@@ -48,7 +50,7 @@ from study.flow_matching.selection import Selection
 from study.flow_matching.stages import plan_stages, stage_for_epoch
 from study.flow_matching.update import Update
 from study.flow_matching.validation import Validator
-from study.runs.checkpoint import checkpoint_metadata, read_checkpoint, restore_modules
+from study.runs.checkpoint import checkpoint_metadata, read_checkpoint, restore_modules, snapshot
 from study.runs.paths import BEST_NAME, LAST_NAME, run_dir
 from study.runs.recorder import RunRecorder
 from study.runs.tracking import resolve_wandb_mode
@@ -125,6 +127,8 @@ class FlowTrainer:
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
+        self.overlap = ValidationOverlap(self.validator,
+                                         enabled=spare_core_available(self.device, world_size()))
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
                                         keep_snapshots=config.keep_snapshots,
                                         interval_s=config.checkpoint_interval)
@@ -173,21 +177,38 @@ class FlowTrainer:
                     if self.global_step % cfg.log_every == 0:
                         row = self._train_log_row(epoch, stage)
                     epoch_done = self.batch_in_epoch == self.steps_per_epoch
-                    if epoch_done:
-                        row.update(self._end_epoch(epoch, stage, time.perf_counter() - epoch_started))
-                    if row:  # logged before the checkpoint of this step, never after
-                        self.recorder.log(row, self.global_step, self._progress_fields(stage))
                     # The signal handler only sets stop.requested: we save here, not there,
                     # and under torchrun every rank stops at the same step.
                     stopping = self.stop_agreement.should_stop(self.stop.requested, self.global_step)
+                    due = self.checkpoints.due(step=self.global_step, epoch_done=epoch_done,
+                                               stopping=stopping)
+                    if self.overlap.pending and (row or epoch_done or due):
+                        self._finish_overlapped_epoch()  # logged at its own step, before this one
+                    deferred = False
+                    if epoch_done:
+                        self.epoch, self.batch_in_epoch = epoch, 0
+                        seconds = time.perf_counter() - epoch_started
+                        deferred = self._may_overlap(epoch, due)
+                        if deferred:  # validation runs beside the next epoch's first steps
+                            self.overlap.start(self.model, self.ema, {
+                                "epoch": epoch, "stage": stage, "step": self.global_step,
+                                "seconds": seconds, "row": row,
+                                "state": snapshot(self.state_dict()), "finite": self._finite()})
+                            row = {}
+                        else:
+                            row.update(self._end_epoch(epoch, stage, seconds))
+                    if row:  # logged before the checkpoint of this step, never after
+                        self.recorder.log(row, self.global_step, self._progress_fields(stage))
                     self.checkpoints.after_step(
-                        step=self.global_step, epoch=epoch, epoch_done=epoch_done,
-                        improved=epoch_done and self.selection.improved_last,
+                        step=self.global_step, epoch=epoch, epoch_done=epoch_done, due=due,
+                        improved=epoch_done and not deferred and self.selection.improved_last,
                         stopping=stopping, state=self.state_dict, finite=self._finite)
                     if stopping:
                         self.recorder.flush()
                         raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
+            if self.overlap.pending:
+                self._finish_overlapped_epoch()
             self.checkpoints.finish(step=self.global_step, state=self.state_dict,
                                     finite=self._finite)
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
@@ -196,6 +217,9 @@ class FlowTrainer:
                                 progress=self._progress_fields(None))
             raise
         except BaseException as error:
+            if self.overlap.pending:  # the last epoch end's row belongs in the failed run's log
+                with contextlib.suppress(Exception):
+                    self._finish_overlapped_epoch()
             self.recorder.close("failed", exit_code=1, error=error,
                                 progress=self._progress_fields(None))
             raise
@@ -203,6 +227,7 @@ class FlowTrainer:
             self.stop.uninstall()
             self.progress.close()
             self.batches.close()
+            self.overlap.close()
         result = self._result(status, time.perf_counter() - started)
         self.recorder.close(status, summary={"final_epoch": result["final_epoch"],
                                              "best_val_loss": result["best_val_loss"],
@@ -223,11 +248,12 @@ class FlowTrainer:
                 "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
                 "metrics/stage_id": stage.index}
 
-    def _end_epoch(self, epoch: int, stage, seconds: float) -> dict[str, Any]:
-        """Validate (and every `eval_every` epochs evaluate) the EMA weights; track the
-        best of the selection metric and the patience counter."""
+    def _end_epoch(self, epoch: int, stage, seconds: float,
+                   val_loss: float | None = None) -> dict[str, Any]:
+        """Validate (unless `val_loss` is given) and every `eval_every` epochs evaluate the
+        EMA weights; track the best of the selection metric and the patience counter."""
         cfg = self.config
-        val_loss = self.validate(stage)
+        val_loss = self.validate(stage) if val_loss is None else val_loss
         if not math.isfinite(val_loss):
             raise RunFailed(f"non-finite validation loss at step {self.global_step}")
         row = {"val/loss": val_loss, "epoch": epoch, "metrics/stage_id": stage.index,
@@ -236,10 +262,30 @@ class FlowTrainer:
             row.update(self.quality(self.model, self.ema))
         self.selection.update(val_loss, row.get("eval/w2"))
         row["val/best_loss"] = self.selection.best_loss
-        self.epoch, self.batch_in_epoch = epoch, 0
         self.progress.update(step=self.global_step, epoch=epoch, total_epochs=cfg.epochs,
                              loss=self.last_train_loss, val_loss=val_loss)
         return row
+
+    def _may_overlap(self, epoch: int, due: bool) -> bool:
+        """Whether epoch `epoch`'s validation may finish during the next epoch: only where its
+        result changes nothing before it is collected (no write now, no evaluation, no early
+        stop at the next epoch's start, a next epoch to overlap with)."""
+        cfg = self.config
+        evaluates = self.quality is not None and (epoch + 1) % cfg.eval_every == 0
+        return (self.overlap.enabled and not due and not evaluates and epoch + 1 < cfg.epochs
+                and not self.selection.may_stop_after_next_update())
+
+    def _finish_overlapped_epoch(self) -> None:
+        """Collect the overlapped validation: its row is logged at its own step, and a best
+        epoch's state (snapshotted then) becomes the pending best.pt."""
+        pending, val_loss = self.overlap.collect()
+        row = {**pending.row, **self._end_epoch(pending.epoch, pending.stage, pending.seconds,
+                                                val_loss=val_loss)}
+        self.recorder.log(row, pending.step, self._progress_fields(pending.stage))
+        if self.selection.improved_last:
+            pending.state.update(self.selection.state_dict())  # known only now
+            self.checkpoints.keep_best(pending.state, step=pending.step,
+                                       finite=lambda: pending.finite)
 
     def validate(self, stage=None) -> float:
         """Mean validation MSE with the EMA weights on fixed x_0, t and eps."""
@@ -268,9 +314,7 @@ class FlowTrainer:
             "optimizer_type": type(self.optimizer).__name__,
             "scheduler_state_dict": self.learning_rate.state_dict(self.global_step),
             "rng_states": self.batches.state_dict(mid_epoch=self.batch_in_epoch > 0),
-            "best_loss": float(self.selection.best_loss),
-            "best_score": float(self.selection.best_score),
-            "epochs_without_improvement": self.selection.epochs_without_improvement,
+            **self.selection.state_dict(),  # best_loss, best_score, epochs_without_improvement
             "log_window": self.window.state_dict(),
             "grad_scaler": self.precision.state_dict(),
             "last_train_loss": self.last_train_loss,

@@ -26,17 +26,23 @@ class Validator:
         self.batches = fixed_validation_batches(val_x, seed=seed, source=source,
                                                 batch_size=batch_size, device=device, val_x0=val_x0)
 
-    @torch.no_grad()
     def loss(self, model: nn.Module, ema: EMAModel, stage) -> float:
         """The loss of `model` with `ema`'s weights swapped in, under `stage`'s flow."""
+        with ema.average_parameters(model):
+            return self.loss_of(model, stage)
+
+    @torch.no_grad()
+    def loss_of(self, model: nn.Module, stage) -> float:
+        """The loss of `model` as it is (eval mode for the pass), under `stage`'s flow."""
         flow = build_flow(stage.flow, sigma=stage.sigma)
         pairing = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
         total = torch.zeros((), device=self.device)
-        with ema.average_parameters(model):
-            model.eval()
+        model.eval()
+        try:
             for x_0, x_1, t, eps in self.batches:
                 x_0, x_1 = flow.pair(x_0, x_1, generator=pairing)
                 x_t, u_t = flow.path(x_0, x_1, t, eps)
                 total += F.mse_loss(model(x_t, t), u_t, reduction="sum") / u_t.shape[-1]
+        finally:
             model.train()
         return (total / self.rows).item()
