@@ -104,3 +104,20 @@ def test_a_failure_after_an_overlapped_epoch_still_logs_its_validation(tmp_path,
     rows = metrics_rows(tmp_path / "f")
     assert [row["step"] for row in rows if row["val/loss"]] == ["8"]
     assert torch.isfinite(torch.tensor(float(rows[0]["val/loss"])))
+
+
+def test_overlap_only_for_large_models_on_one_process_with_a_core_to_spare(monkeypatch):
+    from study.flow_matching.overlap import overlap_pays
+
+    monkeypatch.delenv("FLOWCTL_OVERLAP_VALIDATION", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    cpu, big, small = torch.device("cpu"), 3_000_000, 5_000
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert overlap_pays(cpu, 1, big)
+    assert not overlap_pays(cpu, 1, small), "tiny ops: a second Python thread costs the steps"
+    assert not overlap_pays(cpu, 2, big), "under torchrun each rank validates in line"
+    assert not overlap_pays(torch.device("meta"), 1, big)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert not overlap_pays(cpu, 1, big), "no core to spare"
+    monkeypatch.setenv("FLOWCTL_OVERLAP_VALIDATION", "1")
+    assert overlap_pays(cpu, 1, small)

@@ -11,8 +11,11 @@ weights, one intra-op thread each), so metrics, best.pt and resume do not depend
 The copy carries the model's forward hooks: they run on the worker thread, in eval mode.
 
 Enabled for one CPU process whose torch runs fewer intra-op threads than the cores it may
-use (small models train on one thread: `device.set_cpu_threads`); $FLOWCTL_OVERLAP_VALIDATION
-=0 turns it off, =1 forces it on (tests compare both).
+use (`--threads`, or a sweep's share of the cores), with a model of at least
+`SMALL_MODEL_PARAMETERS`: below that a step is a chain of tiny ops that hold the GIL, and a
+second Python thread slowed the 2-D toy's steps by 15% (scripts/bench_trainer.py) while its
+validation is only ~3% of the run. $FLOWCTL_OVERLAP_VALIDATION=0 turns it off, =1 forces it
+on (tests compare both).
 """
 
 from __future__ import annotations
@@ -26,17 +29,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from study.flow_matching.device import SMALL_MODEL_PARAMETERS
 from study.flow_matching.optim import EMAModel
 from study.flow_matching.validation import Validator
 
 
-def spare_core_available(device: torch.device, world_size: int) -> bool:
-    """Whether epoch-end validation may run beside the training thread."""
+def overlap_pays(device: torch.device, world_size: int, parameters: int) -> bool:
+    """Whether epoch-end validation should run beside the training thread."""
     forced = os.environ.get("FLOWCTL_OVERLAP_VALIDATION")
     if forced in ("0", "1"):
         return forced == "1"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return device.type == "cpu" and world_size == 1 and torch.get_num_threads() < (cores or 1)
+    return (device.type == "cpu" and world_size == 1 and parameters >= SMALL_MODEL_PARAMETERS
+            and torch.get_num_threads() < (cores or 1))
 
 
 @dataclass

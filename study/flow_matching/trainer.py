@@ -41,7 +41,7 @@ from study.flow_matching.distributed import (
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
-from study.flow_matching.overlap import ValidationOverlap, spare_core_available
+from study.flow_matching.overlap import ValidationOverlap, overlap_pays
 from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
 from study.flow_matching.sample_quality import SampleQuality
@@ -127,8 +127,8 @@ class FlowTrainer:
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
-        self.overlap = ValidationOverlap(self.validator,
-                                         enabled=spare_core_available(self.device, world_size()))
+        self.overlap = ValidationOverlap(self.validator, enabled=overlap_pays(
+            self.device, world_size(), sum(p.numel() for p in self.params)))
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
                                         keep_snapshots=config.keep_snapshots,
                                         interval_s=config.checkpoint_interval)
