@@ -14,7 +14,6 @@ it may not be a run at all.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from study.errors import UsageError
 from study.runs.display import format_age
 from study.runs.paths import EVAL_JSON
-from study.runs.status import DISPLAY_STATUSES, RunInfo
+from study.runs.status import DISPLAY_STATUSES, RunInfo, read_json_object
 
 RANK_BY = {"val_loss": "best val loss", "eval_w2": "eval W2"}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -87,15 +86,13 @@ class PrunePlan:
 
 
 def run_score(run: RunInfo, by: str) -> float | None:
-    """The value --keep-best ranks `run` by (lower is better); None if it has none."""
+    """A run's score for ranking (lower is better): `val_loss` is its best validation loss,
+    `eval_X` the value X in its eval.json (eval_w2, eval_mmd, ...); None if it has none."""
     if by == "val_loss":
         value = run.best_val_loss
     else:
-        try:
-            with open(os.path.join(run.path, EVAL_JSON), "rb") as handle:
-                value = json.load(handle).get("w2")
-        except (OSError, ValueError, AttributeError):
-            return None
+        value = (read_json_object(os.path.join(run.path, EVAL_JSON)) or {}).get(
+            by.removeprefix("eval_"))
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)

@@ -150,6 +150,17 @@ class RunStatusFile:
         self._last_write = now
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON file holding an object, as a dict; None when it is missing, unreadable, not
+    JSON or not an object (for the advisory files: eval.json, a sweep's sweep.json)."""
+    try:
+        with open(path, "rb") as handle:
+            value = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write `data` as JSON so that readers only ever see a complete file."""
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -12,7 +12,6 @@ No torch.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import yaml
 
 from study.runs.lock import utc_now
 from study.runs.paths import RUN_JSON
-from study.runs.status import write_json_atomic
+from study.runs.status import read_json_object, write_json_atomic
 from study.sweep.grid import Point
 
 POINT_CONFIG = "sweep.yaml"
@@ -50,11 +49,7 @@ def write_point_config(folder: Path, point: Point) -> Path:
 
 def read_record(folder: Path) -> dict[str, Any]:
     """sweep.json as a dict ({} when missing or unreadable: it is advisory)."""
-    try:
-        record = json.loads((folder / POINT_RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_json_object(folder / POINT_RECORD) or {}
 
 
 def update_record(folder: Path, **fields: Any) -> dict[str, Any]:

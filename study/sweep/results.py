@@ -8,16 +8,16 @@ seeds collapse into n, mean, std (sample, n-1), min and max. No torch.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.runs.status import RunInfo, scan_runs
+from study.runs.retention import run_score
+from study.runs.status import scan_runs
 from study.sweep.identity import NOT_IDENTITY
-from study.sweep.state import DONE_STATES, EVAL_JSON
+from study.sweep.state import DONE_STATES
 
 # `val_loss` is run.json's best_val_loss; `eval_X` is key X of eval.json.
 EVAL_METRICS = ("w2", "mmd", "nfe", "path_energy", "npe", "straightness")
@@ -67,26 +67,6 @@ class Comparison:
     skipped: dict[str, str]  # run name -> why it is not in the table
 
 
-def metric_value(run: RunInfo, metric: str) -> float | None:
-    if metric == "val_loss":
-        value = run.best_val_loss
-    else:
-        value = _read_eval(run.path).get(metric.removeprefix("eval_"))
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _read_eval(folder: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        value = json.loads((folder / EVAL_JSON).read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     """Config keys whose value differs between runs (seed and harmless keys excluded)."""
     keys = sorted({key for config in configs for key in config} - set(NOT_SETTINGS))
@@ -104,7 +84,7 @@ def compare_group(root: str | Path, group: str, *, metric: str = "val_loss",
     skipped: dict[str, str] = {}
     results: list[RunResult] = []
     for run in sorted(runs, key=lambda r: r.run_name):
-        value = metric_value(run, metric)
+        value = run_score(run, metric)
         if run.display_status not in DONE_STATES:
             skipped[run.run_name] = run.display_status
         elif value is None:

@@ -31,7 +31,7 @@ from study.runs.paths import (
     RUN_JSON,
     run_dir,
 )
-from study.runs.status import RunInfo, parse_time, read_run
+from study.runs.status import RunInfo, parse_time, read_json_object, read_run
 from study.sweep.grid import Point
 from study.sweep.identity import identity_diff
 from study.sweep.point_files import read_record
@@ -81,7 +81,7 @@ def read_point_state(point: Point, root: str | Path | None = None) -> PointState
     run = read_run(folder) if (folder / RUN_JSON).is_file() else None
     has_checkpoint = any((folder / name).is_file() for name in (BEST_NAME, LAST_NAME))
     state = PointState(point=point, state="pending", folder=folder, run=run,
-                       eval=_read_eval(folder))
+                       eval=read_json_object(folder / EVAL_JSON))
     if run is not None and run.config and (has_checkpoint or run.display_status == "running"):
         differences = identity_diff(run.config, point.config.to_dict())
         if differences:
@@ -126,14 +126,6 @@ def _current_failure(record: dict[str, Any], run: RunInfo | None) -> dict[str, A
         if failed_at is not None and updated_at is not None and updated_at > failed_at:
             return None
     return failure
-
-
-def _read_eval(folder: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads((folder / EVAL_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def lock_is_live(folder: Path) -> bool:
