@@ -65,7 +65,7 @@ class ValidationOverlap:
         self.shadow_model: nn.Module | None = None  # holds the EMA weights being validated
         self.pending: PendingEpochEnd | None = None
 
-    def start(self, model: nn.Module, ema: EMAModel, pending: dict[str, Any]) -> None:
+    def start(self, model: nn.Module, ema: EMAModel, **pending: Any) -> None:
         """Copy `ema`'s weights into the shadow model and validate it on the worker;
         `pending`: PendingEpochEnd's fields but the future."""
         assert self.pending is None, "expected the previous validation collected first"

@@ -190,10 +190,10 @@ class FlowTrainer:
                         seconds = time.perf_counter() - epoch_started
                         deferred = self._may_overlap(epoch, due)
                         if deferred:  # validation runs beside the next epoch's first steps
-                            self.overlap.start(self.model, self.ema, {
-                                "epoch": epoch, "stage": stage, "step": self.global_step,
-                                "seconds": seconds, "row": row,
-                                "state": snapshot(self.state_dict()), "finite": self._finite()})
+                            self.overlap.start(
+                                self.model, self.ema, epoch=epoch, stage=stage,
+                                step=self.global_step, seconds=seconds, row=row,
+                                state=snapshot(self.state_dict()), finite=self._finite())
                             row = {}
                         else:
                             row.update(self._end_epoch(epoch, stage, seconds))
@@ -207,8 +207,7 @@ class FlowTrainer:
                         self.recorder.flush()
                         raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
-            if self.overlap.pending:
-                self._finish_overlapped_epoch()
+            assert not self.overlap.pending, "the last epoch end is never overlapped"
             self.checkpoints.finish(step=self.global_step, state=self.state_dict,
                                     finite=self._finite)
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
