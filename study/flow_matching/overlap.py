@@ -32,6 +32,7 @@ from torch import nn
 from study.flow_matching.device import SMALL_MODEL_PARAMETERS
 from study.flow_matching.optim import EMAModel
 from study.flow_matching.validation import Validator
+from study.sweep.resources import usable_cpus  # the cores this process may use
 
 
 def overlap_pays(device: torch.device, world_size: int, parameters: int) -> bool:
@@ -39,9 +40,8 @@ def overlap_pays(device: torch.device, world_size: int, parameters: int) -> bool
     forced = os.environ.get("FLOWCTL_OVERLAP_VALIDATION")
     if forced in ("0", "1"):
         return forced == "1"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (device.type == "cpu" and world_size == 1 and parameters >= SMALL_MODEL_PARAMETERS
-            and torch.get_num_threads() < (cores or 1))
+            and torch.get_num_threads() < usable_cpus())
 
 
 @dataclass
