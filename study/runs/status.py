@@ -86,13 +86,13 @@ class RunInfo:
 
     def to_json(self) -> dict[str, Any]:
         """The stable `list-runs --json` object; `status` is the display status."""
-        row = {key: _finite(getattr(self, key)) for key in JSON_KEYS if key not in ("status", "path")}
+        row = {key: json_number(getattr(self, key)) for key in JSON_KEYS if key not in ("status", "path")}
         row["status"] = self.display_status
         row["path"] = str(self.path)
         return {key: row[key] for key in JSON_KEYS}
 
 
-def _finite(value: Any) -> Any:
+def json_number(value: Any) -> Any:
     """JSON has no inf/nan (json.loads accepts them, strict parsers do not): map them to None."""
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -14,7 +14,6 @@ is a conflict: the sweep refuses it rather than mix two experiments in one folde
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 from collections import Counter
@@ -31,7 +30,7 @@ from study.runs.paths import (
     RUN_JSON,
     run_dir,
 )
-from study.runs.status import RunInfo, parse_time, read_json_object, read_run
+from study.runs.status import RunInfo, json_number, parse_time, read_json_object, read_run
 from study.sweep.grid import Point
 from study.sweep.identity import identity_diff
 from study.sweep.point_files import read_record
@@ -63,16 +62,12 @@ class PointState:
             "values": self.point.values,
             "epoch": run.epoch if run else None,
             "total_epochs": run.total_epochs if run else self.point.config.epochs,
-            "train_loss": _finite(run.train_loss) if run else None,
-            "best_val_loss": _finite(run.best_val_loss) if run else None,
+            "train_loss": json_number(run.train_loss) if run else None,
+            "best_val_loss": json_number(run.best_val_loss) if run else None,
             "elapsed_s": run.elapsed_s if run else None,
             "eval": self.eval, "error": self.error, "detail": self.detail,
             "conflict": self.conflict, "path": str(self.folder),
         }
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
 
 
 def read_point_state(point: Point, root: str | Path | None = None) -> PointState:
