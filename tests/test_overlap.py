@@ -121,3 +121,45 @@ def test_overlap_only_for_large_models_on_one_process_with_a_core_to_spare(monke
     assert not overlap_pays(cpu, 1, big), "no core to spare"
     monkeypatch.setenv("FLOWCTL_OVERLAP_VALIDATION", "1")
     assert overlap_pays(cpu, 1, small)
+
+
+def test_the_next_optimizer_step_waits_for_the_workers_copy_of_the_state(tmp_path, monkeypatch):
+    """The worker copies the EMA weights and the state while the next step's forward and
+    backward run; the optimizer step must wait for it. The worker here copies only once the
+    training thread has arrived at its barrier (or, were the barrier missing, at the
+    optimizer step itself), so a missing barrier is seen every time, not by chance."""
+    import threading
+
+    import study.flow_matching.overlap as overlap_module
+
+    monkeypatch.setenv("FLOWCTL_OVERLAP_VALIDATION", "1")
+    job = trainer("icfm", tmp_path, "w", options={"checkpoint_interval": 3600.0})
+    arrived, steps, seen = threading.Event(), [0], []
+
+    def count_step(optimizer, args, kwargs):
+        steps[0] += 1
+        if job.overlap.copying is not None:  # a copy is pending: only without the barrier
+            arrived.set()
+
+    job.optimizer.register_step_pre_hook(count_step)
+    real_wait = job.overlap.wait_for_copies
+
+    def wait_for_copies():
+        if job.overlap.copying is not None:
+            arrived.set()
+        real_wait()
+
+    monkeypatch.setattr(job.overlap, "wait_for_copies", wait_for_copies)
+    real_snapshot = overlap_module.snapshot
+
+    def snapshot_once_the_trainer_arrives(state):
+        at_epoch_end = state["global_step"]
+        assert arrived.wait(timeout=60), "the training thread never reached its next step"
+        seen.append((at_epoch_end, steps[0]))
+        arrived.clear()
+        return real_snapshot(state)
+
+    monkeypatch.setattr(overlap_module, "snapshot", snapshot_once_the_trainer_arrives)
+    job.train()
+    assert seen, "expected an overlapped epoch end"
+    assert all(epoch_end_step == steps_taken for epoch_end_step, steps_taken in seen), seen

@@ -130,3 +130,33 @@ def test_pairing_ahead_on_workers_gives_the_same_run_and_resumes_exactly(flow, i
     trainer(flow, isolated_run_root, "ahead", resume=payload, pairing_workers=2).train()
     assert_same_state(load(isolated_run_root / "inline" / "last.pt"),
                       load(isolated_run_root / "ahead" / "last.pt"))
+
+
+@pytest.mark.parametrize("flow, workers", [("icfm", 0), ("otcfm", 0), ("otcfm", 2), ("reflow", 0)])
+def test_drawing_ahead_on_a_thread_gives_the_same_run_and_resumes_exactly(
+        flow, workers, isolated_run_root, monkeypatch):
+    """The next batch drawn on the drawing thread (with its OT plan solved there, or handed
+    to pairing workers): bitwise the run drawn on the training thread, with augmentation
+    noise; a stop that lands while the next batch is drawn resumes to the same end."""
+    options = {"aug": "noise"}
+    monkeypatch.delenv("FLOWCTL_DRAW_AHEAD", raising=False)
+    assert trainer(flow, isolated_run_root, "small").batches.drawer is None, (
+        "a 2-D toy model draws on the training thread unless told otherwise")
+    monkeypatch.setenv("FLOWCTL_DRAW_AHEAD", "0")
+    trainer(flow, isolated_run_root, "inline", options=options).train()
+    monkeypatch.setenv("FLOWCTL_DRAW_AHEAD", "1")
+    stop = GracefulStop()
+    ahead = trainer(flow, isolated_run_root, "ahead", stop=stop, options=options,
+                    pairing_workers=workers)
+    assert ahead.batches.drawer is not None
+    stop_after(ahead.model, STOP_AT_STEP, stop)
+    with pytest.raises(TrainingStopped):
+        ahead.train()
+    assert [index for index, _ in ahead.batches.ahead] == list(
+        range(STOP_AT_STEP % 8, STOP_AT_STEP % 8 + max(workers, 1)))
+    payload = read_checkpoint(isolated_run_root / "ahead" / "last.pt")
+    trainer(flow, isolated_run_root, "ahead", resume=payload, options=options,
+            pairing_workers=workers).train()
+    assert_same_state(load(isolated_run_root / "inline" / "last.pt"),
+                      load(isolated_run_root / "ahead" / "last.pt"))
+    assert metrics_rows(isolated_run_root / "ahead") == metrics_rows(isolated_run_root / "inline")

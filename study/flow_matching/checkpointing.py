@@ -12,8 +12,9 @@ Policy, with a budget of `interval_s` seconds (`--checkpoint-interval`, 0: every
 A SIGKILL therefore loses at most `interval_s` seconds of training (or `save_every` steps,
 or one epoch, whichever comes first), and a resume from what is on disk is exact.
 
-The state is copied (`snapshot`) on the training thread, which costs a memory copy;
-serialising and writing happen on the recorder's writer thread.
+The state is copied (`snapshot`) on the training thread, which costs a memory copy (not at
+the end of training: nothing changes it any more); serialising and writing happen on the
+recorder's writer thread.
 
 Guard: a state whose weights or pending loss are not finite is never written, so a run
 diverging between log steps cannot overwrite the last good last.pt.
@@ -72,12 +73,17 @@ class Checkpointer:
 
     def finish(self, *, step: int, state: Callable[[], dict[str, Any]],
                finite: Callable[[], torch.Tensor]) -> None:
-        """At the end of training: last.pt (and a pending best) unless already on disk."""
+        """At the end of training: last.pt (and a pending best) unless already on disk. The
+        live state is written without a copy: wait for `recorder.flush()` before changing it."""
         if step != self.written_step or self.pending_best is not None:
-            self.write(state=state, finite=finite, step=step, best_now=False)
+            self.write(state=state, finite=finite, step=step, best_now=False, final=True)
 
     def write(self, *, state: Callable[[], dict[str, Any]], finite: Callable[[], torch.Tensor],
-              step: int, best_now: bool, extra: list[str] | None = None) -> None:
+              step: int, best_now: bool, extra: list[str] | None = None,
+              final: bool = False) -> None:
+        """last.pt (and best.pt, extra names) of the state now, a pending best first. `final`:
+        training is over and the caller waits for the writer (`recorder.flush`) before
+        anything changes the state again, so it is handed over as is, without a copy."""
         self._check(finite, step)
         self.last_write, self.written_step = self.clock(), step
         if self.pending_best is not None and self.pending_best_step == step:
@@ -90,7 +96,8 @@ class Checkpointer:
         if self.pending_best is not None and not best_now:
             jobs.append((self.pending_best, [folder / BEST_NAME]))
         names = [BEST_NAME, LAST_NAME] if best_now else [LAST_NAME]
-        jobs.append((snapshot(state()), [folder / name for name in [*names, *(extra or [])]]))
+        payload = state() if final else snapshot(state())
+        jobs.append((payload, [folder / name for name in [*names, *(extra or [])]]))
         self.pending_best = None
         self.recorder.save_checkpoints(jobs, keep_snapshots=self.keep_snapshots)
 

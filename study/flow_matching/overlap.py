@@ -1,8 +1,10 @@
 """Epoch-end validation on a spare CPU core while the next epoch trains: the same numbers,
 off the training thread.
 
-At an epoch end the EMA weights are copied into a second model (`copy.deepcopy` of the
-trained one, made once) and its validation pass runs on a worker thread; the trainer goes on
+At an epoch end the worker copies the EMA weights into a second model (`copy.deepcopy` of
+the trained one, made once) and the trainer's state into a snapshot (the pending best.pt, if
+this epoch turns out best) while the next step's forward and backward run, then validates
+the copy; the trainer goes on
 with the next epoch and collects the loss before anything depends on it: the next log row,
 the next checkpoint write, the next epoch end, the end of the run. The trainer overlaps only
 where the result cannot change what happens (see `FlowTrainer._may_overlap`), and the loss is
@@ -10,18 +12,16 @@ the same number, bit for bit, as the pass on the training thread (the same ops o
 weights, one intra-op thread each), so metrics, best.pt and resume do not depend on it.
 The copy carries the model's forward hooks: they run on the worker thread, in eval mode.
 
-Enabled for one CPU process whose torch runs fewer intra-op threads than the cores it may
-use (`--threads`, or a sweep's share of the cores), with a model of at least
-`SMALL_MODEL_PARAMETERS`: below that a step is a chain of tiny ops that hold the GIL, and a
-second Python thread slowed the 2-D toy's steps by 15% (scripts/bench_trainer.py) while its
-validation is only ~3% of the run. $FLOWCTL_OVERLAP_VALIDATION=0 turns it off, =1 forces it
-on (tests compare both).
+Enabled where a second thread pays (`device.spare_core_pays`: one CPU process with a core
+to spare and a model of 1M+ parameters; on the 2-D toy, whose validation is only ~3% of the
+run, the second thread cost more than it saved). $FLOWCTL_OVERLAP_VALIDATION=0 turns it
+off, =1 forces it on (tests compare both).
 """
 
 from __future__ import annotations
 
 import copy
-import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,32 +29,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.flow_matching.device import SMALL_MODEL_PARAMETERS
+from study.flow_matching.device import spare_core_pays
 from study.flow_matching.optim import EMAModel
 from study.flow_matching.validation import Validator
-from study.sweep.resources import usable_cpus  # the cores this process may use
+from study.runs.checkpoint import snapshot
 
 
 def overlap_pays(device: torch.device, world_size: int, parameters: int) -> bool:
     """Whether epoch-end validation should run beside the training thread."""
-    forced = os.environ.get("FLOWCTL_OVERLAP_VALIDATION")
-    if forced in ("0", "1"):
-        return forced == "1"
-    return (device.type == "cpu" and world_size == 1 and parameters >= SMALL_MODEL_PARAMETERS
-            and torch.get_num_threads() < usable_cpus())
+    return spare_core_pays(device, world_size, parameters, "FLOWCTL_OVERLAP_VALIDATION")
 
 
 @dataclass
 class PendingEpochEnd:
     """An epoch end whose validation is running: what the trainer finishes once it is in."""
 
-    future: Future  # -> the validation loss (float)
+    future: Future  # -> (the state's snapshot, the validation loss)
     epoch: int
     stage: Any
     step: int  # the global_step of the epoch's last optimizer step
     seconds: float  # the epoch's wall time
     row: dict[str, Any] = field(default_factory=dict)  # the train log row of that step, if any
-    state: dict[str, Any] | None = None  # a snapshot of the trainer's state at `step`
+    state: dict[str, Any] | None = None  # a snapshot of the trainer's state at `step` (once collected)
     finite: torch.Tensor | None = None  # whether that state was finite (a device bool)
 
 
@@ -64,22 +60,56 @@ class ValidationOverlap:
         self.pool: ThreadPoolExecutor | None = None
         self.shadow_model: nn.Module | None = None  # holds the EMA weights being validated
         self.pending: PendingEpochEnd | None = None
+        self.copy_on_worker = True  # False for a model with buffers (decided at the first start)
+        self.copying: threading.Event | None = None  # set once the worker's copies are done
 
     def start(self, model: nn.Module, ema: EMAModel, **pending: Any) -> None:
-        """Copy `ema`'s weights into the shadow model and validate it on the worker;
-        `pending`: PendingEpochEnd's fields but the future."""
+        """Validate `ema`'s weights on the worker; `pending`: PendingEpochEnd's fields but
+        the future, with `state` the trainer's `state_dict()` (live tensors).
+
+        The worker first copies the EMA weights into the shadow model and `state` into a
+        snapshot, then validates; the trainer calls `wait_for_copies()` before its next
+        optimizer step, the first thing that changes them, so the copies overlap that step's
+        forward and backward. A model with buffers (which a forward may change, e.g.
+        BatchNorm statistics) is copied here instead.
+        """
         assert self.pending is None, "expected the previous validation collected first"
         if self.shadow_model is None:
             self.shadow_model = copy.deepcopy(model)
             self.pool = ThreadPoolExecutor(1, "validation")
-        ema.copy_to(self.shadow_model)
-        future = self.pool.submit(self.validator.loss_of, self.shadow_model, pending["stage"])
-        self.pending = PendingEpochEnd(future=future, **pending)
+            self.copy_on_worker = not any(True for _ in model.buffers())
+        state, stage, shadow = pending.pop("state"), pending["stage"], self.shadow_model
+        copied = threading.Event()
+
+        def copy_then_validate() -> tuple[dict[str, Any], float]:
+            nonlocal state
+            try:
+                if self.copy_on_worker:
+                    ema.copy_to(shadow)
+                    state = snapshot(state)
+            finally:
+                copied.set()
+            return state, self.validator.loss_of(shadow, stage)
+
+        if not self.copy_on_worker:
+            ema.copy_to(shadow)
+            state = snapshot(state)
+        else:
+            self.copying = copied
+        self.pending = PendingEpochEnd(future=self.pool.submit(copy_then_validate), **pending)
+
+    def wait_for_copies(self) -> None:
+        """Return once the worker has copied what `start` gave it (at once if nothing is
+        being copied); call it before anything changes the weights or the optimizer."""
+        if self.copying is not None:
+            self.copying.wait()
+            self.copying = None
 
     def collect(self) -> tuple[PendingEpochEnd, float]:
-        """The pending epoch end and its validation loss (waits for it)."""
+        """The pending epoch end (its `state` a snapshot) and its validation loss (waits)."""
         pending, self.pending = self.pending, None
-        return pending, pending.future.result()
+        pending.state, loss = pending.future.result()
+        return pending, loss
 
     def close(self) -> None:
         if self.pool is not None:

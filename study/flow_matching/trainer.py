@@ -31,6 +31,7 @@ from study.errors import RunFailed
 from study.flow_matching.batches import BatchMaker
 from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
+from study.flow_matching.device import spare_core_pays
 from study.flow_matching.distributed import (
     StopAgreement,
     mean_across_ranks,
@@ -50,7 +51,7 @@ from study.flow_matching.selection import Selection
 from study.flow_matching.stages import plan_stages, stage_for_epoch
 from study.flow_matching.update import Update
 from study.flow_matching.validation import Validator
-from study.runs.checkpoint import checkpoint_metadata, read_checkpoint, restore_modules, snapshot
+from study.runs.checkpoint import checkpoint_metadata, read_checkpoint, restore_modules
 from study.runs.paths import BEST_NAME, LAST_NAME, run_dir
 from study.runs.recorder import RunRecorder
 from study.runs.tracking import resolve_wandb_mode
@@ -98,14 +99,17 @@ class FlowTrainer:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun
-        log.info("model on %s (%d parameters)", self.device, sum(p.numel() for p in model.parameters()))
+        parameters = sum(p.numel() for p in model.parameters())
+        log.info("model on %s (%d parameters)", self.device, parameters)
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
         self.run_dir = recorder.run_dir
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
                                   source=config.source, device=self.device, rank=rank(),
-                                  world_size=world_size(), pairing_workers=pairing_workers)
+                                  world_size=world_size(), pairing_workers=pairing_workers,
+                                  draw_ahead=spare_core_pays(self.device, world_size(), parameters,
+                                                             "FLOWCTL_DRAW_AHEAD"))
         self.stop_agreement = StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
@@ -128,7 +132,7 @@ class FlowTrainer:
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
         self.overlap = ValidationOverlap(self.validator, enabled=overlap_pays(
-            self.device, world_size(), sum(p.numel() for p in self.params)))
+            self.device, world_size(), parameters))
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
                                         keep_snapshots=config.keep_snapshots,
                                         interval_s=config.checkpoint_interval)
@@ -168,7 +172,8 @@ class FlowTrainer:
                 epoch_started = time.perf_counter()
                 for batch_index in range(self.batch_in_epoch, self.steps_per_epoch):
                     batch = self.batches.draw(batch_index, stage, flow)
-                    loss, grad_norm = self.update(batch, flow, step=self.global_step)
+                    loss, grad_norm = self.update(batch, flow, step=self.global_step,
+                                                  before_step=self.overlap.wait_for_copies)
                     self.global_step += 1
                     self.batch_in_epoch = batch_index + 1
                     self.window.add(loss, grad_norm)
@@ -193,7 +198,7 @@ class FlowTrainer:
                             self.overlap.start(
                                 self.model, self.ema, epoch=epoch, stage=stage,
                                 step=self.global_step, seconds=seconds, row=row,
-                                state=snapshot(self.state_dict()), finite=self._finite())
+                                state=self.state_dict(), finite=self._finite())
                             row = {}
                         else:
                             row.update(self._end_epoch(epoch, stage, seconds))
