@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python scripts/bench_sweep.py
 	$(BIN)/python scripts/bench_data.py
 	$(BIN)/python scripts/bench_ot.py
+	$(BIN)/python scripts/bench_ot_solvers.py
 	$(BIN)/python scripts/bench_ddp.py
 	$(BIN)/python scripts/bench_precision.py
 
