@@ -38,3 +38,18 @@ def test_omp_num_threads_and_the_flag_win(monkeypatch):
 def test_bad_thread_count_is_a_usage_error():
     with pytest.raises(UsageError, match="--threads must be >= 1"):
         set_cpu_threads(torch.device("cpu"), 10, 0)
+
+
+def test_default_pairing_workers_use_this_process_share_of_the_cores(monkeypatch):
+    from study.flow_matching.config import TrainingConfig
+    from study.flow_matching.launch import pairing_workers
+
+    otcfm, icfm = TrainingConfig(flow="otcfm"), TrainingConfig(flow="icfm")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("FLOWCTL_CPU_SHARE", raising=False)
+    assert pairing_workers(otcfm, None) == 4, "the spare cores, at most 4"
+    monkeypatch.setenv("FLOWCTL_CPU_SHARE", "3")  # a sweep point's share of the 16
+    assert pairing_workers(otcfm, None) == 2
+    monkeypatch.setenv("FLOWCTL_CPU_SHARE", "1")
+    assert pairing_workers(otcfm, None) == 1
+    assert pairing_workers(icfm, None) == 0 and pairing_workers(otcfm, 3) == 3

@@ -110,6 +110,7 @@ def test_overlap_only_for_large_models_on_one_process_with_a_core_to_spare(monke
     from study.flow_matching.overlap import overlap_pays
 
     monkeypatch.delenv("FLOWCTL_OVERLAP_VALIDATION", raising=False)
+    monkeypatch.delenv("FLOWCTL_CPU_SHARE", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     cpu, big, small = torch.device("cpu"), 3_000_000, 5_000
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
@@ -119,6 +120,13 @@ def test_overlap_only_for_large_models_on_one_process_with_a_core_to_spare(monke
     assert not overlap_pays(torch.device("meta"), 1, big)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert not overlap_pays(cpu, 1, big), "no core to spare"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setenv("FLOWCTL_CPU_SHARE", "1")
+    assert not overlap_pays(cpu, 1, big), "a sweep point's share is one core: none to spare"
+    monkeypatch.setenv("FLOWCTL_CPU_SHARE", "2")
+    assert overlap_pays(cpu, 1, big)
+    monkeypatch.setenv("FLOWCTL_CPU_SHARE", "two")
+    assert overlap_pays(cpu, 1, big), "a share that is not a positive integer is ignored"
     monkeypatch.setenv("FLOWCTL_OVERLAP_VALIDATION", "1")
     assert overlap_pays(cpu, 1, small)
 

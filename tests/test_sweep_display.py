@@ -33,6 +33,8 @@ def test_one_point_per_gpu_each_seeing_one_and_the_cores_split(monkeypatch):
     cpu_only = plan_slots(4, device="cpu")
     assert cpu_only.gpus == [] and "CUDA_VISIBLE_DEVICES" not in cpu_only.env_for(0)
     assert cpu_only.threads == max(1, usable_cpus() // 4)
+    assert cpu_only.env_for(0)["FLOWCTL_CPU_SHARE"] == str(cpu_only.threads), (
+        "a point must not count its neighbours' cores as spare")
 
 
 def test_without_gpus_one_point_per_core_and_a_set_omp_num_threads_wins(monkeypatch):

@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from study.sweep.resources import cpu_share
+
 EXIT_FILE_ENV = "FLOWCTL_EXIT_FILE"  # where rank 0 leaves its exit code for the launcher
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 SHUTDOWN_TIMEOUT_S = 120  # a checkpoint write of a large model takes seconds, not minutes
@@ -60,7 +62,7 @@ def torchrun_command(args: list[str], *, nproc: int, max_restarts: int) -> list[
 def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int) -> int:
     """Run `python -m study.flow_matching.train ARGS` on `nproc` ranks; returns the exit code."""
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_share() // nproc)))
     exit_file = Path(tempfile.mkdtemp(prefix="flowctl-exit-")) / "rank0"
     env[EXIT_FILE_ENV] = str(exit_file)
     agent = subprocess.Popen(torchrun_command(args, nproc=nproc, max_restarts=max_restarts),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from study.runs.paths import (
     checkpoint_root,
     run_dir,
 )
+from study.sweep.resources import cpu_share
 
 log = logging.getLogger("flowctl")
 
@@ -59,7 +59,7 @@ def pairing_workers(config: TrainingConfig, asked: int | None) -> int:
         return asked
     if not {"otcfm", "sbcfm"} & set(config.flows_used()):
         return 0
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, cpu_share() - 1))
 
 
 def clear_run(folder: Path) -> None:

@@ -3,8 +3,9 @@
 Default `--parallel`: one point per visible GPU when there are GPUs (CUDA_VISIBLE_DEVICES,
 else `nvidia-smi -L`); otherwise one point per usable CPU core, capped so that each point
 has POINT_MEMORY_GIB of available memory. Each point gets OMP_NUM_THREADS = cores // K
-(at least 1; an OMP_NUM_THREADS already set wins), and with GPUs, CUDA_VISIBLE_DEVICES =
-one GPU, round-robin over the slots. No torch: the launcher stays light.
+(at least 1; an OMP_NUM_THREADS already set wins) and FLOWCTL_CPU_SHARE = the same share (so
+a point does not count its neighbours' cores as spare: `cpu_share`), and with GPUs,
+CUDA_VISIBLE_DEVICES = one GPU, round-robin over the slots. No torch: the launcher stays light.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Slots:
     reason: str  # how `parallel` was chosen, one line
 
     def env_for(self, slot: int) -> dict[str, str]:
-        env = {}
+        env = {"FLOWCTL_CPU_SHARE": str(self.threads)}
         if "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(self.threads)
             env["MKL_NUM_THREADS"] = str(self.threads)
@@ -39,6 +40,13 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_share() -> int:
+    """The cores this process may keep busy: $FLOWCTL_CPU_SHARE (a sweep point's share, set by
+    the sweep) when it is a positive integer, else every usable core."""
+    share = os.environ.get("FLOWCTL_CPU_SHARE", "")
+    return int(share) if share.isdigit() and int(share) > 0 else usable_cpus()
 
 
 def visible_gpus() -> list[str]:
