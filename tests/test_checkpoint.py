@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import io
 import json
 import logging
@@ -28,6 +30,8 @@ from study.runs.checkpoint import (
     FORMAT_VERSION,
     read_checkpoint,
     remove_stale_temp_files,
+    serialize,
+    serialize_into,
     write_atomic,
 )
 from tests.helpers import CreatesMarker
@@ -331,6 +335,38 @@ def test_write_atomic_when_the_parent_is_a_file(tmp_path: Path) -> None:
     with pytest.raises(RunFailed, match="best.pt"):
         write_atomic(parent / "best.pt", b"data")
     assert parent.read_text() == "I am a file"
+
+
+def test_write_atomic_streams_a_writer_function_and_copies_where_links_fail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint is streamed by torch.save into the temp file (serialize_into); the extra
+    name is a hard link, or a copy on a filesystem without hard links."""
+    payload = {"model_state_dict": {"w": torch.arange(6.0)}, "epoch": 3}
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    write_atomic(last, functools.partial(serialize_into, payload), also=(best,))
+    assert last.read_bytes() == serialize(payload) and os.path.samefile(last, best)
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_atomic(last, functools.partial(serialize_into, {**payload, "epoch": 4}), also=(best,))
+    assert not os.path.samefile(last, best) and best.read_bytes() == last.read_bytes()
+    assert read_checkpoint(best)["epoch"] == 4
+    assert _temp_files(tmp_path) == []
+
+
+def test_write_atomic_removes_the_temp_file_when_the_writer_fails(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    write_atomic(path, b"version one")
+
+    def half_then_fail(handle):
+        handle.write(b"half a checkpoint")
+        raise ValueError("cannot pickle this")
+
+    with pytest.raises(ValueError, match="cannot pickle"):
+        write_atomic(path, half_then_fail)
+    assert path.read_bytes() == b"version one" and _temp_files(tmp_path) == []
 
 
 # -- remove_stale_temp_files ---------------------------------------------------------------

@@ -10,6 +10,7 @@ whole run); it is released by `close()` either way.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 from study.runs.checkpoint import (
     prune_snapshots,
     remove_stale_temp_files,
-    serialize,
+    serialize_into,
     write_atomic,
 )
 from study.runs.lock import RunLock, utc_now
@@ -147,9 +148,10 @@ class RunRecorder:
         written = []
         try:
             for payload, paths in jobs:
-                data = serialize(payload)
-                write_atomic(paths[0], data, also=tuple(paths[1:]))
-                written += [(path, len(data), payload.get("global_step")) for path in paths]
+                write_atomic(paths[0], functools.partial(serialize_into, payload),
+                             also=tuple(paths[1:]))
+                size = paths[0].stat().st_size
+                written += [(path, size, payload.get("global_step")) for path in paths]
             if keep_snapshots:
                 prune_snapshots(self.run_dir, keep_snapshots)
         except BaseException as error:  # handed to the main thread by flush()
