@@ -76,6 +76,26 @@ def test_a_pending_best_of_the_final_step_is_written_once_as_a_link_of_last():
     assert writes == [[(["best.pt", "last.pt"], 20)]]
 
 
+def test_the_last_steps_best_is_written_from_the_live_state_without_a_copy():
+    """At the last step nothing changes the state before finish() writes it: the best is
+    not copied (a 67 MB snapshot for the 1024-D workload), and the written payload holds
+    the live tensors themselves."""
+    recorder, clock = FakeRecorder(), Clock()
+    handed = []
+    recorder.save_checkpoints = lambda jobs, keep_snapshots=0: handed.extend(jobs)
+    policy = Checkpointer(recorder, save_every=0, keep_snapshots=0, interval_s=10.0, clock=clock)
+    weights = torch.ones(3)
+    state = lambda: {"global_step": 20, "weights": weights}  # noqa: E731
+    finite = lambda: torch.tensor(True)  # noqa: E731
+    policy.after_step(step=20, epoch=1, epoch_done=True, improved=True, stopping=False,
+                      state=state, finite=finite, last=True)
+    assert policy.pending_best is None and handed == []
+    policy.finish(step=20, state=state, finite=finite)
+    [(payload, paths)] = handed
+    assert [path.name for path in paths] == ["best.pt", "last.pt"]
+    assert payload["weights"] is weights
+
+
 def test_budget_zero_writes_every_epoch_as_before():
     writes = run_policy([(0, 10, True, True, False), (0, 20, True, False, False)], interval_s=0,
                         keep_snapshots=2)

@@ -40,7 +40,8 @@ def test_overlapped_validation_gives_the_same_run_as_validation_in_line(
     overlapped, result = run(tmp_path, "overlap", monkeypatch, True, options)
     assert inline.overlap.shadow_model is None
     if options["checkpoint_interval"]:  # epoch ends not written at once are overlapped
-        assert overlapped.overlap.shadow_model is not None, "expected some epoch to overlap"
+        assert overlapped.overlap.overlapped > 0, "expected some epoch to overlap"
+    assert overlapped.overlap.shared > 0, "expected the last epoch's pass split between threads"
     assert result["status"] == inline_result["status"]
     assert result["best_val_loss"] == inline_result["best_val_loss"]
     assert metrics_rows(tmp_path / "overlap") == metrics_rows(tmp_path / "inline")
@@ -107,7 +108,10 @@ def test_a_failure_after_an_overlapped_epoch_still_logs_its_validation(tmp_path,
 
 
 def test_overlap_only_for_large_models_on_one_process_with_a_core_to_spare(monkeypatch):
-    from study.flow_matching.overlap import overlap_pays
+    from study.flow_matching.device import spare_core_pays
+
+    def overlap_pays(device, world_size, parameters):
+        return spare_core_pays(device, world_size, parameters, "FLOWCTL_OVERLAP_VALIDATION")
 
     monkeypatch.delenv("FLOWCTL_OVERLAP_VALIDATION", raising=False)
     monkeypatch.delenv("FLOWCTL_CPU_SHARE", raising=False)
@@ -171,3 +175,46 @@ def test_the_next_optimizer_step_waits_for_the_workers_copy_of_the_state(tmp_pat
     job.train()
     assert seen, "expected an overlapped epoch end"
     assert all(epoch_end_step == steps_taken for epoch_end_step, steps_taken in seen), seen
+
+
+def test_a_model_with_buffers_is_copied_on_the_training_thread(tmp_path, monkeypatch):
+    """A forward may change buffers (BatchNorm statistics), so their copy cannot wait for the
+    optimizer step: such a model is copied before the next step starts, and the run is the
+    same as validating in line."""
+    options = CASES["best-overlapped"]
+    results = {}
+
+    def count_training_forwards(module, inputs):
+        if module.training:  # the validation copy, in eval mode, leaves it alone
+            module.forward_count.add_(1)
+    for name, overlap in (("inline", False), ("overlap", True)):
+        monkeypatch.setenv("FLOWCTL_OVERLAP_VALIDATION", "1" if overlap else "0")
+        job = trainer("icfm", tmp_path, name, options=options)
+        job.model.register_buffer("forward_count", torch.zeros(()))
+        job.model.register_forward_pre_hook(count_training_forwards)
+        results[name] = job.train()
+        if overlap:
+            assert job.overlap.shadow_model is not None and not job.overlap.copy_on_worker
+    assert results["overlap"]["best_val_loss"] == results["inline"]["best_val_loss"]
+    for name in ("last.pt", "best.pt"):
+        inline_state, state = load(tmp_path / "inline" / name), load(tmp_path / "overlap" / name)
+        assert_same_state(inline_state, state)
+        assert torch.equal(state["model_state_dict"]["forward_count"],
+                           inline_state["model_state_dict"]["forward_count"])
+
+
+@pytest.mark.parametrize("flow", ["icfm", "vp", "otcfm"])
+def test_a_validation_pass_split_between_threads_is_the_in_line_number(tmp_path, monkeypatch, flow):
+    """8 validation batches: the worker passes the first 4 on the shadow model, the training
+    thread the rest; the terms are added in batch order, so the loss is bitwise the one
+    pass on the training thread. OT flows (a pairing generator through every batch) stay
+    in line, and so does every pass once the trainer has closed the worker."""
+    monkeypatch.setenv("FLOWCTL_OVERLAP_VALIDATION", "1")
+    job = trainer(flow, tmp_path, "split", options={"batch_size": 16, "epochs": 1})
+    assert len(job.validator.batches) == 8
+    stage = job.stages[0]
+    in_line = job.validator.loss(job.model, job.ema, stage)
+    assert job.validate(stage) == in_line
+    assert job.overlap.shared == (flow != "otcfm")
+    job.overlap.close()
+    assert job.validate(stage) == in_line and job.overlap.shared == (flow != "otcfm")

@@ -35,12 +35,15 @@ from study.flow_matching.sampler import EpochSampler, derive_seed, make_generato
 
 @dataclass
 class FlowBatch:
-    """One paired batch: x_0, x_1, eps [B, D] and t [B], on the training device."""
+    """One paired batch: x_0, x_1, eps [B, D] and t [B], on the training device; `paths`:
+    the flow's (x_t, u_t) of each of `split(len(paths))`'s micro-batches, when they were
+    computed ahead (the same call on the same rows), else None."""
 
     x_0: Tensor
     x_1: Tensor
     t: Tensor
     eps: Tensor
+    paths: list[tuple[Tensor, Tensor]] | None = None
 
     def split(self, parts: int) -> list[FlowBatch]:
         """`parts` equal micro-batches, row order kept (for gradient accumulation)."""
@@ -49,6 +52,11 @@ class FlowBatch:
         chunks = zip(*(tensor.chunk(parts) for tensor in (self.x_0, self.x_1, self.t, self.eps)),
                      strict=True)
         return [FlowBatch(*chunk) for chunk in chunks]
+
+    def with_paths(self, flow, parts: int) -> FlowBatch:
+        """This batch with the paths of its `parts` micro-batches computed (flow.path)."""
+        self.paths = [flow.path(part.x_0, part.x_1, part.t, part.eps) for part in self.split(parts)]
+        return self
 
 
 @dataclass
@@ -63,6 +71,7 @@ class DrawnBatch:
     eps: Tensor
     plan: Any = None  # the pairing plan, or a Future of it (solved on a pairing worker)
     states_before: dict[str, Tensor] | None = None  # the draw generators before this batch
+    ready: FlowBatch | None = None  # the finished batch, paths included, if made ahead
 
 
 DRAW_GENERATORS = ("t", "noise", "source")  # the OT generator is only used when pairing
@@ -80,7 +89,7 @@ class BatchMaker:
 
     def __init__(self, data: TrainingData, *, batch_size: int, seed: int, source: str,
                  device: torch.device, rank: int = 0, world_size: int = 1,
-                 pairing_workers: int = 0, draw_ahead: bool = False):
+                 pairing_workers: int = 0, draw_ahead: bool = False, micro_batches: int = 1):
         assert batch_size % world_size == 0, f"expected batch_size divisible by {world_size}"
         self.data, self.batch_size, self.source, self.device = data, batch_size, source, device
         share = batch_size // world_size
@@ -93,6 +102,7 @@ class BatchMaker:
         self.pool = ThreadPoolExecutor(pairing_workers, "ot-pairing") if pairing_workers else None
         self.drawer = ThreadPoolExecutor(1, "batch-draw") if draw_ahead else None
         self.depth = max(pairing_workers, int(draw_ahead))  # batches drawn ahead, at most
+        self.micro_batches = micro_batches  # how the update splits a batch (paths drawn ahead)
         self.ahead: deque[tuple[int, Future[DrawnBatch]]] = deque()  # (batch index, its draw)
 
     @property
@@ -109,15 +119,17 @@ class BatchMaker:
         `stage`, paired by `flow` over the whole global batch."""
         if self.drawer is None and (self.pool is None or not flow.solves_a_plan):
             drawn = self._draw_unpaired(batch_index, stage)
-            plan = flow.pairing_plan(drawn.x_0, drawn.x_1)
+            drawn.plan = flow.pairing_plan(drawn.x_0, drawn.x_1)
         else:
             drawn = self._next_from_ahead(batch_index, stage, flow)
-            plan = drawn.plan.result() if isinstance(drawn.plan, Future) else drawn.plan
-        x_0, x_1 = flow.apply_pairing(drawn.x_0, drawn.x_1, plan, self.generators["ot"])
         mine = self.rank_rows
         if self.sample_log is not None:
             with open(self.sample_log, "a") as handle:
                 handle.write(" ".join(map(str, drawn.rows[mine].tolist())) + "\n")
+        if drawn.ready is not None:
+            return drawn.ready
+        plan = drawn.plan.result() if isinstance(drawn.plan, Future) else drawn.plan
+        x_0, x_1 = flow.apply_pairing(drawn.x_0, drawn.x_1, plan, self.generators["ot"])
         if mine.stop - mine.start == self.batch_size:
             return FlowBatch(x_0, x_1, drawn.t, drawn.eps)
         return FlowBatch(x_0[mine], x_1[mine], drawn.t[mine], drawn.eps[mine])
@@ -135,12 +147,18 @@ class BatchMaker:
 
     def _draw_and_plan(self, batch_index: int, stage, flow) -> DrawnBatch:
         """Batch `batch_index` drawn, its plan solved on a pairing worker (a Future) where
-        there are workers for this flow, else here."""
+        there are workers for this flow, else here. On the drawing thread, a flow without a
+        plan (its pairing is the identity and draws nothing) gets its paths computed too:
+        the whole FlowBatch is ready."""
         drawn = self._draw_unpaired(batch_index, stage)
         if self.pool is not None and flow.solves_a_plan:
             drawn.plan = self.pool.submit(flow.pairing_plan, drawn.x_0, drawn.x_1)
         else:
             drawn.plan = flow.pairing_plan(drawn.x_0, drawn.x_1)
+        whole = self.rank_rows.stop - self.rank_rows.start == self.batch_size
+        if self.drawer is not None and not flow.solves_a_plan and whole:
+            batch = FlowBatch(drawn.x_0, drawn.x_1, drawn.t, drawn.eps)
+            drawn.ready = batch.with_paths(flow, self.micro_batches)
         return drawn
 
     def _next_from_ahead(self, batch_index: int, stage, flow) -> DrawnBatch:

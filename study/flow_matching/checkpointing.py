@@ -53,13 +53,19 @@ class Checkpointer:
 
     def after_step(self, *, step: int, epoch: int, epoch_done: bool, improved: bool,
                    stopping: bool, state: Callable[[], dict[str, Any]],
-                   finite: Callable[[], torch.Tensor], due: bool | None = None) -> None:
+                   finite: Callable[[], torch.Tensor], due: bool | None = None,
+                   last: bool = False) -> None:
         """Write what the policy asks for after optimizer step `step` (1-based count);
-        `due`: `self.due(...)` as the caller already decided it (the clock moves on)."""
+        `due`: `self.due(...)` as the caller already decided it (the clock moves on);
+        `last`: no step follows (`finish` comes next), so a best state needs no copy."""
         if due is None:
             due = self.due(step=step, epoch_done=epoch_done, stopping=stopping)
         if epoch_done and improved and not due:
-            self.keep_best(snapshot(state()), step=step, finite=finite)
+            if last:  # finish() writes this very state as last.pt and best.pt
+                self._check(finite, step)
+                self.pending_best, self.pending_best_step = None, step
+            else:
+                self.keep_best(snapshot(state()), step=step, finite=finite)
         if due:
             extra = [snapshot_name(epoch)] if epoch_done and self.keep_snapshots else []
             self.write(state=state, finite=finite, step=step, best_now=epoch_done and improved,
@@ -86,10 +92,10 @@ class Checkpointer:
         anything changes the state again, so it is handed over as is, without a copy."""
         self._check(finite, step)
         self.last_write, self.written_step = self.clock(), step
-        if self.pending_best is not None and self.pending_best_step == step:
+        if self.pending_best_step == step:
             best_now = True  # the pending best is this very state: one file, hard-linked
         if not self.recorder.enabled:  # only rank 0 writes
-            self.pending_best = None
+            self.pending_best, self.pending_best_step = None, -1
             return
         folder = self.recorder.run_dir
         jobs = []
@@ -98,7 +104,7 @@ class Checkpointer:
         names = [BEST_NAME, LAST_NAME] if best_now else [LAST_NAME]
         payload = state() if final else snapshot(state())
         jobs.append((payload, [folder / name for name in [*names, *(extra or [])]]))
-        self.pending_best = None
+        self.pending_best, self.pending_best_step = None, -1
         self.recorder.save_checkpoints(jobs, keep_snapshots=self.keep_snapshots)
 
     @staticmethod

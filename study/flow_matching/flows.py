@@ -47,7 +47,9 @@ class FlowMatcher:
     """
 
     name = "base"
-    solves_a_plan = False  # whether pairing_plan does real work worth running ahead
+    # Whether pairing_plan does real work worth running ahead. False: the pairing is the
+    # identity and draws nothing, so batches.py may finish such a batch (paths too) early.
+    solves_a_plan = False
 
     def __init__(self, *, sigma: float) -> None:
         self.sigma = float(sigma)

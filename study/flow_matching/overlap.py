@@ -29,15 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.flow_matching.device import spare_core_pays
+from study.flow_matching.flows import build_flow
 from study.flow_matching.optim import EMAModel
 from study.flow_matching.validation import Validator
 from study.runs.checkpoint import snapshot
-
-
-def overlap_pays(device: torch.device, world_size: int, parameters: int) -> bool:
-    """Whether epoch-end validation should run beside the training thread."""
-    return spare_core_pays(device, world_size, parameters, "FLOWCTL_OVERLAP_VALIDATION")
 
 
 @dataclass
@@ -62,6 +57,32 @@ class ValidationOverlap:
         self.pending: PendingEpochEnd | None = None
         self.copy_on_worker = True  # False for a model with buffers (decided at the first start)
         self.copying: threading.Event | None = None  # set once the worker's copies are done
+        self.overlapped = self.shared = 0  # epoch ends validated beside training; passes split
+
+    def loss_now(self, model: nn.Module, ema: EMAModel, stage) -> float:
+        """`ema`'s validation loss, on this thread and the worker together when enabled: the
+        worker passes the first half of the batches on the shadow model while this thread
+        passes the rest with the EMA weights swapped in; the batches' terms are added in
+        order, so the number is the in-line one, bit for bit. OT flows (a pairing generator
+        that runs through every batch) and single-batch sets run in line."""
+        halves = len(self.validator.batches) // 2
+        flow = build_flow(stage.flow, sigma=stage.sigma)
+        if not self.enabled or flow.solves_a_plan or halves == 0:
+            return self.validator.loss(model, ema, stage)
+        self._prepare(model)
+        self.shared += 1
+        ema.copy_to(self.shadow_model)
+        first = self.pool.submit(self.validator.batch_terms, self.shadow_model, stage, range(halves))
+        with ema.average_parameters(model):
+            rest = self.validator.batch_terms(model, stage, range(halves, len(self.validator.batches)))
+        return self.validator.total(first.result() + rest)
+
+    def _prepare(self, model: nn.Module) -> None:
+        """The shadow model and the worker thread, made at the first use."""
+        if self.shadow_model is None:
+            self.shadow_model = copy.deepcopy(model)
+            self.pool = ThreadPoolExecutor(1, "validation")
+            self.copy_on_worker = not any(True for _ in model.buffers())
 
     def start(self, model: nn.Module, ema: EMAModel, **pending: Any) -> None:
         """Validate `ema`'s weights on the worker; `pending`: PendingEpochEnd's fields but
@@ -74,10 +95,8 @@ class ValidationOverlap:
         BatchNorm statistics) is copied here instead.
         """
         assert self.pending is None, "expected the previous validation collected first"
-        if self.shadow_model is None:
-            self.shadow_model = copy.deepcopy(model)
-            self.pool = ThreadPoolExecutor(1, "validation")
-            self.copy_on_worker = not any(True for _ in model.buffers())
+        self._prepare(model)
+        self.overlapped += 1
         state, stage, shadow = pending.pop("state"), pending["stage"], self.shadow_model
         copied = threading.Event()
 
@@ -112,5 +131,7 @@ class ValidationOverlap:
         return pending, loss
 
     def close(self) -> None:
+        """Stop the worker; later passes (`trainer.validate()` after training) run in line."""
+        self.enabled = False
         if self.pool is not None:
             self.pool.shutdown(wait=True)

@@ -17,6 +17,7 @@ to one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -42,7 +43,7 @@ from study.flow_matching.distributed import (
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
-from study.flow_matching.overlap import ValidationOverlap, overlap_pays
+from study.flow_matching.overlap import ValidationOverlap
 from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
 from study.flow_matching.sample_quality import SampleQuality
@@ -101,6 +102,8 @@ class FlowTrainer:
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun
         parameters = sum(p.numel() for p in model.parameters())
         log.info("model on %s (%d parameters)", self.device, parameters)
+        # Work beside the training thread, each with its switch (study/flow_matching/device.py)
+        spare_core = functools.partial(spare_core_pays, self.device, world_size(), parameters)
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
         self.run_dir = recorder.run_dir
@@ -108,8 +111,8 @@ class FlowTrainer:
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
                                   source=config.source, device=self.device, rank=rank(),
                                   world_size=world_size(), pairing_workers=pairing_workers,
-                                  draw_ahead=spare_core_pays(self.device, world_size(), parameters,
-                                                             "FLOWCTL_DRAW_AHEAD"))
+                                  draw_ahead=spare_core("FLOWCTL_DRAW_AHEAD"),
+                                  micro_batches=config.grad_accum)
         self.stop_agreement = StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
@@ -119,7 +122,8 @@ class FlowTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=self.learning_rate(0),
                                            weight_decay=config.weight_decay,
                                            **fast_adamw_options(self.device))
-        self.ema = EMAModel(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
+        self.ema = EMAModel(self.model, decay=config.ema_decay, warmup=config.ema_warmup,
+                            background=spare_core("FLOWCTL_BACKGROUND_EMA"))
         self.precision = Precision(config.precision, self.device)
         self.update = Update(train_model=self.train_model, model=self.model,
                              optimizer=self.optimizer, ema=self.ema, precision=self.precision,
@@ -131,8 +135,8 @@ class FlowTrainer:
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
-        self.overlap = ValidationOverlap(self.validator, enabled=overlap_pays(
-            self.device, world_size(), parameters))
+        self.overlap = ValidationOverlap(self.validator,
+                                         enabled=spare_core("FLOWCTL_OVERLAP_VALIDATION"))
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
                                         keep_snapshots=config.keep_snapshots,
                                         interval_s=config.checkpoint_interval)
@@ -207,7 +211,8 @@ class FlowTrainer:
                     self.checkpoints.after_step(
                         step=self.global_step, epoch=epoch, epoch_done=epoch_done, due=due,
                         improved=epoch_done and not deferred and self.selection.improved_last,
-                        stopping=stopping, state=self.state_dict, finite=self._finite)
+                        stopping=stopping, state=self.state_dict, finite=self._finite,
+                        last=epoch_done and epoch + 1 == cfg.epochs)
                     if stopping:
                         self.recorder.flush()
                         raise TrainingStopped(self.stop.signum or signal.SIGTERM)
@@ -232,6 +237,7 @@ class FlowTrainer:
             self.progress.close()
             self.batches.close()
             self.overlap.close()
+            self.ema.close()
         result = self._result(status, time.perf_counter() - started)
         self.recorder.close(status, summary={"final_epoch": result["final_epoch"],
                                              "best_val_loss": result["best_val_loss"],
@@ -292,9 +298,10 @@ class FlowTrainer:
                                        finite=lambda: pending.finite)
 
     def validate(self, stage=None) -> float:
-        """Mean validation MSE with the EMA weights on fixed x_0, t and eps."""
+        """Mean validation MSE with the EMA weights on fixed x_0, t and eps (its batches
+        shared with the validation worker where there is one: the same number)."""
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
-        return self.validator.loss(self.model, self.ema, stage)
+        return self.overlap.loss_now(self.model, self.ema, stage)
 
     def _finite(self) -> torch.Tensor:
         """Whether the weights and the pending window loss are finite (a device bool)."""

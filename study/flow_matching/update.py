@@ -39,7 +39,8 @@ class Update:
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=batch.x_1.device)
         for index, part in enumerate(batch.split(parts)):
-            x_t, u_t = flow.path(part.x_0, part.x_1, part.t, part.eps)
+            x_t, u_t = (batch.paths[index] if batch.paths is not None
+                        else flow.path(part.x_0, part.x_1, part.t, part.eps))
             with gradient_sync(self.train_model, index == parts - 1):
                 with self.precision.autocast():
                     v_t = self.train_model(x_t, part.t)
@@ -48,6 +49,7 @@ class Update:
             loss += part_loss.detach()
         if before_step is not None:
             before_step()
+        self.ema.settle()  # the last update of the EMA, if it runs in the background
         grad_norm = self.precision.clip_and_step(self.optimizer, self.params, self.grad_clip)
         self.set_learning_rate(step + 1)  # for the next step
         self.ema.update(self.model, n=step)
