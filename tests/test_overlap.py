@@ -10,7 +10,7 @@ import torch
 
 from study.runs.checkpoint import read_checkpoint
 from study.signals import GracefulStop, TrainingStopped
-from tests.helpers import assert_same_state, load, metrics_rows
+from tests.helpers import StepWatch, assert_same_state, load, metrics_rows
 from tests.test_resume_inprocess import stop_after, trainer
 
 SELECTION = ("best_loss", "best_score", "epochs_without_improvement", "global_step")
@@ -140,35 +140,17 @@ def test_the_next_optimizer_step_waits_for_the_workers_copy_of_the_state(tmp_pat
     backward run; the optimizer step must wait for it. The worker here copies only once the
     training thread has arrived at its barrier (or, were the barrier missing, at the
     optimizer step itself), so a missing barrier is seen every time, not by chance."""
-    import threading
-
     import study.flow_matching.overlap as overlap_module
 
     monkeypatch.setenv("FLOWCTL_OVERLAP_VALIDATION", "1")
     job = trainer("icfm", tmp_path, "w", options={"checkpoint_interval": 3600.0})
-    arrived, steps, seen = threading.Event(), [0], []
-
-    def count_step(optimizer, args, kwargs):
-        steps[0] += 1
-        if job.overlap.copying is not None:  # a copy is pending: only without the barrier
-            arrived.set()
-
-    job.optimizer.register_step_pre_hook(count_step)
-    real_wait = job.overlap.wait_for_copies
-
-    def wait_for_copies():
-        if job.overlap.copying is not None:
-            arrived.set()
-        real_wait()
-
-    monkeypatch.setattr(job.overlap, "wait_for_copies", wait_for_copies)
-    real_snapshot = overlap_module.snapshot
+    watch = StepWatch(job.optimizer, pending=lambda: job.overlap.copying is not None)
+    monkeypatch.setattr(job.overlap, "wait_for_copies", watch.waiting(job.overlap.wait_for_copies))
+    real_snapshot, seen = overlap_module.snapshot, []
 
     def snapshot_once_the_trainer_arrives(state):
-        at_epoch_end = state["global_step"]
-        assert arrived.wait(timeout=60), "the training thread never reached its next step"
-        seen.append((at_epoch_end, steps[0]))
-        arrived.clear()
+        watch.hold()
+        seen.append((state["global_step"], watch.steps))
         return real_snapshot(state)
 
     monkeypatch.setattr(overlap_module, "snapshot", snapshot_once_the_trainer_arrives)

@@ -18,7 +18,7 @@ from study.flow_matching.trainer import FlowTrainer
 from study.runs.checkpoint import read_checkpoint
 from study.runs.recorder import RunRecorder
 from study.signals import GracefulStop, TrainingStopped
-from tests.helpers import assert_same_state, load, metrics_rows
+from tests.helpers import StepWatch, assert_same_state, load, metrics_rows
 
 FLOWS = ["icfm", "otcfm", "fm", "vp", "sbcfm", "reflow"]
 STOP_AT_STEP = 11  # epoch 2 of 8-step epochs, between two log rows (log_every 3)
@@ -172,33 +172,18 @@ def test_the_optimizer_step_waits_for_the_background_ema_update(isolated_run_roo
     step must wait for it. The update here starts only once the training thread has arrived
     at a wait for it (or, were the wait missing, at the optimizer step itself), so a missing
     wait is seen every time, not by chance."""
-    import threading
-
     monkeypatch.setenv("FLOWCTL_BACKGROUND_EMA", "1")
     job = trainer("icfm", isolated_run_root, "ema")
-    arrived, steps, steps_in_between = threading.Event(), [0], []
-
-    def count_step(optimizer, args, kwargs):
-        steps[0] += 1
-        if job.ema.pending is not None:  # an update still pending: only without the wait
-            arrived.set()
-
-    job.optimizer.register_step_pre_hook(count_step)
-    real_settle, real_lerp = job.ema.settle, job.ema._lerp
-
-    def settle():
-        if job.ema.pending is not None:
-            arrived.set()
-        real_settle()
+    watch = StepWatch(job.optimizer, pending=lambda: job.ema.pending is not None)
+    monkeypatch.setattr(job.ema, "settle", watch.waiting(job.ema.settle))
+    real_lerp, steps_in_between = job.ema._lerp, []
 
     def lerp_once_the_trainer_arrives(weight):
-        submitted_at = steps[0]
-        assert arrived.wait(timeout=60), "the training thread never waited for the EMA"
-        arrived.clear()
-        steps_in_between.append(steps[0] - submitted_at)
+        submitted_at = watch.steps
+        watch.hold()
+        steps_in_between.append(watch.steps - submitted_at)
         real_lerp(weight)
 
-    monkeypatch.setattr(job.ema, "settle", settle)
     monkeypatch.setattr(job.ema, "_lerp", lerp_once_the_trainer_arrives)
     job.train()
     assert len(steps_in_between) == 3 * 8 and set(steps_in_between) == {0}
