@@ -177,6 +177,7 @@ def test_a_model_with_buffers_is_copied_on_the_training_thread(tmp_path, monkeyp
         results[name] = job.train()
         if overlap:
             assert job.overlap.shadow_model is not None and not job.overlap.copy_on_worker
+            assert job.overlap.shared == 0, "a pass with buffers is never split"
     assert results["overlap"]["best_val_loss"] == results["inline"]["best_val_loss"]
     for name in ("last.pt", "best.pt"):
         inline_state, state = load(tmp_path / "inline" / name), load(tmp_path / "overlap" / name)

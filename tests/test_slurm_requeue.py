@@ -61,7 +61,7 @@ def test_requeues_its_own_job_or_array_task(tmp_path, monkeypatch, env, job):
     assert code == 128 + signal.SIGUSR2
     assert recorded(tmp_path) == [f"requeue {job}"]
     restart = int(env.get("SLURM_RESTART_COUNT", 0)) + 1
-    assert lines == [f"requeued job {job} (restart {restart} of at most 5); it continues run-a "
+    assert lines == [f"requeueing job {job} (restart {restart} of at most 5); it continues run-a "
                      "from last.pt"]
 
 
@@ -100,7 +100,8 @@ def test_a_failing_scontrol_exits_143_with_its_message(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{scontrol_stand_in(tmp_path, exit_code=1)}:/usr/bin:/bin")
     code, lines = after_stop({"SLURM_JOB_ID": "77"})
     assert code == 143 and recorded(tmp_path) == ["requeue 77"]
-    assert "scontrol requeue 77 failed: scontrol: error: Invalid job id" in lines[0]
+    assert lines[0].startswith("requeueing job 77 (restart 1 of at most 5)")
+    assert "scontrol requeue 77 failed: scontrol: error: Invalid job id" in lines[1]
 
 
 @pytest.mark.slow
@@ -119,7 +120,7 @@ def test_a_real_trainer_saves_requeues_and_the_requeued_job_continues_exactly(tm
     out, err = job.communicate(timeout=120)
     assert job.returncode == 128 + signal.SIGUSR2, err
     assert recorded(tmp_path) == ["requeue 5150"]
-    assert err.strip().endswith("requeued job 5150 (restart 1 of at most 2); it continues b from last.pt")
+    assert err.strip().endswith("requeueing job 5150 (restart 1 of at most 2); it continues b from last.pt")
     assert run_json(isolated_run_root / "b")["status"] == "preempted"
     stopped_at = load(isolated_run_root / "b" / "last.pt")["global_step"]
 

@@ -82,9 +82,10 @@ class BatchMaker:
 
     Ahead of the step, two ways (both off by default; the same numbers either way, only
     sooner): `pairing_workers` threads solve the OT plans of the next batches while the
-    current step trains, and with `draw_ahead` one thread of its own draws the next batch
-    (rows, augmentation, x_0, t, eps: ~3% of a 1024-D step) so the training thread never
-    does. Draws stay in batch order: one drawing thread, or the training thread.
+    current step trains, and with `draw_ahead` one thread of its own makes the next batch
+    (rows, augmentation, x_0, t, eps, and for a flow without a plan its micro-batches' paths:
+    ~5% of a 1024-D step) so the training thread does not. Draws stay in batch order: one
+    drawing thread, or the training thread.
     """
 
     def __init__(self, data: TrainingData, *, batch_size: int, seed: int, source: str,

@@ -64,10 +64,12 @@ class ValidationOverlap:
         worker passes the first half of the batches on the shadow model while this thread
         passes the rest with the EMA weights swapped in; the batches' terms are added in
         order, so the number is the in-line one, bit for bit. OT flows (a pairing generator
-        that runs through every batch) and single-batch sets run in line."""
+        that runs through every batch), single-batch sets and models with buffers (the
+        shadow's would be stale) run in line."""
         halves = len(self.validator.batches) // 2
         flow = build_flow(stage.flow, sigma=stage.sigma)
-        if not self.enabled or flow.solves_a_plan or halves == 0:
+        has_buffers = next(model.buffers(), None) is not None
+        if not self.enabled or flow.solves_a_plan or halves == 0 or has_buffers:
             return self.validator.loss(model, ema, stage)
         self._prepare(model)
         self.shared += 1

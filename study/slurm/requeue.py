@@ -72,6 +72,10 @@ def exit_code_after_stop(stopped: TrainingStopped, run_name: str, options: Any, 
     if scontrol is None:
         echo(f"scontrol not found: job {job} cannot requeue itself; continue with: {again}")
         return EXIT_NOT_REQUEUED
+    # Said before scontrol runs: once the requeue is accepted Slurm cancels this job's
+    # processes, this one included, so a line printed after it may never be written.
+    echo(f"requeueing job {job} (restart {restarts + 1} of at most {limit}); it continues "
+         f"{run_name} from last.pt")
     try:
         result = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True,
                                 timeout=SCONTROL_TIMEOUT_S)
@@ -82,6 +86,4 @@ def exit_code_after_stop(stopped: TrainingStopped, run_name: str, options: Any, 
         message = " ".join((result.stderr or result.stdout).split()) or f"exit {result.returncode}"
         echo(f"scontrol requeue {job} failed: {message}; continue with: {again}")
         return EXIT_NOT_REQUEUED
-    echo(f"requeued job {job} (restart {restarts + 1} of at most {limit}); it continues "
-         f"{run_name} from last.pt")
     return stopped.exit_code
