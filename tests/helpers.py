@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from study.cli.app import app
 from study.runs.wandb_records import history as wandb_history  # noqa: F401
 from study.runs.wandb_records import read_records as wandb_records  # noqa: F401
-from study.runs.wandb_records import run_files as wandb_files  # noqa: F401
+from study.runs.wandb_records import run_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast: 640 rows at batch 64 -> 9 training steps per epoch after the val split.
@@ -262,3 +262,17 @@ class StepWatch:
         """In the held work: return once the training thread has arrived (see above)."""
         assert self.arrived.wait(timeout=60), "the training thread never waited for the work"
         self.arrived.clear()
+
+
+def wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:
+    """The run's offline wandb files, oldest segment first, once the newest one is complete.
+
+    wandb's service process writes the file on its own: `run.finish()` can return before
+    the last records (tags, notes, exit) are on disk, which a test reading at once saw once
+    under load. So this waits for the newest segment's exit record (an older segment either
+    finished before it or was killed and never will)."""
+    files = run_files(run_dir, run_id)
+    if files:
+        wait_for(lambda: any(r.WhichOneof("record_type") == "exit" for r in wandb_records(files[-1])),
+                 timeout=60, what=f"wandb's exit record in {files[-1].name}", interval=0.01)
+    return files
