@@ -119,8 +119,7 @@ class BatchMaker:
         """This rank's slice of global batch `batch_index` of the current epoch, under
         `stage`, paired by `flow` over the whole global batch."""
         if self.drawer is None and (self.pool is None or not flow.solves_a_plan):
-            drawn = self._draw_unpaired(batch_index, stage)
-            drawn.plan = flow.pairing_plan(drawn.x_0, drawn.x_1)
+            drawn = self._draw_and_plan(batch_index, stage, flow)  # here, now
         else:
             drawn = self._next_from_ahead(batch_index, stage, flow)
         mine = self.rank_rows
