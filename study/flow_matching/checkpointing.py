@@ -60,20 +60,17 @@ class Checkpointer:
         `last`: no step follows (`finish` comes next), so a best state needs no copy."""
         if due is None:
             due = self.due(step=step, epoch_done=epoch_done, stopping=stopping)
-        if epoch_done and improved and not due:
-            if last:  # finish() writes this very state as last.pt and best.pt
-                self._check(finite, step)
-                self.pending_best, self.pending_best_step = None, step
-            else:
-                self.keep_best(snapshot(state()), step=step, finite=finite)
+        if epoch_done and improved and not due:  # at the last step finish() writes it as is
+            self.keep_best(None if last else snapshot(state()), step=step, finite=finite)
         if due:
             extra = [snapshot_name(epoch)] if epoch_done and self.keep_snapshots else []
             self.write(state=state, finite=finite, step=step, best_now=epoch_done and improved,
                        extra=extra)
 
-    def keep_best(self, payload: dict[str, Any], *, step: int,
+    def keep_best(self, payload: dict[str, Any] | None, *, step: int,
                   finite: Callable[[], torch.Tensor]) -> None:
-        """Hold `payload` (a snapshot of step `step`) in memory as best.pt until the next write."""
+        """Hold `payload` (a snapshot of step `step`) in memory as best.pt until the next write;
+        None: the best is the state the next write (at this same step) takes, no copy needed."""
         self._check(finite, step)
         self.pending_best, self.pending_best_step = payload, step
 
