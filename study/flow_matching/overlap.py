@@ -55,7 +55,9 @@ class ValidationOverlap:
         self.pool: ThreadPoolExecutor | None = None
         self.shadow_model: nn.Module | None = None  # holds the EMA weights being validated
         self.pending: PendingEpochEnd | None = None
-        self.copy_on_worker = True  # False for a model with buffers (decided at the first start)
+        # False for a model with buffers (a forward may change them; decided at the first use):
+        # its copies are made before training goes on, and its passes are never split.
+        self.copy_on_worker = True
         self.copying: threading.Event | None = None  # set once the worker's copies are done
         self.overlapped = self.shared = 0  # epoch ends validated beside training; passes split
 
@@ -68,10 +70,11 @@ class ValidationOverlap:
         shadow's would be stale) run in line."""
         halves = len(self.validator.batches) // 2
         flow = build_flow(stage.flow, sigma=stage.sigma)
-        has_buffers = next(model.buffers(), None) is not None
-        if not self.enabled or flow.solves_a_plan or halves == 0 or has_buffers:
+        if not self.enabled or flow.solves_a_plan or halves == 0:
             return self.validator.loss(model, ema, stage)
         self._prepare(model)
+        if not self.copy_on_worker:  # a model with buffers
+            return self.validator.loss(model, ema, stage)
         self.shared += 1
         ema.copy_to(self.shadow_model)
         first = self.pool.submit(self.validator.batch_terms, self.shadow_model, stage, range(halves))
@@ -100,23 +103,24 @@ class ValidationOverlap:
         self._prepare(model)
         self.overlapped += 1
         state, stage, shadow = pending.pop("state"), pending["stage"], self.shadow_model
-        copied = threading.Event()
+        copied = threading.Event() if self.copy_on_worker else None
+
+        def copies() -> dict[str, Any]:
+            ema.copy_to(shadow)
+            return snapshot(state)
+
+        snapped = None if copied else copies()
 
         def copy_then_validate() -> tuple[dict[str, Any], float]:
-            nonlocal state
-            try:
-                if self.copy_on_worker:
-                    ema.copy_to(shadow)
-                    state = snapshot(state)
-            finally:
-                copied.set()
-            return state, self.validator.loss_of(shadow, stage)
+            nonlocal snapped
+            if copied is not None:
+                try:
+                    snapped = copies()
+                finally:
+                    copied.set()
+            return snapped, self.validator.loss_of(shadow, stage)
 
-        if not self.copy_on_worker:
-            ema.copy_to(shadow)
-            state = snapshot(state)
-        else:
-            self.copying = copied
+        self.copying = copied
         self.pending = PendingEpochEnd(future=self.pool.submit(copy_then_validate), **pending)
 
     def wait_for_copies(self) -> None:
