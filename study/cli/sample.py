@@ -51,7 +51,6 @@ def sample(
 def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch_size: int,
                out_format: str, out: Path | None, ckpt_dir: str | None, last: bool,
                device: str) -> tuple[Path, tuple[int, ...], int]:
-    import io
 
     from study.flow_matching.device import resolve_device
     from study.flow_matching.evaluate import generate, load_flow_model
@@ -62,14 +61,12 @@ def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch
     samples, info = generate(loaded, n, solver=solver, steps=steps, seed=seed,
                              batch_size=batch_size, device=torch_device)
     path = out if out is not None else loaded.run_dir / f"samples.{out_format}"
-    buffer = io.BytesIO()
     if out_format == "npy":
         import numpy as np
 
-        np.save(buffer, samples.numpy())
+        write_atomic(path, lambda handle: np.save(handle, samples.numpy()))
     else:
         import torch
 
-        torch.save(samples, buffer)
-    write_atomic(path, buffer.getvalue())
+        write_atomic(path, lambda handle: torch.save(samples, handle))
     return path, tuple(samples.shape), info.nfe

@@ -10,6 +10,7 @@ folder and reused while the teacher file, the row counts and the seed stay the s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -79,9 +80,9 @@ def coupled_sources(config, splits, run_dir: Path, device, *,
         log.info("reflow: integrating teacher %s for %d pairs (%s, %d steps)", teacher,
                  key["n_train"] + key["n_val"], SOLVER, STEPS)
         pairs = generate_pairs(loaded, key, source, torch.device(device))
-        from study.runs.checkpoint import serialize, write_atomic
+        from study.runs.checkpoint import serialize_into, write_atomic
 
-        write_atomic(cache, serialize({**key, **pairs}))
+        write_atomic(cache, functools.partial(serialize_into, {**key, **pairs}))
 
     mean, std = column_stats(pairs["train_x1"])
     checksum = hashlib.sha256(f"reflow:{key['teacher_sha256']}:{splits.checksum}".encode()).hexdigest()

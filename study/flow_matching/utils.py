@@ -8,6 +8,7 @@ the one weights_only loader). flowctl itself does not use this module.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from study.runs.checkpoint import (
     checkpoint_metadata,
     read_checkpoint,
     restore_modules,
-    serialize,
+    serialize_into,
     write_atomic,
 )
 from study.runs.paths import BEST_NAME, run_dir
@@ -65,7 +66,7 @@ def save_checkpoint(path, epoch, model, ema, optimizer, scheduler, best_loss, co
         **extra,
     }
     path = Path(path)
-    write_atomic(path, serialize(payload))
+    write_atomic(path, functools.partial(serialize_into, payload))
     log.info("saved checkpoint %s", path)
     return path
 
