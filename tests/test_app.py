@@ -95,3 +95,27 @@ def test_debug_flag_reaches_the_command(tmp_path, monkeypatch):
     assert cli("inspect-ckpt", empty).exit_code == 2  # one line, no traceback
     with pytest.raises(UsageError, match="is empty"):  # --debug: the error, for its traceback
         cli("--debug", "inspect-ckpt", empty)
+
+
+def test_version_prints_the_package_version_and_imports_nothing_heavy():
+    import study
+
+    modules, result = imports_of("--version")
+    assert result.stdout == f"flowctl {study.__version__}\n"
+    assert not set(HEAVY) & modules
+
+
+def test_child_processes_never_put_their_working_folder_first(tmp_path):
+    """flowctl's Python children get PYTHONSAFEPATH: a study/ package in the working folder
+    that would shadow flowctl under `python -m` is not imported."""
+    from study.install import child_env
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "__init__.py").write_text("raise ImportError('shadowed')\n")
+    probe = [sys.executable, "-m", "study.cli.app", "--version"]
+    shadowed = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"})
+    assert "shadowed" in shadowed.stderr  # the attack is real without the setting
+    safe = subprocess.run(probe, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env=child_env())
+    assert safe.returncode == 0 and safe.stdout.startswith("flowctl "), safe.stderr

@@ -54,6 +54,7 @@ set -euo pipefail
 cd {REPO_ROOT}
 export FLOWCTL_MAX_REQUEUES=5
 export PATH={BIN}:"$PATH"  # flowctl and torchrun of this venv
+export PYTHONSAFEPATH=1  # no folder of the job's own can shadow flowctl (study.install)
 export FLOWCTL_SBATCH_SCRIPT={root}/big/slurm.sbatch
 echo "flowctl: job $SLURM_JOB_ID on $(hostname), restart ${{SLURM_RESTART_COUNT:-0}}"
 exec flowctl train --config {config} --resume auto --requeue-signal SIGUSR2 --plain --ckpt-dir {root}
@@ -154,6 +155,7 @@ set -euo pipefail
 cd {REPO_ROOT}
 export FLOWCTL_MAX_REQUEUES=5
 export PATH={BIN}:"$PATH"  # flowctl and torchrun of this venv
+export PYTHONSAFEPATH=1  # no folder of the job's own can shadow flowctl (study.install)
 export FLOWCTL_SBATCH_SCRIPT={script}
 CONFIGS=(
   {root}/mlp-icfm-vectors-640x2-none/sweep.yaml

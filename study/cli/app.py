@@ -78,9 +78,19 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        import study
+
+        typer.echo(f"flowctl {study.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Show flowctl's version and exit."),
 ) -> None:
     if debug:
         os.environ["FLOWCTL_DEBUG"] = "1"

@@ -153,7 +153,9 @@ def _detail_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
     lines.append(("rng states", ", ".join(summary["rng_states"]) if summary["rng_states"] else "-"))
     project = f" (project {summary['wandb_project']})" if summary["wandb_project"] else ""
     lines.append(("wandb", f"{_text(summary['wandb_run_id'])}{project}"))
-    lines.append(("versions", f"torch {_text(summary['torch_version'])}  flowctl {_text(summary['flowctl_version'])}"))
+    install = f" ({_text(summary['flowctl_install'])})" if summary["flowctl_install"] else ""
+    lines.append(("versions", f"torch {_text(summary['torch_version'])}  "
+                              f"flowctl {_text(summary['flowctl_version'])}{install}"))
     lines.append(("dataset", f"checksum {_text(summary['dataset_checksum'])}"))
     return [(label, escape(value)) for label, value in lines]
 

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from study.install import child_env
 from study.sweep.resources import cpu_share
 
 EXIT_FILE_ENV = "FLOWCTL_EXIT_FILE"  # where rank 0 leaves its exit code for the launcher
@@ -61,7 +62,7 @@ def torchrun_command(args: list[str], *, nproc: int, max_restarts: int) -> list[
 
 def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int) -> int:
     """Run `python -m study.flow_matching.train ARGS` on `nproc` ranks; returns the exit code."""
-    env = dict(os.environ)
+    env = child_env()
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_share() // nproc)))
     exit_file = Path(tempfile.mkdtemp(prefix="flowctl-exit-")) / "rank0"
     env[EXIT_FILE_ENV] = str(exit_file)

@@ -188,9 +188,11 @@ def checkpoint_metadata() -> dict[str, Any]:
     import torch
 
     import study
+    from study.install import install_mode
 
     return {"format_version": FORMAT_VERSION, "torch_version": str(torch.__version__),
-            "flowctl_version": study.__version__, "host": platform.node(),
+            "flowctl_version": study.__version__, "flowctl_install": install_mode(),
+            "host": platform.node(),
             "saved_at": datetime.now(timezone.utc).isoformat()}
 
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import study
+from study.install import install_mode
 from study.runs.checkpoint import (
     prune_snapshots,
     remove_stale_temp_files,
@@ -105,6 +107,7 @@ class RunRecorder:
             "started_at": previous.get("started_at") or utc_now(), "finished_at": None,
             "pid": os.getpid(), "host": socket.gethostname(), **tracker_fields, "error": None,
             "checkpoints": previous.get("checkpoints", {}), "resumed_from_step": resume_step,
+            "flowctl_version": study.__version__, "flowctl_install": install_mode(),
         }
         self.status.update()
 

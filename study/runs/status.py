@@ -113,6 +113,8 @@ RUN_JSON_FIELDS: dict[str, tuple[type, ...]] = {
     # without --tracker uses the same ones); the MLflow run a resume continues, and its
     # store when that was $MLFLOW_TRACKING_URI rather than the run's own mlruns/.
     "trackers": (dict,), "mlflow_run_id": (str,), "mlflow_tracking_uri": (str,),
+    # The flowctl that wrote the run: its version and how it is installed (study.install).
+    "flowctl_version": (str,), "flowctl_install": (str,),
 }
 
 

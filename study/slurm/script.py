@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.errors import UsageError
+from study.install import SAFE_PATH_ENV
 
 MAX_REQUEUES_ENV = "FLOWCTL_MAX_REQUEUES"
 SCRIPT_ENV = "FLOWCTL_SBATCH_SCRIPT"  # the script itself: the command that continues a run
@@ -89,7 +90,8 @@ def header(options: SlurmOptions, *, array: str | None = None) -> list[str]:
 
 def _environment(options: SlurmOptions, bin_dir: Path, script_path: Path | None) -> list[str]:
     lines = [f"export {MAX_REQUEUES_ENV}={options.max_requeues}",
-             f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\"  # flowctl and torchrun of this venv"]
+             f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\"  # flowctl and torchrun of this venv",
+             f"export {SAFE_PATH_ENV}=1  # no folder of the job's own can shadow flowctl (study.install)"]
     if script_path is not None:
         lines.append(f"export {SCRIPT_ENV}={shlex.quote(str(script_path))}")
     return lines

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import IO
 
+from study.install import child_env
 from study.runs.lock import utc_now
 from study.sweep.commands import TrainFlags, child_argv
 from study.sweep.display import SweepDisplay
@@ -158,7 +159,7 @@ class LocalLauncher:
             log.flush()
             offset = log.tell()
             process = _spawn(child_argv(config_path, self.flags), log,
-                             {**os.environ, **self.slots.env_for(slot)})
+                             {**child_env(), **self.slots.env_for(slot)})
         self.children[slot] = Child(point, process, slot, offset, time.monotonic())
         action = {"pending": "started", "failed": "retrying"}.get(state.state, "resuming")
         self.display.event(f"{action} {point.name} (pid {process.pid}, log {folder / POINT_LOG})")
