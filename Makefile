@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 ARGS   ?=
 
-.PHONY: install train test test-fast lint bench clean
+.PHONY: install train test test-fast test-install lint bench clean
 
 install: $(VENV)/.installed
 
@@ -17,20 +17,22 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null \
 		&& echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')" \
 		|| $(BIN)/pip install -q "$(TORCH)"
-	@# compat mode puts the checkout on sys.path: a working folder with its own study/ data
-	@# folder (the study's layout) cannot then shadow the package as a namespace package.
-	$(BIN)/pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
 train: install
 	$(BIN)/flowctl train --overwrite $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 -m "not install" $(ARGS)
 
 # The inner loop: everything but the long real-process tests (marked `slow`).
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not install" $(ARGS)
+
+# Every install mode (pip -e, pip, make, uv) in fresh venvs: minutes; CI runs it.
+test-install: install
+	$(BIN)/python -m pytest -q -n 2 -m install $(ARGS)
 
 lint: install
 	$(BIN)/ruff check study tests scripts

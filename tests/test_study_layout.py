@@ -2,8 +2,8 @@
 the study (`study/datasets/splits/1k/{train,val}.pt` next to `study/checkpoints/`).
 
 Such a folder holds a `study/` without `__init__.py`; Python would pick it up as a
-namespace package and shadow flowctl's `study` unless the install puts the real package
-first (`make install` installs it in editable compat mode for this reason).
+namespace package and shadow flowctl's `study` unless the install puts a regular package on
+sys.path (docs/installing.md; every install mode is tested in tests/test_install_modes.py).
 """
 
 from __future__ import annotations
