@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own checkpoint root and offline wandb folder."""
+"""Shared fixtures: every test gets its own checkpoint root and offline wandb folder; tests
+that need a real service (browser, Slurm) follow tests/real_services.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# `@pytest.mark.real_service(...)`: skipped where the service is missing, an error in CI.
+pytest_plugins = ["tests.real_services"]
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,17 @@ def error_line(output, *fragments: str, exit_code: int | None = 2) -> str:
     return errors[0]
 
 
+def stand_in(tmp_path: Path, name: str, body: str) -> Path:
+    """An executable `name` in tmp_path/bin that appends its arguments to tmp_path/NAME.args
+    and runs the shell `body`; returns the folder, to put on PATH."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    tool = folder / name
+    tool.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / (name + '.args')}\n{body}\n")
+    tool.chmod(0o755)
+    return folder
+
+
 def vectors_file(folder: Path, rows: int = 640, dim: int = 2, seed: int = 0) -> Path:
     generator = torch.Generator().manual_seed(seed)
     path = folder / f"vectors-{rows}x{dim}.pt"

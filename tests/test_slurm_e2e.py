@@ -1,13 +1,13 @@
 """End to end on a real one-node Slurm (slurmctld + slurmd + munged; `.ci/start_slurm.sh`):
 `flowctl slurm submit` a small 2-D run, send the requeue signal with `scancel --signal`,
 and check that the job requeues itself, runs again with SLURM_RESTART_COUNT=1 and ends in
-the same state as a run that was never interrupted. Skipped where Slurm is not running."""
+the same state as a run that was never interrupted. Needs a running Slurm: skipped without
+one, an error in CI (tests/real_services.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 
@@ -16,20 +16,8 @@ import yaml
 
 from tests.helpers import assert_same_state, cli, load, metrics_rows, run_json, vectors_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_service("slurm")]
 JOB_TIMEOUT_S = 300
-
-
-def slurm_unavailable() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "sbatch not on PATH: no Slurm here (.ci/start_slurm.sh installs a one-node one)"
-    try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"scontrol ping failed: {error}"
-    if "UP" not in ping.stdout:
-        return f"slurmctld is not up ({ping.stdout.strip() or ping.stderr.strip()}); run .ci/start_slurm.sh"
-    return None
 
 
 def job_fields(job: str) -> dict[str, str]:
@@ -49,9 +37,6 @@ def wait_until(condition, what: str, job: str, timeout: float = JOB_TIMEOUT_S) -
 
 
 def test_requeue_signal_requeues_the_job_which_finishes_like_an_uninterrupted_run(tmp_path):
-    reason = slurm_unavailable()
-    if reason:
-        pytest.skip(reason)
     data = vectors_file(tmp_path)
     # 300 epochs of 9 steps (~5 s): the signal, sent once the first last.pt exists, lands
     # well before the end even on a loaded machine.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO_ROOT, cli, vectors_file
+from tests.helpers import REPO_ROOT, cli, stand_in, vectors_file
 
 BIN = Path(sys.executable).parent
 
@@ -19,16 +19,6 @@ def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump({"dataset": "moons", "epochs": 3, "run_name": "big"}))
     return path
-
-
-def stand_in(tmp_path: Path, name: str, body: str) -> Path:
-    """An executable `name` in tmp_path/bin that appends its arguments to tmp_path/NAME.args."""
-    folder = tmp_path / "bin"
-    folder.mkdir(exist_ok=True)
-    tool = folder / name
-    tool.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / (name + '.args')}\n{body}\n")
-    tool.chmod(0o755)
-    return folder
 
 
 def test_one_run_on_one_node_is_plain_flowctl_train_as_the_batch_shell(tmp_path):

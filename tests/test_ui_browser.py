@@ -1,8 +1,9 @@
 """`flowctl ui` in a real browser: Debian's chromium, headless, driven by selenium through
 Debian's chromedriver, shows a real training run as it trains.
 
-Skipped only when chromium is absent (.ci/run installs it). Screenshots of both pages are
-saved in the test's temp folder (runs-page.png, run-page.png).
+Needs chromium and chromedriver: skipped without them, an error in CI (.ci/run installs
+both; tests/real_services.py). Screenshots of both pages are saved in the test's temp
+folder (runs-page.png, run-page.png).
 """
 
 from __future__ import annotations
@@ -21,11 +22,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1000")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it: "
-                                                "apt-get install chromium chromium-driver)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.real_service("browser")]
 
 ROW_STATE = """
 const row = document.querySelector(`tr[data-run="${arguments[0]}"]`);
@@ -42,8 +39,6 @@ return {count: Number(line.dataset.count), pairs: line.getAttribute("points").tr
 
 @pytest.fixture
 def browser(tmp_path: Path):
-    if CHROMEDRIVER is None:
-        pytest.fail("chromium is installed but chromedriver is not: apt-get install chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
