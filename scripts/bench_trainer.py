@@ -168,8 +168,7 @@ def run_naive(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
 
 
 class TimedTrainer(FlowTrainer):
-    """FlowTrainer that adds up the seconds the training thread spends validating (in line,
-    or starting and collecting a validation overlapped with the next epoch) and on
+    """FlowTrainer that adds up the seconds the training thread spends validating and on
     checkpoints (the policy's snapshots, and waiting for the writer thread at the end)."""
 
     validate_s = save_s = 0.0
@@ -177,8 +176,6 @@ class TimedTrainer(FlowTrainer):
 
     def time_parts(self) -> None:
         for owner, name, total in ((self, "validate", "validate_s"),
-                                   (self.overlap, "start", "validate_s"),
-                                   (self.overlap, "collect", "validate_s"),
                                    (self.checkpoints, "after_step", "save_s"),
                                    (self.checkpoints, "finish", "save_s"),
                                    (self.recorder, "flush", "save_s")):

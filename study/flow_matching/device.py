@@ -13,7 +13,6 @@ import os
 import torch
 
 from study.errors import UsageError
-from study.sweep.resources import cpu_share  # the cores this process may keep busy
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -49,20 +48,6 @@ def set_cpu_threads(device: torch.device, parameters: int, asked: int | None) ->
     elif not os.environ.get("OMP_NUM_THREADS") and parameters < SMALL_MODEL_PARAMETERS:
         torch.set_num_threads(1)
     return torch.get_num_threads()
-
-
-def spare_core_pays(device: torch.device, world_size: int, parameters: int, switch: str) -> bool:
-    """Whether work beside the training thread (a second Python thread) speeds a run up: one
-    CPU process whose torch runs fewer intra-op threads than its share of the cores (all it
-    may use, or a sweep point's share: `sweep.resources.cpu_share`), with a
-    model of at least SMALL_MODEL_PARAMETERS (below that a step is a chain of tiny ops that
-    hold the GIL, and a second thread slowed the 2-D toy's steps by 15%). The environment
-    variable `switch` set to 0 or 1 forces the answer (tests compare both)."""
-    forced = os.environ.get(switch)
-    if forced in ("0", "1"):
-        return forced == "1"
-    return (device.type == "cpu" and world_size == 1 and parameters >= SMALL_MODEL_PARAMETERS
-            and torch.get_num_threads() < cpu_share())
 
 
 def is_main_process() -> bool:

@@ -16,8 +16,6 @@ to one that never stopped.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
 import signal
@@ -32,7 +30,6 @@ from study.errors import RunFailed
 from study.flow_matching.batches import BatchMaker
 from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
-from study.flow_matching.device import spare_core_pays
 from study.flow_matching.distributed import (
     StopAgreement,
     mean_across_ranks,
@@ -43,7 +40,6 @@ from study.flow_matching.distributed import (
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
 from study.flow_matching.optim import EMAModel, fast_adamw_options
-from study.flow_matching.overlap import ValidationOverlap
 from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
 from study.flow_matching.sample_quality import SampleQuality
@@ -102,17 +98,13 @@ class FlowTrainer:
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun
         parameters = sum(p.numel() for p in model.parameters())
         log.info("model on %s (%d parameters)", self.device, parameters)
-        # Work beside the training thread, each with its switch (study/flow_matching/device.py)
-        spare_core = functools.partial(spare_core_pays, self.device, world_size(), parameters)
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
         self.run_dir = recorder.run_dir
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
                                   source=config.source, device=self.device, rank=rank(),
-                                  world_size=world_size(), pairing_workers=pairing_workers,
-                                  draw_ahead=spare_core("FLOWCTL_DRAW_AHEAD"),
-                                  micro_batches=config.grad_accum)
+                                  world_size=world_size(), pairing_workers=pairing_workers)
         self.stop_agreement = StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
@@ -122,8 +114,7 @@ class FlowTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=self.learning_rate(0),
                                            weight_decay=config.weight_decay,
                                            **fast_adamw_options(self.device))
-        self.ema = EMAModel(self.model, decay=config.ema_decay, warmup=config.ema_warmup,
-                            background=spare_core("FLOWCTL_BACKGROUND_EMA"))
+        self.ema = EMAModel(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
         self.precision = Precision(config.precision, self.device)
         self.update = Update(train_model=self.train_model, model=self.model,
                              optimizer=self.optimizer, ema=self.ema, precision=self.precision,
@@ -135,8 +126,6 @@ class FlowTrainer:
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device)
-        self.overlap = ValidationOverlap(self.validator,
-                                         enabled=spare_core("FLOWCTL_OVERLAP_VALIDATION"))
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
                                         keep_snapshots=config.keep_snapshots,
                                         interval_s=config.checkpoint_interval)
@@ -176,8 +165,7 @@ class FlowTrainer:
                 epoch_started = time.perf_counter()
                 for batch_index in range(self.batch_in_epoch, self.steps_per_epoch):
                     batch = self.batches.draw(batch_index, stage, flow)
-                    loss, grad_norm = self.update(batch, flow, step=self.global_step,
-                                                  before_step=self.overlap.wait_for_copies)
+                    loss, grad_norm = self.update(batch, flow, step=self.global_step)
                     self.global_step += 1
                     self.batch_in_epoch = batch_index + 1
                     self.window.add(loss, grad_norm)
@@ -191,33 +179,21 @@ class FlowTrainer:
                     stopping = self.stop_agreement.should_stop(self.stop.requested, self.global_step)
                     due = self.checkpoints.due(step=self.global_step, epoch_done=epoch_done,
                                                stopping=stopping)
-                    if self.overlap.pending and (row or epoch_done or due):
-                        self._finish_overlapped_epoch()  # logged at its own step, before this one
-                    deferred = False
                     if epoch_done:
                         self.epoch, self.batch_in_epoch = epoch, 0
                         seconds = time.perf_counter() - epoch_started
-                        deferred = self._may_overlap(epoch, due)
-                        if deferred:  # validation runs beside the next epoch's first steps
-                            self.overlap.start(
-                                self.model, self.ema, epoch=epoch, stage=stage,
-                                step=self.global_step, seconds=seconds, row=row,
-                                state=self.state_dict(), finite=self._finite())
-                            row = {}
-                        else:
-                            row.update(self._end_epoch(epoch, stage, seconds))
+                        row.update(self._end_epoch(epoch, stage, seconds))
                     if row:  # logged before the checkpoint of this step, never after
                         self.recorder.log(row, self.global_step, self._progress_fields(stage))
                     self.checkpoints.after_step(
                         step=self.global_step, epoch=epoch, epoch_done=epoch_done, due=due,
-                        improved=epoch_done and not deferred and self.selection.improved_last,
+                        improved=epoch_done and self.selection.improved_last,
                         stopping=stopping, state=self.state_dict, finite=self._finite,
                         last=epoch_done and epoch + 1 == cfg.epochs)
                     if stopping:
                         self.recorder.flush()
                         raise TrainingStopped(self.stop.signum or signal.SIGTERM)
                 self.batch_in_epoch = 0
-            assert not self.overlap.pending, "the last epoch end is never overlapped"
             self.checkpoints.finish(step=self.global_step, state=self.state_dict,
                                     finite=self._finite)
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
@@ -226,9 +202,6 @@ class FlowTrainer:
                                 progress=self._progress_fields(None))
             raise
         except BaseException as error:
-            if self.overlap.pending:  # the last epoch end's row belongs in the failed run's log
-                with contextlib.suppress(Exception):
-                    self._finish_overlapped_epoch()
             self.recorder.close("failed", exit_code=1, error=error,
                                 progress=self._progress_fields(None))
             raise
@@ -236,8 +209,6 @@ class FlowTrainer:
             self.stop.uninstall()
             self.progress.close()
             self.batches.close()
-            self.overlap.close()
-            self.ema.close()
         result = self._result(status, time.perf_counter() - started)
         self.recorder.close(status, summary={"final_epoch": result["final_epoch"],
                                              "best_val_loss": result["best_val_loss"],
@@ -258,12 +229,11 @@ class FlowTrainer:
                 "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
                 "metrics/stage_id": stage.index}
 
-    def _end_epoch(self, epoch: int, stage, seconds: float,
-                   val_loss: float | None = None) -> dict[str, Any]:
-        """Validate (unless `val_loss` is given) and every `eval_every` epochs evaluate the
-        EMA weights; track the best of the selection metric and the patience counter."""
+    def _end_epoch(self, epoch: int, stage, seconds: float) -> dict[str, Any]:
+        """Validate and every `eval_every` epochs evaluate the EMA weights; track the best
+        of the selection metric and the patience counter."""
         cfg = self.config
-        val_loss = self.validate(stage) if val_loss is None else val_loss
+        val_loss = self.validate(stage)
         if not math.isfinite(val_loss):
             raise RunFailed(f"non-finite validation loss at step {self.global_step}")
         row = {"val/loss": val_loss, "epoch": epoch, "metrics/stage_id": stage.index,
@@ -276,32 +246,10 @@ class FlowTrainer:
                              loss=self.last_train_loss, val_loss=val_loss)
         return row
 
-    def _may_overlap(self, epoch: int, due: bool) -> bool:
-        """Whether epoch `epoch`'s validation may finish during the next epoch: only where its
-        result changes nothing before it is collected (no write now, no evaluation, no early
-        stop at the next epoch's start, a next epoch to overlap with)."""
-        cfg = self.config
-        evaluates = self.quality is not None and (epoch + 1) % cfg.eval_every == 0
-        return (self.overlap.enabled and not due and not evaluates and epoch + 1 < cfg.epochs
-                and not self.selection.may_stop_after_next_update())
-
-    def _finish_overlapped_epoch(self) -> None:
-        """Collect the overlapped validation: its row is logged at its own step, and a best
-        epoch's state (snapshotted then) becomes the pending best.pt."""
-        pending, val_loss = self.overlap.collect()
-        row = {**pending.row, **self._end_epoch(pending.epoch, pending.stage, pending.seconds,
-                                                val_loss=val_loss)}
-        self.recorder.log(row, pending.step, self._progress_fields(pending.stage))
-        if self.selection.improved_last:
-            pending.state.update(self.selection.state_dict())  # known only now
-            self.checkpoints.keep_best(pending.state, step=pending.step,
-                                       finite=lambda: pending.finite)
-
     def validate(self, stage=None) -> float:
-        """Mean validation MSE with the EMA weights on fixed x_0, t and eps (its batches
-        shared with the validation worker where there is one: the same number)."""
+        """Mean validation MSE with the EMA weights on fixed x_0, t and eps."""
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
-        return self.overlap.loss_now(self.model, self.ema, stage)
+        return self.validator.loss(self.model, self.ema, stage)
 
     def _finite(self) -> torch.Tensor:
         """Whether the weights and the pending window loss are finite (a device bool)."""

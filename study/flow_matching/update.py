@@ -8,8 +8,6 @@ next step is set from the schedule (a pure function of the step), then the EMA f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,26 +28,20 @@ class Update:
         self.grad_accum, self.grad_clip = grad_accum, grad_clip
         self.params = [p for p in model.parameters() if p.requires_grad]
 
-    def __call__(self, batch: FlowBatch, flow, step: int,
-                 before_step: Callable[[], None] | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(self, batch: FlowBatch, flow, step: int) -> tuple[Tensor, Tensor]:
         """Optimizer step number `step` (0-based) on `batch`; (loss, grad norm) as device
-        scalars, so nothing waits for the device here. `before_step` runs after the
-        backward pass, before anything changes the weights, the optimizer or the EMA."""
+        scalars, so nothing waits for the device here."""
         parts = self.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=batch.x_1.device)
         for index, part in enumerate(batch.split(parts)):
-            x_t, u_t = (batch.paths[index] if batch.paths is not None
-                        else flow.path(part.x_0, part.x_1, part.t, part.eps))
+            x_t, u_t = flow.path(part.x_0, part.x_1, part.t, part.eps)
             with gradient_sync(self.train_model, index == parts - 1):
                 with self.precision.autocast():
                     v_t = self.train_model(x_t, part.t)
                 part_loss = F.mse_loss(v_t.float(), u_t) / parts
                 self.precision.backward(part_loss)
             loss += part_loss.detach()
-        if before_step is not None:
-            before_step()
-        self.ema.settle()  # the last update of the EMA, if it runs in the background
         grad_norm = self.precision.clip_and_step(self.optimizer, self.params, self.grad_clip)
         self.set_learning_rate(step + 1)  # for the next step
         self.ema.update(self.model, n=step)
