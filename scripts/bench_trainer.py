@@ -47,9 +47,9 @@ from study.data.dataset import column_stats, resolve_dataset
 from study.data.toy import gaussian_mixture
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.models import build_model
-from study.flow_matching.optim import cosine_warmup_factor
 from study.flow_matching.sampler import derive_seed
 from study.flow_matching.trainer import FlowTrainer
+from study.flow_matching.utils import cosine_warmup_factor
 
 SEED, BATCH, LOG_EVERY = 0, 256, 10
 LR, WARMUP_STEPS, GRAD_CLIP, EMA_DECAY, SIGMA = 1e-3, 100, 1.0, 0.999, 0.1

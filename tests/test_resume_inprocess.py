@@ -46,7 +46,7 @@ def trainer(flow: str, root: Path, name: str, *, stop: GracefulStop | None = Non
     torch.manual_seed(config.seed)
     model = build_model("mlp", 2, width=16, depth=2, activation="selu")
     recorder = RunRecorder(root / name, name, wandb_project="test", wandb_mode="disabled")
-    return FlowTrainer.from_parts(model, config, training_data(flow), recorder, "cpu",
+    return FlowTrainer(model, config, training_data(flow), recorder, "cpu",
                                   resume=resume, stop=stop, pairing_workers=pairing_workers,
                                   warn=lambda message: None)
 

@@ -180,7 +180,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
                            wandb_mode=resolve_wandb_mode(options.wandb_mode),
                            enabled=is_main_process(), tensorboard=options.tensorboard,
                            trackers=options.trackers, lock=lock, warn=warn)
-    trainer = FlowTrainer.from_parts(
+    trainer = FlowTrainer(
         model, config, data, recorder, device,
         resume=resume.payload if resume else None, resume_source=resume.path if resume else None,
         progress=options.progress if is_main_process() else SilentProgress(),

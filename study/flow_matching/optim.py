@@ -1,15 +1,12 @@
-"""Optimisation helpers: the EMA of the weights, the learning-rate schedule, fast AdamW.
+"""Optimisation helpers: the EMA of the weights and fast AdamW options.
 
-The learning rate is a pure function of the optimizer step (`cosine_warmup_factor`), so a
-resumed or extended run gets its LR from the step alone and no scheduler object holds state.
-`get_cosine_schedule_with_warmup` wraps the same factor in a LambdaLR for the study's code.
+The learning rate is schedule.py's (a pure function of the step).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -91,35 +88,6 @@ class EMAModel:
     def copy_to(self, model: nn.Module) -> None:
         """Write the EMA weights into `model` permanently (for export or evaluation)."""
         model.load_state_dict(self.shadow, strict=False)
-
-
-def cosine_warmup_factor(step: int, num_warmup_steps: int, num_training_steps: int) -> float:
-    """LR multiplier at optimizer step `step`: linear warmup to 1, then cosine decay to 0.
-
-    A pure function of the step, so a resumed run (or an extended one, with a larger
-    `num_training_steps`) gets its learning rate from the step alone.
-    """
-    if step < num_warmup_steps:
-        return (step + 1) / num_warmup_steps
-    decay_steps = max(1, num_training_steps - num_warmup_steps)
-    progress = min(1.0, (step - num_warmup_steps) / decay_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def get_cosine_schedule_with_warmup(
-    optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_training_steps: int,
-    lr_scale: Callable[[int], float] | None = None,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over `cosine_warmup_factor`; step it once per optimizer step.
-
-    `lr_scale(step)` optionally multiplies the factor (stage-specific learning rates).
-    Its state_dict holds only primitives (`last_epoch`, `base_lrs`, `_last_lr`).
-    """
-    def factor(step: int) -> float:
-        scale = lr_scale(step) if lr_scale is not None else 1.0
-        return scale * cosine_warmup_factor(step, num_warmup_steps, num_training_steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def fast_adamw_options(device: torch.device) -> dict[str, Any]:

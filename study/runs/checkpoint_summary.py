@@ -216,7 +216,7 @@ def _scheduler_summary(state_dict: Any) -> dict[str, Any] | None:
     if not isinstance(state_dict, dict):
         return None
     return {"last_epoch": _primitive(state_dict.get("last_epoch")),
-            "last_lr": _primitive(state_dict.get("_last_lr"))}
+            "last_lr": _primitive(state_dict.get("last_lr", state_dict.get("_last_lr")))}
 
 
 def _stats_summary(stats: Any) -> dict[str, Any] | None:
