@@ -66,7 +66,7 @@ def workers_of(launcher_pid: int) -> dict[int, int]:
                            if b"=" in item)
         except OSError:
             continue
-        if b"study.flow_matching.train" in cmdline and b"RANK" in environ:
+        if b"study.cli.app" in cmdline and b"RANK" in environ:
             found[int(environ[b"RANK"])] = int(entry.name)
     return found
 

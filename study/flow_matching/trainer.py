@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from study.data.training_data import TrainingData
 from study.errors import RunFailed
-from study.flow_matching import distributed
 from study.flow_matching.batches import BatchMaker, FlowBatch
 from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
@@ -42,6 +41,7 @@ from study.flow_matching.validation import Validator
 from study.runs.checkpoint import checkpoint_metadata, restore_modules
 from study.runs.paths import BEST_NAME, LAST_NAME
 from study.runs.recorder import RunRecorder
+from study.runtime import distributed, ranks
 from study.signals import GracefulStop, TrainingStopped
 
 log = logging.getLogger("flowctl")
@@ -77,7 +77,7 @@ class FlowTrainer:
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
                                   source=config.source, device=self.device,
-                                  rank=distributed.rank(), world_size=distributed.world_size(),
+                                  rank=ranks.rank(), world_size=ranks.world_size(),
                                   pairing_workers=pairing_workers)
         self.stop_agreement = distributed.StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
@@ -252,7 +252,7 @@ class FlowTrainer:
             **checkpoint_metadata(),
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "world_size": distributed.world_size(),
+            "world_size": ranks.world_size(),
             "batch_in_epoch": self.batch_in_epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "model_state_dict": self.model.state_dict(),
