@@ -11,17 +11,14 @@ Under torchrun every rank draws the whole global batch (`batch_size` rows: the s
 numbers on every rank, keyed by the position in the global batch, never by rank), pairs it
 whole, and trains on its slice: rows [r B/W, (r+1) B/W). So 1, 2 or 8 ranks see the same
 global batches, OT pairs over the global batch, and a resume at another world size
-continues the same data stream. Set $FLOWCTL_SAMPLE_LOG to a folder to have each rank
-append the row ids it trains on (one line per step) to rank{r}.txt there (tests use it).
+continues the same data stream.
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,8 +81,6 @@ class BatchMaker:
         self.data, self.batch_size, self.source, self.device = data, batch_size, source, device
         share = batch_size // world_size
         self.rank_rows = slice(rank * share, (rank + 1) * share)
-        log_dir = os.environ.get("FLOWCTL_SAMPLE_LOG")
-        self.sample_log = Path(log_dir) / f"rank{rank}.txt" if log_dir else None
         self.sampler = EpochSampler(len(data.train), batch_size, seed=derive_seed(seed, "data"))
         self.generators = make_generators(seed, device)
         self.permutation: Tensor | None = None
@@ -111,9 +106,6 @@ class BatchMaker:
         else:
             drawn = self._next_from_ahead(batch_index, stage, flow)
         mine = self.rank_rows
-        if self.sample_log is not None:
-            with open(self.sample_log, "a") as handle:
-                handle.write(" ".join(map(str, drawn.rows[mine].tolist())) + "\n")
         plan = drawn.plan.result() if isinstance(drawn.plan, Future) else drawn.plan
         x_0, x_1 = flow.apply_pairing(drawn.x_0, drawn.x_1, plan, self.generators["ot"])
         if mine.stop - mine.start == self.batch_size:
