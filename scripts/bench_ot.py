@@ -46,7 +46,7 @@ def train_rate(dataset: str, batch: int, steps: int, flow: str, workers: int, ro
     model = build_model("mlp", 2, width=64, depth=3, activation="selu")
     recorder = RunRecorder(root / config.name, config.name, wandb_project="bench",
                            wandb_mode="disabled")
-    trainer = FlowTrainer.from_parts(model, config, data, recorder, "cpu",
+    trainer = FlowTrainer(model, config, data, recorder, "cpu",
                                      pairing_workers=workers, warn=lambda message: None)
     started = time.perf_counter()
     result = trainer.train()

@@ -54,7 +54,7 @@ def train(workload: str, precision: str, root: Path) -> tuple[float, float, Path
     torch.manual_seed(0)
     model = build_model("mlp", train_x.shape[1], width=width, depth=3, activation="selu")
     recorder = RunRecorder(root / name, name, wandb_project="bench", wandb_mode="disabled")
-    trainer = FlowTrainer.from_parts(model, config, data, recorder, "cpu", warn=lambda m: None)
+    trainer = FlowTrainer(model, config, data, recorder, "cpu", warn=lambda m: None)
     started = time.perf_counter()
     result = trainer.train()
     return result["global_step"] / (time.perf_counter() - started), result["best_val_loss"], \

@@ -47,9 +47,9 @@ from study.data.dataset import column_stats, resolve_dataset
 from study.data.toy import gaussian_mixture
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.models import build_model
-from study.flow_matching.optim import cosine_warmup_factor
 from study.flow_matching.sampler import derive_seed
 from study.flow_matching.trainer import FlowTrainer
+from study.flow_matching.utils import cosine_warmup_factor
 
 SEED, BATCH, LOG_EVERY = 0, 256, 10
 LR, WARMUP_STEPS, GRAD_CLIP, EMA_DECAY, SIGMA = 1e-3, 100, 1.0, 0.999, 0.1
@@ -168,8 +168,7 @@ def run_naive(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
 
 
 class TimedTrainer(FlowTrainer):
-    """FlowTrainer that adds up the seconds the training thread spends validating (in line,
-    or starting and collecting a validation overlapped with the next epoch) and on
+    """FlowTrainer that adds up the seconds the training thread spends validating and on
     checkpoints (the policy's snapshots, and waiting for the writer thread at the end)."""
 
     validate_s = save_s = 0.0
@@ -177,8 +176,6 @@ class TimedTrainer(FlowTrainer):
 
     def time_parts(self) -> None:
         for owner, name, total in ((self, "validate", "validate_s"),
-                                   (self.overlap, "start", "validate_s"),
-                                   (self.overlap, "collect", "validate_s"),
                                    (self.checkpoints, "after_step", "save_s"),
                                    (self.checkpoints, "finish", "save_s"),
                                    (self.recorder, "flush", "save_s")):

@@ -63,14 +63,8 @@ def _mask_text(text: str, api_key: str | None) -> str:
     return masked
 
 
-def looks_secret(key: str, value: Any) -> bool:
-    """True when `value` should be shown as MASK as a whole: a secret key, or a bare token."""
-    if not filter_enabled():
-        return False
-    return _looks_secret(key, value, os.environ.get("WANDB_API_KEY"))
-
-
 def _looks_secret(key: str, value: Any, api_key: str | None) -> bool:
+    """True when `value` should be shown as MASK as a whole: a secret key, or a bare token."""
     if value is None or isinstance(value, bool):
         return False
     if SECRET_KEY.search(str(key)):

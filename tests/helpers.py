@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -103,7 +102,6 @@ def wait_for(condition, *, timeout: float = 60.0, process: subprocess.Popen | No
 def serve_root(root: Path):
     """A `flowctl ui` server (DashboardServer) over `root` on a free loopback port, served
     from a thread of this process; yields its base URL (no trailing slash)."""
-    import threading
 
     from study.ui.api import DashboardApi
     from study.ui.server import DashboardServer
@@ -245,34 +243,6 @@ class CreatesMarker:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-class StepWatch:
-    """For tests of "the optimizer step waits for work running beside it": counts optimizer
-    steps, and lets the held work start only once the training thread has arrived at its
-    wait for it (`waiting(wait)` wraps that wait) or, were the wait missing, at an optimizer
-    step while the work is still `pending()`. A missing wait is then seen every time."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, pending: Callable[[], bool]):
-        self.arrived, self.steps, self.pending = threading.Event(), 0, pending
-        optimizer.register_step_pre_hook(self._before_step)
-
-    def _before_step(self, optimizer, args, kwargs) -> None:
-        self.steps += 1
-        if self.pending():  # only without the wait
-            self.arrived.set()
-
-    def waiting(self, wait: Callable[[], None]) -> Callable[[], None]:
-        def wrapped() -> None:
-            if self.pending():
-                self.arrived.set()
-            wait()
-        return wrapped
-
-    def hold(self) -> None:
-        """In the held work: return once the training thread has arrived (see above)."""
-        assert self.arrived.wait(timeout=60), "the training thread never waited for the work"
-        self.arrived.clear()
 
 
 def wandb_files(run_dir: Path, run_id: str | None = None) -> list[Path]:

@@ -385,3 +385,38 @@ def test_remove_stale_temp_files_removes_only_temp_files(tmp_path: Path) -> None
 
 def test_remove_stale_temp_files_on_a_missing_folder(tmp_path: Path) -> None:
     assert remove_stale_temp_files(tmp_path / "nope") == []
+
+
+@pytest.mark.parametrize("writer", ["sbatch script", "run.json", "point config"])
+def test_every_small_file_goes_through_write_atomic(writer: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """run.json, a sweep point's config and an sbatch script are written by write_atomic: a
+    full disk at the replace is one RunFailed naming the file, the previous file is kept and
+    no temp file is left; the script is executable."""
+    from study.runs.status import write_json_atomic
+    from study.slurm.submit import write_script
+    from study.sweep.grid import Point
+    from study.sweep.point_files import write_point_config
+
+    def write(version: int) -> Path:
+        if writer == "sbatch script":
+            return write_script(tmp_path / "job.sbatch", f"#!/bin/bash\necho {version}\n")
+        if writer == "run.json":
+            write_json_atomic(tmp_path / "run.json", {"version": version})
+            return tmp_path / "run.json"
+        config = TrainingConfig(epochs=version + 1, run_name="point")
+        return write_point_config(tmp_path, Point(name="point", config=config, config_hash="h"))
+
+    path = write(1)
+    before = path.read_bytes()
+    if writer == "sbatch script":
+        assert os.access(path, os.X_OK)
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(RunFailed, match=f"no space left on device while writing {path.name}"):
+        write(2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and _temp_files(tmp_path) == []

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from study.errors import UsageError
-from study.flow_matching.device import SMALL_MODEL_PARAMETERS, set_cpu_threads
+from study.runtime.cores import SMALL_MODEL_PARAMETERS, set_cpu_threads
 
 
 @pytest.fixture(autouse=True)

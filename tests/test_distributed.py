@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import (
+    REPO_ROOT,
     assert_same_state,
     load,
     metrics_rows,
@@ -24,8 +25,15 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.slow
+HOOKS = REPO_ROOT / "tests" / "hooks"  # sitecustomize.py: the row ids each rank trains
 EPOCHS = 30  # 9 steps of 64 rows per epoch: 270 steps, ~2 s, time for a signal to land
 RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "run.json"}
+
+
+def sample_log(folder: Path) -> dict[str, str]:
+    """The environment that makes every process of a run log its rows into `folder`."""
+    path = [str(HOOKS), os.environ.get("PYTHONPATH", ""), str(REPO_ROOT)]
+    return {"FLOWCTL_SAMPLE_LOG": str(folder), "PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
 def args_for(data: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
@@ -66,7 +74,7 @@ def workers_of(launcher_pid: int) -> dict[int, int]:
                            if b"=" in item)
         except OSError:
             continue
-        if b"study.flow_matching.train" in cmdline and b"RANK" in environ:
+        if b"study.cli.app" in cmdline and b"RANK" in environ:
             found[int(environ[b"RANK"])] = int(entry.name)
     return found
 
@@ -82,7 +90,7 @@ def references(tmp_path_factory):
         logs[name] = root / f"samples-{name}"
         logs[name].mkdir()
         process = spawn("train", "--run-name", name, *args_for(data), *extra,
-                        env={**env, "FLOWCTL_SAMPLE_LOG": str(logs[name])})
+                        env={**env, **sample_log(logs[name])})
         assert finish(process) == 0, process.stderr_text
     return {"root": root / "runs", "data": data, "logs": logs}
 
@@ -182,18 +190,18 @@ def test_resume_across_world_sizes_repeats_and_skips_no_sample(references, tmp_p
     for folder in logs:
         folder.mkdir()
     first = spawn("train", "--run-name", "r", *args_for(references["data"]), "--save-every", "4",
-                  "--nproc", "2", env={"FLOWCTL_SAMPLE_LOG": str(logs[0])})
+                  "--nproc", "2", env=sample_log(logs[0]))
     stop_when(first, run, signal.SIGTERM, after_step=0)
     assert finish(first) == 143, first.stderr_text
     refused = spawn("resume", "r", "--strict-world-size")
     assert finish(refused) == 2 and "--strict-world-size" in refused.stderr_text
     stopped = load(run / "last.pt")["global_step"]
 
-    second = spawn("resume", "r", "--save-every", "4", env={"FLOWCTL_SAMPLE_LOG": str(logs[1])})
+    second = spawn("resume", "r", "--save-every", "4", env=sample_log(logs[1]))
     stop_when(second, run, signal.SIGTERM, after_step=stopped + 4)
     assert finish(second) == 143, second.stderr_text
     assert "continuing on 1 process(es) a run trained on 2" in second.stderr_text
-    third = spawn("resume", "r", "--nproc", "2", env={"FLOWCTL_SAMPLE_LOG": str(logs[2])})
+    third = spawn("resume", "r", "--nproc", "2", env=sample_log(logs[2]))
     assert finish(third) == 0, third.stderr_text
 
     assert sum((steps_of(folder) for folder in logs), []) == steps_of(references["logs"]["one"])

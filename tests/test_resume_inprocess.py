@@ -18,7 +18,7 @@ from study.flow_matching.trainer import FlowTrainer
 from study.runs.checkpoint import read_checkpoint
 from study.runs.recorder import RunRecorder
 from study.signals import GracefulStop, TrainingStopped
-from tests.helpers import StepWatch, assert_same_state, load, metrics_rows
+from tests.helpers import assert_same_state, load, metrics_rows
 
 FLOWS = ["icfm", "otcfm", "fm", "vp", "sbcfm", "reflow"]
 STOP_AT_STEP = 11  # epoch 2 of 8-step epochs, between two log rows (log_every 3)
@@ -46,7 +46,7 @@ def trainer(flow: str, root: Path, name: str, *, stop: GracefulStop | None = Non
     torch.manual_seed(config.seed)
     model = build_model("mlp", 2, width=16, depth=2, activation="selu")
     recorder = RunRecorder(root / name, name, wandb_project="test", wandb_mode="disabled")
-    return FlowTrainer.from_parts(model, config, training_data(flow), recorder, "cpu",
+    return FlowTrainer(model, config, training_data(flow), recorder, "cpu",
                                   resume=resume, stop=stop, pairing_workers=pairing_workers,
                                   warn=lambda message: None)
 
@@ -130,60 +130,3 @@ def test_pairing_ahead_on_workers_gives_the_same_run_and_resumes_exactly(flow, i
     trainer(flow, isolated_run_root, "ahead", resume=payload, pairing_workers=2).train()
     assert_same_state(load(isolated_run_root / "inline" / "last.pt"),
                       load(isolated_run_root / "ahead" / "last.pt"))
-
-
-@pytest.mark.parametrize("flow, workers, extra", [
-    ("icfm", 0, {}), ("icfm", 0, {"grad_accum": 4, "precision": "bf16"}), ("vp", 0, {}),
-    ("otcfm", 0, {}), ("otcfm", 2, {}), ("reflow", 0, {})],
-    ids=["icfm", "icfm-accum-bf16", "vp", "otcfm", "otcfm-2-workers", "reflow"])
-def test_drawing_ahead_on_a_thread_gives_the_same_run_and_resumes_exactly(
-        flow, workers, extra, isolated_run_root, monkeypatch):
-    """The next batch drawn on the drawing thread (with its OT plan solved there, or handed
-    to pairing workers) and the EMA updated on a thread of its own: bitwise the run done on
-    the training thread, with augmentation noise; a stop that lands while the next batch is
-    drawn resumes to the same end."""
-    options = {"aug": "noise", **extra}
-    monkeypatch.delenv("FLOWCTL_DRAW_AHEAD", raising=False)
-    assert trainer(flow, isolated_run_root, "small").batches.drawer is None, (
-        "a 2-D toy model draws on the training thread unless told otherwise")
-    monkeypatch.setenv("FLOWCTL_DRAW_AHEAD", "0")
-    trainer(flow, isolated_run_root, "inline", options=options).train()
-    monkeypatch.setenv("FLOWCTL_DRAW_AHEAD", "1")
-    monkeypatch.setenv("FLOWCTL_BACKGROUND_EMA", "1")
-    stop = GracefulStop()
-    ahead = trainer(flow, isolated_run_root, "ahead", stop=stop, options=options,
-                    pairing_workers=workers)
-    assert ahead.batches.drawer is not None and ahead.ema.worker is not None
-    stop_after(ahead.model, STOP_AT_STEP, stop, forwards_per_step=extra.get("grad_accum", 1))
-    with pytest.raises(TrainingStopped):
-        ahead.train()
-    assert [index for index, _ in ahead.batches.ahead] == list(
-        range(STOP_AT_STEP % 8, STOP_AT_STEP % 8 + max(workers, 1)))
-    payload = read_checkpoint(isolated_run_root / "ahead" / "last.pt")
-    trainer(flow, isolated_run_root, "ahead", resume=payload, options=options,
-            pairing_workers=workers).train()
-    assert_same_state(load(isolated_run_root / "inline" / "last.pt"),
-                      load(isolated_run_root / "ahead" / "last.pt"))
-    assert metrics_rows(isolated_run_root / "ahead") == metrics_rows(isolated_run_root / "inline")
-
-
-def test_the_optimizer_step_waits_for_the_background_ema_update(isolated_run_root, monkeypatch):
-    """The EMA update of step k runs beside step k+1's forward and backward; the optimizer
-    step must wait for it. The update here starts only once the training thread has arrived
-    at a wait for it (or, were the wait missing, at the optimizer step itself), so a missing
-    wait is seen every time, not by chance."""
-    monkeypatch.setenv("FLOWCTL_BACKGROUND_EMA", "1")
-    job = trainer("icfm", isolated_run_root, "ema")
-    watch = StepWatch(job.optimizer, pending=lambda: job.ema.pending is not None)
-    monkeypatch.setattr(job.ema, "settle", watch.waiting(job.ema.settle))
-    real_lerp, steps_in_between = job.ema._lerp, []
-
-    def lerp_once_the_trainer_arrives(weight):
-        submitted_at = watch.steps
-        watch.hold()
-        steps_in_between.append(watch.steps - submitted_at)
-        real_lerp(weight)
-
-    monkeypatch.setattr(job.ema, "_lerp", lerp_once_the_trainer_arrives)
-    job.train()
-    assert len(steps_in_between) == 3 * 8 and set(steps_in_between) == {0}

@@ -71,7 +71,7 @@ def test_several_nodes_run_torchrun_under_srun_with_the_rendezvous_on_the_first_
         '  torchrun --nnodes "$SLURM_NNODES" --nproc-per-node 4 --rdzv-id "$SLURM_JOB_ID" '
         '--rdzv-backend c10d --rdzv-endpoint "$head:29500" \\',
     ]
-    assert lines[-1] == (f"  -m study.flow_matching.train --config {config} --resume auto "
+    assert lines[-1] == (f"  -m study.cli.app train --config {config} --resume auto "
                          f"--requeue-signal SIGUSR1 --plain --ckpt-dir {root} --wandb-mode offline")
 
 

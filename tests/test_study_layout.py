@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.flow_matching.optim import cosine_warmup_factor
+from study.flow_matching.utils import cosine_warmup_factor
 from tests.helpers import load
 
 STUDY = ["--flow", "icfm", "--dataset", "1k", "--group", "test", "--batch-size", "64",

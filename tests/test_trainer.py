@@ -138,3 +138,31 @@ def test_non_finite_loss_fails_the_run_and_keeps_good_checkpoints(isolated_run_r
     assert status["status"] == "failed"
     assert status["error"]["message"] == "non-finite loss at step 12"
     assert load(isolated_run_root / "tiny" / "last.pt")["global_step"] == 8
+
+
+def test_the_studys_seven_argument_call_resumes_and_checkpoints_hold_no_lambdalr_fields(
+        isolated_run_root):
+    """`FlowTrainer(model, config, train_ds, val_ds, device, wandb_project, resume_path)`, all
+    positional, continues a run; the checkpoint's scheduler entry is the schedule's own (type,
+    step, LR), and the study's loader still takes the step from it into a LambdaLR."""
+    from study.flow_matching.utils import get_cosine_schedule_with_warmup, load_checkpoint
+
+    config = tiny_config(epochs=1, run_name="study-call")
+    trainer_for(config).train()
+    last = isolated_run_root / "study-call" / "last.pt"
+    scheduler_state = load(last)["scheduler_state_dict"]
+    assert scheduler_state == {"type": "cosine", "last_epoch": 8,
+                               "last_lr": [load(last)["optimizer_state_dict"]["param_groups"][0]["lr"]]}
+    train_x, val_x = data()
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, 2, width=config.width, depth=config.depth,
+                        activation=config.activation)
+    longer = tiny_config(epochs=2, run_name="study-call")
+    resumed = FlowTrainer(model, longer, train_x, val_x, "cpu", "a-project", str(last))
+    assert (resumed.global_step, resumed.recorder.wandb_project) == (8, "a-project")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 5, 16)
+    assert load_checkpoint(last, model, None, optimizer, scheduler, "cpu")[0] == 1
+    assert scheduler.last_epoch == 8
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        FlowTrainer(model, config, resumed.data, resumed.recorder, "cpu", "a-project")

@@ -38,7 +38,7 @@ def trainer(config: TrainingConfig, root, training_data: TrainingData | None = N
     torch.manual_seed(config.seed)
     model = build_model("mlp", 2, width=config.width, depth=config.depth, activation="selu")
     recorder = RunRecorder(root / config.name, config.name, wandb_project="t", wandb_mode="disabled")
-    return FlowTrainer.from_parts(model, config, training_data or data(), recorder, "cpu",
+    return FlowTrainer(model, config, training_data or data(), recorder, "cpu",
                                   warn=lambda message: None)
 
 
@@ -64,13 +64,13 @@ def test_every_step_trains_at_the_closed_form_lr(scheduler, isolated_run_root):
     config = tiny(scheduler=scheduler, lr=2e-3)
     run = trainer(config, isolated_run_root)
     seen = []
-    original = run.update.set_learning_rate
+    original = run.learning_rate.apply
 
-    def record(step: int) -> None:
-        original(step)
+    def record(optimizer, step: int) -> None:
+        original(optimizer, step)
         seen.append((step, run.optimizer.param_groups[0]["lr"]))
 
-    run.update.set_learning_rate = record
+    run.learning_rate.apply = record
     run.train()
     total = 3 * STEPS_PER_EPOCH
     params = {k: v for k, v in scheduler.items() if k != "type"}

@@ -284,29 +284,3 @@ def test_checkpoint_path_is_the_studys_string(monkeypatch: pytest.MonkeyPatch) -
     """The study compares it as a string: a Path would never be equal to it."""
     monkeypatch.delenv("FLOWCTL_CKPT_DIR")
     assert get_checkpoint_path("mlp-icfm-5k-none") == "study/checkpoints/mlp-icfm-5k-none/best.pt"
-
-
-def test_ema_in_the_background_gives_the_same_shadow():
-    """The same foreach update on a thread of its own: bitwise the inline EMA, and every
-    reader (state_dict, copy_to, average_parameters) sees the finished update."""
-    torch.manual_seed(0)
-    model = torch.nn.Linear(64, 64)
-    inline, background = EMAModel(model, decay=0.9, warmup=True), EMAModel(
-        model, decay=0.9, warmup=True, background=True)
-    for n in range(20):
-        background.settle()  # as the trainer does before the optimizer changes the weights
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p))
-        inline.update(model, n)
-        background.update(model, n)
-        if n % 5 == 0:
-            for name, tensor in inline.state_dict().items():
-                assert torch.equal(tensor, background.state_dict()[name])
-    copy = torch.nn.Linear(64, 64)
-    background.copy_to(copy)
-    assert torch.equal(copy.weight, inline.state_dict()["weight"])
-    with background.average_parameters(model):
-        assert torch.equal(model.bias, inline.state_dict()["bias"])
-    background.close()
-    assert background.worker is None and background.pending is None

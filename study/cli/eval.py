@@ -79,9 +79,9 @@ def evaluate_run(target: str, *, n: int, solver: str, steps: int, seed: int, dat
     to its wandb (and MLflow) run; returns the record."""
     from study.cli.train import setup_logging
     from study.flow_matching import evaluate as ev
-    from study.flow_matching.device import resolve_device
     from study.flow_matching.eval_draws import evaluate_draws
     from study.runs.mlflow_tracker import log_eval_to_mlflow
+    from study.runtime.device import resolve_device
 
     torch_device = resolve_device(device)
     loaded = ev.load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)

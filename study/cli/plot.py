@@ -40,8 +40,8 @@ def run_plots(target: str, *, log_scale: bool, n: int, data: Path | None,
     from study.data.normalize import denormalize
     from study.flow_matching import evaluate as ev
     from study.flow_matching import plots
-    from study.flow_matching.device import resolve_device
     from study.runs.paths import METRICS_CSV
+    from study.runtime.device import resolve_device
 
     ev.check_generation_args(n=n, solver="euler", steps=100)
     checkpoint = resolve_checkpoint(target, ckpt_dir, last=last)

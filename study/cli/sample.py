@@ -52,9 +52,9 @@ def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch
                out_format: str, out: Path | None, ckpt_dir: str | None, last: bool,
                device: str) -> tuple[Path, tuple[int, ...], int]:
 
-    from study.flow_matching.device import resolve_device
     from study.flow_matching.evaluate import generate, load_flow_model
     from study.runs.checkpoint import write_atomic
+    from study.runtime.device import resolve_device
 
     torch_device = resolve_device(device)
     loaded = load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from study.install import child_env
-from study.sweep.resources import cpu_share
+from study.runtime.cores import cpu_share
 
 EXIT_FILE_ENV = "FLOWCTL_EXIT_FILE"  # where rank 0 leaves its exit code for the launcher
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -57,11 +57,11 @@ def torchrun_command(args: list[str], *, nproc: int, max_restarts: int) -> list[
             f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
             "--signals-to-handle=" + ",".join(sig.name for sig in FORWARDED),
             f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}", "--local-ranks-filter=0",
-            "-m", "study.flow_matching.train", *args]
+            "-m", "study.cli.app", "train", *args]
 
 
 def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int) -> int:
-    """Run `python -m study.flow_matching.train ARGS` on `nproc` ranks; returns the exit code."""
+    """Run `python -m study.cli.app train ARGS` on `nproc` ranks; returns the exit code."""
     env = child_env()
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_share() // nproc)))
     exit_file = Path(tempfile.mkdtemp(prefix="flowctl-exit-")) / "rank0"

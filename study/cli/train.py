@@ -153,7 +153,7 @@ def run_from_cli(overrides: dict[str, Any], *, config_path: Path | None, resume:
     max restarts, worker args) processes under torchrun), print the summary."""
     from study.flow_matching import resume as resume_plans
     from study.flow_matching.config_load import load_config
-    from study.flow_matching.distributed import restarted_by_torchrun
+    from study.runtime.ranks import restarted_by_torchrun
 
     setup_logging()
     if restarted_by_torchrun():  # a rank died and torchrun restarted us: continue the run

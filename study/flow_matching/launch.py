@@ -1,7 +1,7 @@
 """From a config (or a checkpoint) to a finished run: lock, data, model, trainer, train.
 
-Shared by `flowctl train`, `flowctl resume` and `python -m study.flow_matching.train`. The
-run folder is computed once and its lock is taken before anything else is decided, and
+Shared by `flowctl train`, `flowctl resume` and the study's `python -m
+study.flow_matching.train`. The run folder is computed once and its lock is taken before anything else is decided, and
 held for the whole run (`--overwrite` included), so a run that is training now is named
 as such and nothing can slip in between two steps. Which checkpoint and config a resume
 continues is resume.py's business.
@@ -27,7 +27,7 @@ from study.runs.paths import (
     checkpoint_root,
     run_dir,
 )
-from study.sweep.resources import cpu_share
+from study.runtime.cores import cpu_share
 
 log = logging.getLogger("flowctl")
 
@@ -76,9 +76,10 @@ def run_training(config: TrainingConfig, options: RunOptions, *,
 
     Under torchrun, rank 0 takes the lock and decides (fresh, overwrite, resume, nothing
     to do, or an error); the other ranks follow its decision and only read."""
-    from study.flow_matching import distributed
-    from study.flow_matching.device import is_main_process, resolve_device
     from study.runs.lock import RunLock
+    from study.runtime import distributed
+    from study.runtime.device import resolve_device
+    from study.runtime.ranks import is_main_process, world_size
 
     root = checkpoint_root(options.ckpt_dir)
     if root.exists() and not root.is_dir():
@@ -104,7 +105,7 @@ def run_training(config: TrainingConfig, options: RunOptions, *,
         if outcome is not None:
             raise outcome
         if not main and resume is not None:
-            resume = check_resume(resume, config, processes=distributed.world_size(),
+            resume = check_resume(resume, config, processes=world_size(),
                                   strict_world_size=options.strict_world_size, warn=warn)
         assign_network(config, warn=warn)
         return _build_and_train(config, options, folder, lock, resume, device, warn)
@@ -125,7 +126,7 @@ def _prepare_folder(folder: Path, config: TrainingConfig, options: RunOptions,
     if resume is None:
         _claim_fresh_folder(folder, config.name, options.overwrite)
         return None
-    from study.flow_matching.distributed import world_size
+    from study.runtime.ranks import world_size
 
     return check_resume(resume, config, processes=world_size(),
                         strict_world_size=options.strict_world_size, warn=warn)
@@ -146,14 +147,14 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.data.dataset import resolve_dataset
     from study.data.normalize import normalization_stats
     from study.data.training_data import TrainingData
-    from study.flow_matching.device import is_main_process, set_cpu_threads
-    from study.flow_matching.distributed import world_size
     from study.flow_matching.models import build_model
     from study.flow_matching.precision import check_precision
     from study.flow_matching.progress import SilentProgress
     from study.flow_matching.trainer import FlowTrainer
     from study.runs.recorder import RunRecorder
     from study.runs.tracking import resolve_wandb_mode
+    from study.runtime.cores import set_cpu_threads
+    from study.runtime.ranks import is_main_process, world_size
     from study.signals import GracefulStop, parse_signal
 
     check_precision(config.precision, device)
@@ -180,7 +181,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
                            wandb_mode=resolve_wandb_mode(options.wandb_mode),
                            enabled=is_main_process(), tensorboard=options.tensorboard,
                            trackers=options.trackers, lock=lock, warn=warn)
-    trainer = FlowTrainer.from_parts(
+    trainer = FlowTrainer(
         model, config, data, recorder, device,
         resume=resume.payload if resume else None, resume_source=resume.path if resume else None,
         progress=options.progress if is_main_process() else SilentProgress(),

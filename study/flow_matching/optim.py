@@ -1,16 +1,12 @@
-"""Optimisation helpers: the EMA of the weights, the learning-rate schedule, fast AdamW.
+"""Optimisation helpers: the EMA of the weights and fast AdamW options.
 
-The learning rate is a pure function of the optimizer step (`cosine_warmup_factor`), so a
-resumed or extended run gets its LR from the step alone and no scheduler object holds state.
-`get_cosine_schedule_with_warmup` wraps the same factor in a LambdaLR for the study's code.
+The learning rate is schedule.py's (a pure function of the step).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,20 +24,12 @@ class EMAModel:
     at the n-th update (n = 0, 1, ...): the first updates follow the weights closely, so a
     short run's EMA is not dominated by the initialisation (with decay 0.999 and no
     warm-up, 0.999^1560 = 21% of it would still be there after 1,560 steps).
-
-    With `background=True` an update runs on a thread of its own (the same foreach call, so
-    the same numbers), beside the next step's forward and backward, which only read the
-    weights. Every method here waits for it first; the trainer calls `settle()` before the
-    optimizer changes the weights again.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, *, warmup: bool = False,
-                 background: bool = False):
+    def __init__(self, model: nn.Module, decay: float = 0.9999, *, warmup: bool = False):
         assert 0.0 <= decay < 1.0, f"expected decay in [0, 1), got {decay}"
         self.decay = decay
         self.warmup = warmup
-        self.worker = ThreadPoolExecutor(1, "ema") if background else None
-        self.pending: Future | None = None  # the update running on the worker
         self.shadow: dict[str, torch.Tensor] = {
             name: tensor.detach().clone()
             for name, tensor in model.state_dict().items()
@@ -66,39 +54,16 @@ class EMAModel:
     def update(self, model: nn.Module, n: int = 0) -> None:
         """Move the shadow one step towards `model`'s weights; `n`: how many updates came
         before this one (the optimizer step), which sets the warm-up decay."""
-        self.settle()
         if id(model) != self._model_id:
             self._bind(model)
-        if self.worker is None:
-            torch._foreach_lerp_(self._shadow_list, self._live_list, 1.0 - self.decay_at(n))
-        else:
-            self.pending = self.worker.submit(self._lerp, 1.0 - self.decay_at(n))
-
-    @torch.no_grad()
-    def _lerp(self, weight: float) -> None:  # on the worker: no_grad is per thread
-        torch._foreach_lerp_(self._shadow_list, self._live_list, weight)
-
-    def settle(self) -> None:
-        """Wait for an update running in the background (and raise its error, if any)."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        """Finish the update under way and stop the worker thread."""
-        self.settle()
-        if self.worker is not None:
-            self.worker.shutdown(wait=True)
-            self.worker = None
+        torch._foreach_lerp_(self._shadow_list, self._live_list, 1.0 - self.decay_at(n))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        self.settle()
         return dict(self.shadow)
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy saved shadow tensors in place (keeps the cached foreach lists valid)."""
-        self.settle()
         missing = sorted(set(self.shadow) - set(state))
         if missing:
             raise KeyError(f"EMA state lacks {missing[:3]}")
@@ -108,7 +73,6 @@ class EMAModel:
     @contextlib.contextmanager
     def average_parameters(self, model: nn.Module) -> Iterator[nn.Module]:
         """Temporarily swap the EMA weights into `model` (for validation or sampling)."""
-        self.settle()
         live = model.state_dict()
         backup = {name: live[name].detach().clone() for name in self.shadow}
         with torch.no_grad():
@@ -123,37 +87,7 @@ class EMAModel:
 
     def copy_to(self, model: nn.Module) -> None:
         """Write the EMA weights into `model` permanently (for export or evaluation)."""
-        self.settle()
         model.load_state_dict(self.shadow, strict=False)
-
-
-def cosine_warmup_factor(step: int, num_warmup_steps: int, num_training_steps: int) -> float:
-    """LR multiplier at optimizer step `step`: linear warmup to 1, then cosine decay to 0.
-
-    A pure function of the step, so a resumed run (or an extended one, with a larger
-    `num_training_steps`) gets its learning rate from the step alone.
-    """
-    if step < num_warmup_steps:
-        return (step + 1) / num_warmup_steps
-    decay_steps = max(1, num_training_steps - num_warmup_steps)
-    progress = min(1.0, (step - num_warmup_steps) / decay_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def get_cosine_schedule_with_warmup(
-    optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_training_steps: int,
-    lr_scale: Callable[[int], float] | None = None,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over `cosine_warmup_factor`; step it once per optimizer step.
-
-    `lr_scale(step)` optionally multiplies the factor (stage-specific learning rates).
-    Its state_dict holds only primitives (`last_epoch`, `base_lrs`, `_last_lr`).
-    """
-    def factor(step: int) -> float:
-        scale = lr_scale(step) if lr_scale is not None else 1.0
-        return scale * cosine_warmup_factor(step, num_warmup_steps, num_training_steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def fast_adamw_options(device: torch.device) -> dict[str, Any]:

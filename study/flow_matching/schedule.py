@@ -63,9 +63,13 @@ class LRSchedule:
         stage = stage_for_epoch(self.stages, step // self.steps_per_epoch)
         return self.base_lr * (stage.lr_scale * self.factor(step))
 
+    def apply(self, optimizer, step: int) -> None:
+        """Give every parameter group of `optimizer` the LR of optimizer step `step`."""
+        for group in optimizer.param_groups:
+            group["lr"] = self(step)
+
     def state_dict(self, step: int) -> dict[str, Any]:
-        """The checkpoint's `scheduler_state_dict`: torch LambdaLR's layout at `step`, so the
-        study's helpers can still load it, plus the type. flowctl derives the LR from the step."""
-        return {"base_lrs": [self.base_lr], "last_epoch": step, "_step_count": step + 1,
-                "_is_initial": False, "_get_lr_called_within_step": False,
-                "_last_lr": [self(step)], "lr_lambdas": [None], "type": self.scheduler.type}
+        """The checkpoint's `scheduler_state_dict`: the schedule's type, the optimizer step the
+        LR was last derived for (`last_epoch`, the name torch's schedulers and `inspect-ckpt`
+        use) and that LR. flowctl derives the LR from the step and reads none of it back."""
+        return {"type": self.scheduler.type, "last_epoch": step, "last_lr": [self(step)]}

@@ -59,3 +59,12 @@ def stage_for_epoch(stages: list[Stage], epoch: int) -> Stage:
         if stage.start_epoch <= epoch < stage.end_epoch:
             return stage
     return stages[-1]
+
+
+def stage_state(stages: list[Stage], epoch: int, global_step: int, steps_per_epoch: int) -> dict:
+    """The checkpoint's `stage`: the stage of the epoch after `epoch` (the one in progress or
+    next), the optimizer steps taken in it, and the whole schedule."""
+    stage = stage_for_epoch(stages, epoch + 1)
+    return {"current_stage": stage.index, "stage_name": stage.name,
+            "stage_step": global_step - stage.start_epoch * steps_per_epoch,
+            "schedule": [s.to_dict() for s in stages]}

@@ -1,4 +1,8 @@
-"""`python -m study.flow_matching.train`: the same flags and behaviour as `flowctl train`.
+"""Compatibility shim: `python -m study.flow_matching.train`, the original study's entry point.
+
+The same flags and behaviour as `flowctl train` (whose command it runs: the one module of
+flow_matching that imports the CLI, so the package-order test leaves it out). flowctl's own
+processes (torchrun workers, Slurm jobs, sweep points) start through `study.cli.app`.
 
 Example: python -m study.flow_matching.train --arch mlp --flow icfm --dataset 1k --epochs 2
 """

@@ -1,8 +1,12 @@
-"""The original study's helper API, kept importable by name for its scripts and notebooks.
+"""The compatibility module: the original study's API, kept importable by name for its
+scripts and notebooks, and nothing of flowctl's own.
 
-EMAModel, get_cosine_schedule_with_warmup and cosine_warmup_factor live in `optim.py`;
-the checkpoint helpers below are thin wrappers over `study.runs.checkpoint` (atomic write,
-the one weights_only loader). flowctl itself does not use this module.
+- `FlowTrainer(model, config, train_ds, val_ds, device, wandb_project, resume_path)`: the
+  study's call, which `study_trainer_parts` turns into the trainer's built parts;
+- the LambdaLR schedule (`get_cosine_schedule_with_warmup` over `cosine_warmup_factor`,
+  schedule.py's cosine rule) and EMAModel (optim.py's);
+- the checkpoint helpers, thin wrappers over `study.runs.checkpoint` (atomic write, the one
+  weights_only loader) that also load a LambdaLR's state from checkpoints that have one.
 """
 
 from __future__ import annotations
@@ -10,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from study.flow_matching.optim import (
-    EMAModel,
-    cosine_warmup_factor,
-    get_cosine_schedule_with_warmup,
-)
+from study.data.training_data import TrainingData
+from study.flow_matching.optim import EMAModel
+from study.flow_matching.schedule import warmup_decay_factor
 from study.runs.checkpoint import (
     checkpoint_metadata,
     read_checkpoint,
@@ -27,6 +30,8 @@ from study.runs.checkpoint import (
     write_atomic,
 )
 from study.runs.paths import BEST_NAME, run_dir
+from study.runs.recorder import RunRecorder
+from study.runs.tracking import resolve_wandb_mode
 
 log = logging.getLogger("flowctl")
 
@@ -38,7 +43,45 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoint_with_stats_check",
     "save_checkpoint",
+    "study_trainer_parts",
 ]
+
+
+def study_trainer_parts(config, train_ds, val_ds, device, wandb_project: str = "flow-matching-study",
+                        resume_path=None, *, ckpt_root=None, wandb_mode: str | None = None):
+    """The built parts (data, recorder, resume payload, its path) for the study's
+    `FlowTrainer(model, config, train_ds, val_ds, device, wandb_project, resume_path)`: raw
+    splits (tensors [N, D] or objects with an `x` tensor) normalised here, a run folder under
+    `ckpt_root` (default: $FLOWCTL_CKPT_DIR, else study/checkpoints), a checkpoint to resume."""
+    data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device),
+                                normalize=config.normalize)
+    recorder = RunRecorder(run_dir(config.name, ckpt_root), config.name,
+                           wandb_project=wandb_project, wandb_mode=resolve_wandb_mode(wandb_mode))
+    resume = None if resume_path is None else read_checkpoint(resume_path)
+    return data, recorder, resume, resume_path
+
+
+def cosine_warmup_factor(step: int, num_warmup_steps: int, num_training_steps: int) -> float:
+    """LR multiplier at optimizer step `step`: linear warmup to 1, then cosine decay to 0
+    (schedule.py's cosine rule; a pure function of the step)."""
+    return warmup_decay_factor(step, kind="cosine", warmup_steps=num_warmup_steps,
+                               total_steps=num_training_steps, steps_per_epoch=1)
+
+
+def get_cosine_schedule_with_warmup(
+    optimizer: torch.optim.Optimizer, num_warmup_steps: int, num_training_steps: int,
+    lr_scale: Callable[[int], float] | None = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over `cosine_warmup_factor`; step it once per optimizer step.
+
+    `lr_scale(step)` optionally multiplies the factor (stage-specific learning rates).
+    Its state_dict holds only primitives (`last_epoch`, `base_lrs`, `_last_lr`).
+    """
+    def factor(step: int) -> float:
+        scale = lr_scale(step) if lr_scale is not None else 1.0
+        return scale * cosine_warmup_factor(step, num_warmup_steps, num_training_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def get_checkpoint_path(run_name: str, root: str | Path | None = None) -> str:
@@ -95,10 +138,15 @@ def load_checkpoint_with_stats_check(path, model, ema, optimizer, scheduler, dev
 
 def _restore(payload: dict, path: Path, model, ema, optimizer, scheduler) -> None:
     restore_modules(payload, path, model, ema, optimizer)
-    if scheduler is not None and payload.get("scheduler_state_dict"):
-        state = dict(payload["scheduler_state_dict"])
+    state = payload.get("scheduler_state_dict") or {}
+    if scheduler is None or "last_epoch" not in state:
+        return
+    if "base_lrs" in state:  # a LambdaLR's own state (the study's checkpoints)
+        state = dict(state)
         state.setdefault("lr_lambdas", [None] * len(scheduler.base_lrs))
         scheduler.load_state_dict(state)
+    else:  # flowctl's: the step only (the optimizer's restored groups hold its LR)
+        scheduler.last_epoch = int(state["last_epoch"])
 
 
 def stats_difference(saved: dict | None, current: dict | None) -> tuple[str, float] | None:

@@ -31,34 +31,19 @@ class Validator:
         with ema.average_parameters(model):
             return self.loss_of(model, stage)
 
-    def loss_of(self, model: nn.Module, stage) -> float:
-        """The loss of `model` as it is (eval mode for the pass), under `stage`'s flow."""
-        return self.total(self.batch_terms(model, stage, range(len(self.batches))))
-
     @torch.no_grad()
-    def batch_terms(self, model: nn.Module, stage, which: range) -> list[Tensor]:
-        """Each batch's summed loss per dimension, for the batches in `which` (device scalars).
-
-        A part that does not start at batch 0 is only for flows whose pairing draws nothing
-        (not `solves_a_plan`): an OT flow's pairing generator runs through every batch."""
+    def loss_of(self, model: nn.Module, stage) -> float:
+        """The loss of `model` as it is (eval mode for the pass), under `stage`'s flow: each
+        batch's summed loss per dimension, added in batch order, over the rows."""
         flow = build_flow(stage.flow, sigma=stage.sigma)
-        assert which.start == 0 or not flow.solves_a_plan, "expected every batch for an OT flow"
         pairing = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
-        terms = []
+        total = torch.zeros((), device=self.device)
         model.eval()
         try:
-            for x_0, x_1, t, eps in self.batches[which.start:which.stop]:
+            for x_0, x_1, t, eps in self.batches:
                 x_0, x_1 = flow.pair(x_0, x_1, generator=pairing)
                 x_t, u_t = flow.path(x_0, x_1, t, eps)
-                terms.append(F.mse_loss(model(x_t, t), u_t, reduction="sum") / u_t.shape[-1])
+                total += F.mse_loss(model(x_t, t), u_t, reduction="sum") / u_t.shape[-1]
         finally:
             model.train()
-        return terms
-
-    def total(self, terms: list[Tensor]) -> float:
-        """The mean loss per row from all the batches' terms, added in batch order (so a pass
-        split between threads gives the same number, bit for bit)."""
-        total = torch.zeros((), device=self.device)
-        for term in terms:
-            total += term
         return (total / self.rows).item()

@@ -1,8 +1,9 @@
 """Checkpoint files: one plain dict of tensors and primitives, written atomically, read safely.
 
-Writing (`write_atomic`): write a temp file in the same folder, flush + fsync, `os.replace`
-over the target and fsync the folder. A crash at any instant leaves either the previous
-complete file or the new complete one, never a partial file.
+Writing (`write_atomic`, flowctl's one atomic file writer: checkpoints, run.json, eval.json,
+sweep point files, sbatch scripts, caches): write a temp file in the same folder, flush +
+fsync, `os.replace` over the target and fsync the folder. A crash at any instant leaves
+either the previous complete file or the new complete one, never a partial file.
 
 Reading (`read_checkpoint`, the one loader every command uses): always `weights_only=True`,
 so a checkpoint that needs arbitrary code to unpickle is refused before any of it runs (and
@@ -143,7 +144,7 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *,
         raise RunFailed(f"{reason} while writing {current.name} ({current.parent})") from err
     for written in (path, *also):
         if not Path(written).is_file() or Path(written).stat().st_size == 0:
-            raise RunFailed(f"checkpoint {written} is missing or empty right after writing it")
+            raise RunFailed(f"{written} is missing or empty right after writing it")
 
 
 def _fsync_file(path: Path) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from study.errors import RunFailed
+from study.runs.checkpoint import write_atomic
 from study.runs.checkpoint_reader import (
     ZIP_MAGIC,
     DType,
@@ -56,12 +58,9 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     if cache is not None:
-        with contextlib.suppress(OSError):  # a read-only home only costs the next hash
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            temp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-            temp.write_text(json.dumps({**key, "path": os.path.abspath(path),
-                                        "sha256": digest.hexdigest()}))
-            os.replace(temp, cache)
+        with contextlib.suppress(RunFailed):  # a read-only home only costs the next hash
+            write_atomic(cache, json.dumps({**key, "path": os.path.abspath(path),
+                                            "sha256": digest.hexdigest()}).encode())
     return digest.hexdigest()
 
 
@@ -217,7 +216,7 @@ def _scheduler_summary(state_dict: Any) -> dict[str, Any] | None:
     if not isinstance(state_dict, dict):
         return None
     return {"last_epoch": _primitive(state_dict.get("last_epoch")),
-            "last_lr": _primitive(state_dict.get("_last_lr"))}
+            "last_lr": _primitive(state_dict.get("last_lr", state_dict.get("_last_lr")))}
 
 
 def _stats_summary(stats: Any) -> dict[str, Any] | None:

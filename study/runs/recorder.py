@@ -125,11 +125,6 @@ class RunRecorder:
         self.status.update(throttle_s=RUN_JSON_THROTTLE_S, elapsed_s=round(elapsed, 3),
                            **self.trackers.status_fields(), **{**progress, "global_step": step})
 
-    def save_checkpoint(self, payload: dict[str, Any], paths: list[Path], *,
-                        keep_snapshots: int = 0) -> None:
-        """Write `payload` to `paths` in the background; see `save_checkpoints`."""
-        self.save_checkpoints([(payload, paths)], keep_snapshots=keep_snapshots)
-
     def save_checkpoints(self, jobs: list[tuple[dict[str, Any], list[Path]]], *,
                          keep_snapshots: int = 0) -> None:
         """Write each (payload, paths) in order, on a background thread.

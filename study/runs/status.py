@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
+from study.runs.checkpoint import write_atomic
 from study.runs.display import format_age
 from study.runs.lock import pid_alive, utc_now
 from study.runs.paths import BEST_NAME, LAST_NAME, RUN_JSON
@@ -164,13 +165,8 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON so that readers only ever see a complete file."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "w") as handle:
-        json.dump(data, handle, indent=1, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    """Write `data` as JSON so that readers only ever see a complete file (write_atomic)."""
+    write_atomic(path, json.dumps(data, indent=1, default=str).encode())
 
 
 def scan_runs(root: str | os.PathLike, *, now: float | None = None,

@@ -52,7 +52,7 @@ def exit_code_after_stop(stopped: TrainingStopped, run_name: str, options: Any, 
                          echo: Callable[[str], None] | None = None) -> int:
     """Requeue the Slurm job if this stop calls for it; the exit code to leave with.
     `options`: the run's launch.RunOptions (its requeue_signal and ckpt_dir)."""
-    from study.flow_matching.device import is_main_process
+    from study.runtime.ranks import is_main_process
 
     requeue_signal, ckpt_dir = options.requeue_signal, options.ckpt_dir
     env = os.environ if env is None else env

@@ -110,7 +110,7 @@ def launch_line(options: SlurmOptions, joined: str) -> list[str]:
         f"srun --kill-on-bad-exit=1 bash -c 'trap \"\" {name}; exec \"$@\"' torchrun \\",
         f"  torchrun --nnodes \"$SLURM_NNODES\" --nproc-per-node {gpus} "
         f"--rdzv-id \"$SLURM_JOB_ID\" --rdzv-backend c10d --rdzv-endpoint \"$head:{RDZV_PORT}\" \\",
-        f"  -m study.flow_matching.train {joined}",
+        f"  -m study.cli.app train {joined}",
     ]
 
 

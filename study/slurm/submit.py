@@ -8,17 +8,18 @@ import subprocess
 from pathlib import Path
 
 from study.errors import RunFailed, UsageError
+from study.runs.checkpoint import write_atomic
 
 SBATCH_TIMEOUT_S = 120
 
 
 def write_script(path: Path, text: str) -> Path:
     """Write an sbatch script (atomically, executable) and return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(text)
-    temp.chmod(0o755)
-    os.replace(temp, path)
+    def executable(handle) -> None:
+        handle.write(text.encode())
+        os.fchmod(handle.fileno(), 0o755)
+
+    write_atomic(path, executable)
     return path
 
 

@@ -12,12 +12,12 @@ No torch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from study.runs.checkpoint import write_atomic
 from study.runs.lock import utc_now
 from study.runs.paths import RUN_JSON
 from study.runs.status import read_json_object, write_json_atomic
@@ -41,9 +41,7 @@ def write_point_config(folder: Path, point: Point) -> Path:
             return path
     except OSError:
         pass
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(text)
-    os.replace(temp, path)
+    write_atomic(path, text.encode())
     return path
 
 

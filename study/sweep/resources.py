@@ -4,7 +4,7 @@ Default `--parallel`: one point per visible GPU when there are GPUs (CUDA_VISIBL
 else `nvidia-smi -L`); otherwise one point per usable CPU core, capped so that each point
 has POINT_MEMORY_GIB of available memory. Each point gets OMP_NUM_THREADS = cores // K
 (at least 1; an OMP_NUM_THREADS already set wins) and FLOWCTL_CPU_SHARE = the same share (so
-a point does not count its neighbours' cores as spare: `cpu_share`), and with GPUs,
+a point does not count its neighbours' cores as spare: `runtime.cores.cpu_share`), and with GPUs,
 CUDA_VISIBLE_DEVICES = one GPU, round-robin over the slots. No torch: the launcher stays light.
 """
 
@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+
+from study.runtime.cores import usable_cpus
 
 POINT_MEMORY_GIB = 1.0  # a CPU point: interpreter + torch + a small model and its data
 
@@ -33,20 +35,6 @@ class Slots:
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         return env
-
-
-def usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def cpu_share() -> int:
-    """The cores this process may keep busy: $FLOWCTL_CPU_SHARE (a sweep point's share, set by
-    the sweep) when it is a positive integer, else every usable core."""
-    share = os.environ.get("FLOWCTL_CPU_SHARE", "")
-    return int(share) if share.isdigit() and int(share) > 0 else usable_cpus()
 
 
 def visible_gpus() -> list[str]:

@@ -11,7 +11,7 @@ uses nccl on CUDA and gloo on the CPU. What each rank computes:
   best.pt agree without a collective;
 - one all-reduce per log row (the window's loss), and the stop flag (`StopAgreement`).
 
-Only rank 0 writes files (RunRecorder(enabled=is_main_process())).
+Only rank 0 writes files (RunRecorder(enabled=ranks.is_main_process())).
 """
 
 from __future__ import annotations
@@ -24,26 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from study.runtime.ranks import is_distributed, rank, world_size
+
 # A rank that stops answering (not one that dies: that closes its sockets at once) makes
 # the others fail after this long instead of hanging for gloo's default 30 minutes.
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_distributed() -> bool:
-    return world_size() > 1
-
-
-def restarted_by_torchrun() -> bool:
-    """Whether torchrun restarted this worker group after a failure (--max-restarts)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def init_process_group(device: torch.device) -> None:
@@ -95,11 +80,6 @@ def broadcast_from_main(value):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def shutdown() -> None:
