@@ -58,6 +58,10 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
         return [_stage_from_dict(stage) for stage in value]
     if cls is TrainingConfig and key in NESTED:
         return _nested_from_dict(key, value)
+    if declared.startswith("dict"):
+        if not isinstance(value, dict):
+            raise UsageError(f"{key} must be a mapping, e.g. {key}: {{hidden: 128}}, got {value!r}")
+        return dict(value)
     base = declared.split("|")[0].strip()
     if base == "bool" and isinstance(value, bool):
         return value
@@ -74,6 +78,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Training
     """Build a TrainingConfig from a plain dict; unknown keys are errors naming the key."""
     if not isinstance(raw, dict):
         raise UsageError(f"{source} must be a mapping of key: value, got {type(raw).__name__}")
+    raw = unfold_network(raw, source=source)
     known = {f.name for f in dataclasses.fields(TrainingConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -81,6 +86,41 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Training
             f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(known))}"
         )
     return TrainingConfig(**{k: _coerce(TrainingConfig, k, v) for k, v in raw.items()})
+
+
+def unfold_network(raw: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+    """`network: {target: pkg.module:Class, args: {...}}` and a grid's dotted keys
+    (`network.args.hidden: 256`, `network.target: ...`) -> the flat `network` and
+    `network_args` keys of TrainingConfig. Other keys pass through unchanged."""
+    flat = {key: value for key, value in raw.items()
+            if key != "network" and not str(key).startswith("network.")}
+    args = dict(raw.get("network_args") or {}) if isinstance(raw.get("network_args"), dict) \
+        else raw.get("network_args")
+    network = raw.get("network")
+    if isinstance(network, dict):
+        unknown = sorted(set(network) - {"target", "args"})
+        if unknown or "target" not in network:
+            raise UsageError(f"network in {source} must be a name or a mapping "
+                             "{target: pkg.module:Class, args: {...}}"
+                             + (f"; unknown key {unknown[0]!r}" if unknown else ""))
+        if network.get("args") is not None and not isinstance(network["args"], dict):
+            raise UsageError(f"network.args in {source} must be a mapping, got {network['args']!r}")
+        args = {**(args or {}), **(network.get("args") or {})}
+        network = network["target"]
+    for key, value in raw.items():
+        key = str(key)
+        if key == "network.target":
+            network = value
+        elif key.startswith("network.args."):
+            args = {**(args or {}), key[len("network.args."):]: value}
+        elif key.startswith("network."):
+            raise UsageError(f"unknown key {key!r} in {source}; use network.target or "
+                             "network.args.NAME")
+    if "network" in raw or "network.target" in raw:
+        flat["network"] = network
+    if args is not None:
+        flat["network_args"] = args
+    return flat
 
 
 def _nested_from_dict(key: str, raw: Any):
@@ -125,7 +165,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             loaded = {}
         if not isinstance(loaded, dict):
             raise UsageError(f"config {path} must be a mapping of key: value, got {type(loaded).__name__}")
-        raw.update(loaded)
+        raw.update(unfold_network(loaded, source=str(path)))
     for key, value in (overrides or {}).items():
         if value is None:
             continue

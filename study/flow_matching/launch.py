@@ -148,7 +148,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.data.training_data import TrainingData
     from study.flow_matching.device import is_main_process, set_cpu_threads
     from study.flow_matching.distributed import world_size
-    from study.flow_matching.models import build_model
+    from study.flow_matching.networks import build_network, record_network
     from study.flow_matching.precision import check_precision
     from study.flow_matching.progress import SilentProgress
     from study.flow_matching.trainer import FlowTrainer
@@ -172,9 +172,9 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     data = TrainingData.prepare(splits.train, splits.val, device=device, stats=stats,
                                 checksum=splits.checksum, train_x0=train_x0, val_x0=val_x0,
                                 heldout=splits.test, files=splits.files)
+    record_network(config)  # before anything is written: run.json and checkpoints hold it
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
-    model = build_model(config.network, splits.dim, width=config.width, depth=config.depth,
-                        activation=config.activation)
+    model = build_network(config, splits.dim, warn=warn, run=config.name)
     set_cpu_threads(device, sum(p.numel() for p in model.parameters()), options.threads)
     recorder = RunRecorder(folder, config.name, wandb_project=options.wandb_project,
                            wandb_mode=resolve_wandb_mode(options.wandb_mode),

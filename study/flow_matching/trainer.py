@@ -51,6 +51,7 @@ from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.selection import Selection
 from study.flow_matching.stages import plan_stages, stage_for_epoch
 from study.flow_matching.update import Update
+from study.flow_matching.user_metrics import user_metric
 from study.flow_matching.validation import Validator
 from study.runs.checkpoint import checkpoint_metadata, read_checkpoint, restore_modules
 from study.runs.paths import BEST_NAME, LAST_NAME, run_dir
@@ -134,7 +135,7 @@ class FlowTrainer:
                                    val_x0=data.val_x0)
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
-            source=config.source, device=self.device)
+            source=config.source, device=self.device, user_metric=user_metric(config))
         self.overlap = ValidationOverlap(self.validator,
                                          enabled=spare_core("FLOWCTL_OVERLAP_VALIDATION"))
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
@@ -254,9 +255,12 @@ class FlowTrainer:
         self.progress.update(step=self.global_step, epoch=epoch, total_epochs=self.config.epochs,
                              loss=loss)
         self.last_train_loss = loss
-        return {"train/loss": loss, "train/grad_norm": grad_norm,
-                "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
-                "metrics/stage_id": stage.index}
+        row = {"train/loss": loss, "train/grad_norm": grad_norm,
+               "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
+               "metrics/stage_id": stage.index}
+        if len(self.stages) > 1:  # each stage's loss also under its own key
+            row[f"train/loss/{stage.name}"] = loss
+        return row
 
     def _end_epoch(self, epoch: int, stage, seconds: float,
                    val_loss: float | None = None) -> dict[str, Any]:

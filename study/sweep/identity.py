@@ -19,7 +19,8 @@ from study.flow_matching.config_load import LEGACY_DEFAULTS
 from study.flow_matching.resume import HARMLESS_OVERRIDES
 
 # Not part of identity: the harmless keys, and the name (identity's other half).
-NOT_IDENTITY = (*HARMLESS_OVERRIDES, "run_name")
+# network_sha256 is recorded when a run starts (a changed file is a warning, not a new run).
+NOT_IDENTITY = (*HARMLESS_OVERRIDES, "run_name", "network_sha256")
 _DEFAULTS = TrainingConfig().to_dict()
 
 
