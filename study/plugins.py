@@ -47,11 +47,10 @@ def resolve_target(target: str, *, kind: str, what: str | None = None) -> Any:
     what = what or kind
     check_target(target, what=what)
     module_name, name = target.split(":")
-    if module_name == SCRIPT_MODULE:
+    if module_name == SCRIPT_MODULE:  # the current script is not the one that defined it
         raise UsageError(f"{what} {target} was defined in a script (__main__), which no other "
                          f"process can import; move {name} into a module and use "
-                         f"pkg.module:{name}, or load the run from Python: "
-                         f"study.load_run(RUN, model={name}(...))")
+                         f"pkg.module:{name}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

@@ -61,7 +61,7 @@ def list_runs(
         ]
 
     if json_output:
-        typer.echo(json_lines([_masked_json(run) for run in select()]))
+        typer.echo(json_lines([masked_json(run) for run in select()]))
         return
     if watch:
         _watch(root, select)
@@ -85,7 +85,7 @@ def json_lines(rows: list[dict]) -> str:
     return "[\n" + ",\n".join("  " + json.dumps(row) for row in rows) + "\n]"
 
 
-def _masked_json(run: RunInfo) -> dict:
+def masked_json(run: RunInfo) -> dict:
     """run.to_json() with credentials masked in the free-text fields (run names stay as they are:
     people copy them into the next command)."""
     row = run.to_json()

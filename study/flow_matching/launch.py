@@ -149,6 +149,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.flow_matching.device import is_main_process, set_cpu_threads
     from study.flow_matching.distributed import world_size
     from study.flow_matching.networks import build_network, record_network
+    from study.flow_matching.user_metrics import user_metric
     from study.flow_matching.precision import check_precision
     from study.flow_matching.progress import SilentProgress
     from study.flow_matching.trainer import FlowTrainer
@@ -173,6 +174,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
                                 checksum=splits.checksum, train_x0=train_x0, val_x0=val_x0,
                                 heldout=splits.test, files=splits.files)
     record_network(config)  # before anything is written: run.json and checkpoints hold it
+    user_metric(config)  # a bad --eval-fn fails now, not at the first evaluation
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
     model = build_network(config, splits.dim, warn=warn, run=config.name)
     set_cpu_threads(device, sum(p.numel() for p in model.parameters()), options.threads)

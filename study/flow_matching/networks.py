@@ -21,7 +21,7 @@ from typing import Any
 
 from study.errors import UsageError
 from study.flow_matching.config import ARCH_NAMES, TrainingConfig
-from study.plugins import resolve_target, source_sha256
+from study.plugins import SCRIPT_MODULE, resolve_target, source_sha256
 
 
 @dataclass
@@ -63,6 +63,12 @@ def build_network(config: TrainingConfig | Mapping[str, Any], dim: int, *, warn=
     warning line. UsageError (exit 2) when it cannot be imported or refuses its arguments."""
     spec = network_spec(config)
     what = f"run {run}'s network" if run else "network"
+    if spec.target.startswith(f"{SCRIPT_MODULE}:"):
+        name = spec.target.split(":")[1]
+        raise UsageError(f"{what} {spec.target} is a class defined in a script, which no other "
+                         f"process can import; move {name} into a module and train with "
+                         f"--network pkg.module:{name}, or load the run from Python: "
+                         f"study.load_run({run or 'RUN'!r}, model={name}(...))")
     cls = resolve_target(spec.target, kind="network", what=what)
     if spec.sha256 is not None:
         now = source_sha256(cls)
@@ -83,3 +89,26 @@ def record_network(config: TrainingConfig) -> None:
     if spec.name in ARCH_NAMES or config.network_sha256 is not None:
         return
     config.network_sha256 = source_sha256(resolve_target(spec.target, kind="network"))
+
+
+def record_model_class(model, config: TrainingConfig) -> None:
+    """A model object handed to FlowTrainer: when the config names no network, record the
+    model's class (a built-in's short name, else `module:Class` when an import finds that
+    class again, `__main__:Class` for a script's class) and its source file's sha256, so the
+    CLI can rebuild it. Constructor arguments other than dim come from `config.network_args`."""
+    if config.network is not None:
+        return
+    from study.flow_matching.models import MODELS
+    from study.plugins import target_of
+
+    cls = type(model)
+    built_in = [name for name, known in MODELS.items() if known is cls]
+    if built_in:
+        config.network = built_in[0]
+        return
+    target = target_of(cls)
+    if target is None:
+        return
+    config.network = target
+    if not target.startswith(f"{SCRIPT_MODULE}:"):
+        config.network_sha256 = source_sha256(cls)

@@ -42,6 +42,7 @@ from study.flow_matching.distributed import (
 )
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
+from study.flow_matching.networks import record_model_class
 from study.flow_matching.optim import EMAModel, fast_adamw_options
 from study.flow_matching.overlap import ValidationOverlap
 from study.flow_matching.precision import Precision
@@ -98,6 +99,7 @@ class FlowTrainer:
     def _assemble(self, model, config, data, recorder, device, *, resume=None, resume_source=None,
                   progress=None, stop=None, pairing_workers=0, warn=print) -> None:
         self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
+        record_model_class(model, config)  # so that the CLI can rebuild a Python API run
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.train_model = wrap_model(self.model, self.device)  # DDP under torchrun
