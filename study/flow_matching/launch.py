@@ -149,10 +149,10 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.flow_matching.device import is_main_process, set_cpu_threads
     from study.flow_matching.distributed import world_size
     from study.flow_matching.networks import build_network, record_network
-    from study.flow_matching.user_metrics import user_metric
     from study.flow_matching.precision import check_precision
     from study.flow_matching.progress import SilentProgress
     from study.flow_matching.trainer import FlowTrainer
+    from study.flow_matching.user_metrics import user_metric
     from study.runs.recorder import RunRecorder
     from study.runs.tracking import resolve_wandb_mode
     from study.signals import GracefulStop, parse_signal
