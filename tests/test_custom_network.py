@@ -234,3 +234,52 @@ def test_python_api_runs_are_sampled_by_the_cli_or_get_the_way_forward(
                          capture_output=True, text=True, timeout=300)
     assert api.returncode == 0, api.stderr[-3000:]
     assert api.stdout.split()[-1] == "2"
+
+
+@pytest.mark.slow
+def test_stage_losses_and_a_user_metric_reach_every_tracker_across_a_resume(
+        tmp_path, isolated_run_root, monkeypatch):
+    """Two stages (each logs train/loss/{stage}) and an eval_fn: every metrics.csv key is
+    in TensorBoard, MLflow and wandb at the same steps, after a resume into stage two."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from study.runs.metrics_log import read_metrics
+    from tests.helpers import cli, wandb_files, wandb_history
+    from tests.test_mlflow import history, mlflow_run
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = tmp_path / "stages.yaml"
+    config.write_text("stages: [{name: warm, epochs: 2}, {name: fine, epochs: 2, lr: 0.001}]\n"
+                      "eval_fn: flow_nets.metrics:moment_errors\n")
+    flags = [*TINY, "--dataset", vectors_file(tmp_path), "--config", config, "--log-every", "4",
+             "--eval-every", "1", "--eval-samples", "64", "--tracker", "wandb,mlflow,tensorboard"]
+    flags[flags.index("--wandb-mode") + 1] = "offline"
+    assert cli("train", "--run-name", "st", "--epochs", "2", *flags).exit_code == 0
+    result = cli("resume", "st", "--epochs", "4")
+    assert result.exit_code == 0, result.stderr
+    run = isolated_run_root / "st"
+    rows = read_metrics(run / "metrics.csv")
+    columns = list(rows[0])
+    for key in ("train/loss/warm", "train/loss/fine", "eval/mean_error", "eval/std_error"):
+        assert key in columns, columns
+    warm = [int(r["step"]) for r in rows if r["train/loss/warm"]]
+    fine = [int(r["step"]) for r in rows if r["train/loss/fine"]]
+    assert warm and fine and max(warm) < min(fine)
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    client, mlflow = mlflow_run(run)
+    logged: dict[str, dict[int, float]] = {}
+    for path in wandb_files(run):
+        for step, items in wandb_history(path):
+            for key, value in items.items():
+                if isinstance(value, (int, float)):
+                    logged.setdefault(key, {})[step] = value
+    for key in ("train/loss/warm", "train/loss/fine", "eval/mean_error", "eval/std_error",
+                "train/loss", "eval/w2"):
+        expected = [(int(r["step"]), float(r[key])) for r in rows if r[key] != ""]
+        assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars(key)] == expected, key
+        assert history(client, mlflow, key) == expected, key
+        assert sorted(logged[key].items()) == expected, key
