@@ -283,3 +283,20 @@ def test_stage_losses_and_a_user_metric_reach_every_tracker_across_a_resume(
         assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars(key)] == expected, key
         assert history(client, mlflow, key) == expected, key
         assert sorted(logged[key].items()) == expected, key
+
+
+@pytest.mark.slow
+def test_a_dataset_function_is_recorded_and_called_again_by_resume_and_eval(
+        user_folder, isolated_run_root):
+    env = user_env(isolated_run_root)
+    flags = ["--dataset", "flow_nets.data:smooth_signals", "--dataset-args",
+             '{"rows": 640, "dim": 8}', *TINY, *UNET[:4]]
+    flowctl(user_folder, env, "train", "--run-name", "sig", "--epochs", "2", *flags)
+    run = isolated_run_root / "sig"
+    config = load(run / "last.pt")["config"]
+    assert config["dataset_args"] == {"rows": 640, "dim": 8}
+    resumed = flowctl(user_folder, env, "resume", "sig", "--epochs", "3")
+    assert "dataset changed" not in resumed.stderr
+    assert load(run / "last.pt")["epoch"] == 2
+    flowctl(user_folder, env, "eval", "sig", "--n", "50", "--steps", "2", "--draws", "1")
+    assert "test split of flow_nets.data:smooth_signals" in json.loads((run / "eval.json").read_text())["data"]

@@ -185,3 +185,35 @@ def test_metrics_csv_adds_a_column_for_a_new_key_and_keeps_earlier_rows(tmp_path
     rows = read_metrics(tmp_path / "metrics.csv")
     assert list(rows[0])[-3:] == ["eval/mine", "train/loss/warm", "eval/other"]
     assert [row["step"] for row in rows] == ["1", "2", "3"]
+
+
+def test_a_dataset_function_is_called_with_seed_and_args_and_checksummed(example_on_path):
+    from study.data.dataset import resolve_dataset
+
+    target = "flow_nets.data:smooth_signals"
+    splits = resolve_dataset(target, seed=1, val_fraction=0.1, args={"rows": 200, "dim": 6})
+    assert tuple(splits.train.shape) == (200, 6) and tuple(splits.test.shape) == (20, 6)
+    again = resolve_dataset(target, seed=1, val_fraction=0.1, args={"rows": 200, "dim": 6})
+    other = resolve_dataset(target, seed=2, val_fraction=0.1, args={"rows": 200, "dim": 6})
+    assert splits.checksum == again.checksum != other.checksum
+    assert TrainingConfig(dataset=target).name == "mlp-icfm-smooth_signals-none"
+    config = config_from_dict({"dataset": {"target": target, "args": {"dim": 4}}})
+    assert (config.dataset, config.dataset_args) == (target, {"dim": 4})
+
+
+def test_bad_dataset_functions_are_one_line(user_package):
+    from study.data.user_dataset import call_dataset_function
+
+    with pytest.raises(UsageError, match="not a plain Python function"):
+        call_dataset_function("os:system", seed=0)
+    nets = Path(user_package).parent / "pkgs" / "userpkg" / "data.py"
+    nets.write_text("def flat(seed):\n    return [1, 2, 3]\n"
+                    "def ragged(seed):\n    return {'train': [[1.0, 2.0]], 'val': [[1.0]]}\n"
+                    "def broken(seed):\n    raise RuntimeError('no disk')\n")
+    for name, fragment in (("flat", "expected"), ("ragged", "columns"), ("broken", "raised RuntimeError: no disk")):
+        with pytest.raises(UsageError, match=fragment):
+            from study.data.dataset import resolve_dataset
+
+            resolve_dataset(f"userpkg.data:{name}", seed=0, val_fraction=0.1)
+    with pytest.raises(UsageError, match="dataset_args is for a dataset given as pkg.module:function"):
+        TrainingConfig(dataset_args={"a": 1}).validate()

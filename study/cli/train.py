@@ -48,7 +48,8 @@ def train(
     network_args: str | None = typer.Option(None, help='JSON keyword arguments of a pkg.module:Class network, e.g. \'{"hidden": 512}\'.'),
     eval_fn: str | None = typer.Option(None, help="pkg.module:function scoring the EMA model's samples at each --eval-every (and in `flowctl eval`); its {name: float} is logged as eval/NAME."),
     flow: str | None = typer.Option(None, help="Flow matcher: icfm | otcfm | fm | vp | sbcfm | reflow.  [default: icfm]"),
-    dataset: str | None = typer.Option(None, help="Built-in (moons, 8gaussians, checkerboard, scurve), split name (1k), folder or file.  [default: moons]"),
+    dataset: str | None = typer.Option(None, help="Built-in (moons, 8gaussians, checkerboard, scurve), split name (1k), folder, file, or pkg.module:function.  [default: moons]"),
+    dataset_args: str | None = typer.Option(None, help='JSON keyword arguments of a pkg.module:function dataset, e.g. \'{"n": 5000}\'.'),
     aug: str | None = typer.Option(None, help="Augmentation of x_1: none | noise.  [default: none]"),
     aug_std: float | None = typer.Option(None, help="Std of --aug noise.  [default: 0.01]"),
     source: str | None = typer.Option(None, help="x_0 distribution: gaussian or a 2-D built-in.  [default: gaussian]"),
@@ -107,6 +108,7 @@ def train(
     values = dict(locals())
     overrides = {key: values[key] for key in CONFIG_FLAGS}
     overrides["network_args"] = network_args  # parsed from JSON in run_command
+    overrides["dataset_args"] = dataset_args
     for flag, (key, nested) in NESTED_FLAGS.items():
         if values[flag] is not None:
             overrides.setdefault(key, None)
@@ -125,9 +127,10 @@ def run_command(ctx, values: dict[str, Any], overrides: dict[str, Any], *,
                 worker_prefix: tuple[str, ...] = ()) -> None:
     """What `train` and `resume` do with their flags: run here, or under torchrun (--nproc)."""
     with exit_code_recorded(), user_errors():
-        if isinstance(overrides.get("network_args"), str):
-            overrides = {**overrides, "network_args": parse_json_mapping(
-                overrides["network_args"], flag="--network-args")}
+        for key in ("network_args", "dataset_args"):
+            if isinstance(overrides.get(key), str):
+                overrides = {**overrides, key: parse_json_mapping(
+                    overrides[key], flag=f"--{key.replace('_', '-')}")}
         options = run_options(overwrite=overwrite, **{key: values[key] for key in RUN_OPTION_FLAGS})
         launcher = ((values["nproc"], values["max_restarts"], [*worker_prefix, *worker_args(ctx)])
                     if values["nproc"] else None)

@@ -74,7 +74,8 @@ class TrainingConfig:
     network_args: dict[str, Any] = field(default_factory=dict)  # an import path's arguments
     network_sha256: str | None = None  # its source file when training started (set by flowctl)
     flow: str = "icfm"
-    dataset: str = "moons"
+    dataset: str = "moons"  # a built-in, split name, folder, file, or pkg.module:function
+    dataset_args: dict[str, Any] = field(default_factory=dict)  # that function's arguments
     aug: str = "none"
     aug_std: float = 0.01  # std of the Gaussian jitter added to x_1 by `--aug noise`
     source: str = "gaussian"  # x_0 distribution: N(0, I), or a built-in 2-D dataset's name
@@ -131,7 +132,9 @@ class TrainingConfig:
         if self.run_name:
             return self.run_name
         dataset = self.dataset
-        if "/" in dataset or "\\" in dataset or Path(dataset).suffix:
+        if is_target(dataset):  # pkg.data:make_blobs -> make_blobs
+            dataset = dataset.rsplit(":", 1)[1]
+        elif "/" in dataset or "\\" in dataset or Path(dataset).suffix:
             dataset = Path(dataset.replace("\\", "/").rstrip("/")).stem
         return f"{self.arch}-{self.flow}-{dataset}-{self.aug}"
 
@@ -224,6 +227,10 @@ class TrainingConfig:
                              "not network_args; drop network_args")
         if self.eval_fn is not None:
             check_target(self.eval_fn, what="eval_fn")
+        if not isinstance(self.dataset_args, dict) or not _plain_data(self.dataset_args):
+            raise UsageError(f"dataset_args must be a mapping of plain values, got {self.dataset_args!r}")
+        if self.dataset_args and not is_target(self.dataset):
+            raise UsageError("dataset_args is for a dataset given as pkg.module:function; drop it")
 
     def flows_used(self) -> list[str]:
         return [self.flow] + [s.flow for s in self.stages if s.flow]

@@ -20,6 +20,8 @@ from study.flow_matching.config import SchedulerConfig, StageConfig, TrainingCon
 LEGACY_DEFAULTS = {"ema_warmup": False, "normalize": "standard"}
 # Mappings inside the config: YAML sets them whole or in part, flags key by key.
 NESTED = {"scheduler": SchedulerConfig}
+# Keys that may name user code as {target, args} (docs/networks.md).
+PLUGIN_KEYS = ("network", "dataset")
 
 
 def _check_keys(cls: type, raw: dict[str, Any], what: str) -> None:
@@ -89,37 +91,44 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Training
 
 
 def unfold_network(raw: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
-    """`network: {target: pkg.module:Class, args: {...}}` and a grid's dotted keys
-    (`network.args.hidden: 256`, `network.target: ...`) -> the flat `network` and
-    `network_args` keys of TrainingConfig. Other keys pass through unchanged."""
+    """`network: {target: pkg.module:Class, args: {...}}` (and the same for `dataset`) and a
+    grid's dotted keys (`network.args.hidden: 256`, `network.target: ...`) -> the flat
+    `network` / `network_args` (`dataset` / `dataset_args`) keys of TrainingConfig. Other
+    keys pass through unchanged."""
+    for plugin in PLUGIN_KEYS:
+        raw = _unfold(raw, plugin, source)
+    return raw
+
+
+def _unfold(raw: dict[str, Any], plugin: str, source: str) -> dict[str, Any]:
+    prefix, args_key = f"{plugin}.", f"{plugin}_args"
     flat = {key: value for key, value in raw.items()
-            if key != "network" and not str(key).startswith("network.")}
-    args = dict(raw.get("network_args") or {}) if isinstance(raw.get("network_args"), dict) \
-        else raw.get("network_args")
-    network = raw.get("network")
-    if isinstance(network, dict):
-        unknown = sorted(set(network) - {"target", "args"})
-        if unknown or "target" not in network:
-            raise UsageError(f"network in {source} must be a name or a mapping "
-                             "{target: pkg.module:Class, args: {...}}"
+            if key != plugin and not str(key).startswith(prefix)}
+    args = dict(raw[args_key]) if isinstance(raw.get(args_key), dict) else raw.get(args_key)
+    target = raw.get(plugin)
+    if isinstance(target, dict):
+        unknown = sorted(set(target) - {"target", "args"})
+        if unknown or "target" not in target:
+            raise UsageError(f"{plugin} in {source} must be a name or a mapping "
+                             "{target: pkg.module:Name, args: {...}}"
                              + (f"; unknown key {unknown[0]!r}" if unknown else ""))
-        if network.get("args") is not None and not isinstance(network["args"], dict):
-            raise UsageError(f"network.args in {source} must be a mapping, got {network['args']!r}")
-        args = {**(args or {}), **(network.get("args") or {})}
-        network = network["target"]
+        if target.get("args") is not None and not isinstance(target["args"], dict):
+            raise UsageError(f"{plugin}.args in {source} must be a mapping, got {target['args']!r}")
+        args = {**(args or {}), **(target.get("args") or {})}
+        target = target["target"]
     for key, value in raw.items():
         key = str(key)
-        if key == "network.target":
-            network = value
-        elif key.startswith("network.args."):
-            args = {**(args or {}), key[len("network.args."):]: value}
-        elif key.startswith("network."):
-            raise UsageError(f"unknown key {key!r} in {source}; use network.target or "
-                             "network.args.NAME")
-    if "network" in raw or "network.target" in raw:
-        flat["network"] = network
+        if key == f"{prefix}target":
+            target = value
+        elif key.startswith(f"{prefix}args."):
+            args = {**(args or {}), key[len(f"{prefix}args."):]: value}
+        elif key.startswith(prefix):
+            raise UsageError(f"unknown key {key!r} in {source}; use {prefix}target or "
+                             f"{prefix}args.NAME")
+    if plugin in raw or f"{prefix}target" in raw:
+        flat[plugin] = target
     if args is not None:
-        flat["network_args"] = args
+        flat[args_key] = args
     return flat
 
 

@@ -184,6 +184,7 @@ def heldout_data(config: dict[str, Any], data_file: str | Path | None = None) ->
     name = config.get("dataset", "moons")
     try:
         splits = resolve_dataset(name, seed=int(config.get("seed", 0)),
+                                 args=config.get("dataset_args"),
                                  val_fraction=float(config.get("val_fraction", 0.1)))
     except UsageError as err:
         raise UsageError(f"{err}; pass the held-out data with --data FILE") from None

@@ -162,7 +162,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
         raise UsageError(f"--batch-size {config.batch_size} (the global batch) must split into "
                          f"{world_size()} process(es) x {config.grad_accum} micro-batch(es)")
     splits = resolve_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction,
-                             min_rows=config.batch_size)
+                             min_rows=config.batch_size, args=config.dataset_args)
     train_x0 = val_x0 = None
     if "reflow" in config.flows_used():
         from study.flow_matching.reflow import coupled_sources

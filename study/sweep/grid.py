@@ -24,7 +24,7 @@ import yaml
 
 from study.errors import UsageError
 from study.flow_matching.config import TrainingConfig
-from study.flow_matching.config_load import config_from_dict
+from study.flow_matching.config_load import PLUGIN_KEYS, config_from_dict
 from study.sweep.identity import config_hash
 
 GRID_KEYS = ("name", "group", "base", "grid", "include", "exclude")
@@ -125,8 +125,9 @@ def _base_config(base: Any, grid_path: Path) -> dict[str, Any]:
 
 def _check_key(key: Any, path: Path, where: str) -> None:
     known = TrainingConfig().to_dict()
-    if isinstance(key, str) and key.startswith("network.args.") and key.count(".") == 2:
-        return  # one argument of the network (config_load.unfold_network)
+    if isinstance(key, str) and key.count(".") == 2 and key.split(".")[1] == "args" \
+            and key.split(".")[0] in PLUGIN_KEYS:
+        return  # one argument of the network or dataset (config_load.unfold_network)
     if key in RESERVED_KEYS:
         raise UsageError(f"{where}.{key} in {path}: a sweep sets {key} itself; use `name:` "
                          "for run names and `group:` for the group")
