@@ -227,13 +227,18 @@ def test_python_api_runs_are_sampled_by_the_cli_or_get_the_way_forward(
         x = run.sample(30, steps=2, seed=1)
         assert x.shape == (30, 2) and not run.model().training
         assert run.rows and run.status["status"] == "finished"
-        print(run.evaluate(n=50, steps=2, draws=2)["w2"])
-        print(len(study.list_runs()))
+        print(study.load_run("api-unet").evaluate(n=50, steps=2, draws=2)["w2"])
+        print(" ".join(row["run_name"] for row in study.list_runs()))
     """)
     api = subprocess.run([sys.executable, "-c", code], cwd=user_folder, env=env,
                          capture_output=True, text=True, timeout=300)
     assert api.returncode == 0, api.stderr[-3000:]
-    assert api.stdout.split()[-1] == "2"
+    w2, names = api.stdout.strip().splitlines()[-2:]
+    listed = json.loads(flowctl(user_folder, env, "list-runs", "--json").stdout)
+    assert names.split() == [row["run_name"] for row in listed]
+    cli_eval = flowctl(user_folder, env, "eval", "api-unet", "--n", "50", "--steps", "2",
+                       "--draws", "2", "--json")
+    assert float(w2) == json.loads(cli_eval.stdout)["w2"]
 
 
 @pytest.mark.slow

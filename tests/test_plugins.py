@@ -217,3 +217,14 @@ def test_bad_dataset_functions_are_one_line(user_package):
             resolve_dataset(f"userpkg.data:{name}", seed=0, val_fraction=0.1)
     with pytest.raises(UsageError, match="dataset_args is for a dataset given as pkg.module:function"):
         TrainingConfig(dataset_args={"a": 1}).validate()
+
+
+def test_import_study_and_list_runs_stay_light(isolated_run_root):
+    import subprocess
+
+    code = ("import sys, study; rows = study.list_runs(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(rows)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
