@@ -105,8 +105,10 @@ def load_flow_model(path: str | Path, device: str | torch.device = "cpu", *,
     except (RuntimeError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else (first[0] if first else type(err).__name__)
+        hint = ("" if config.get("network") else "; a run trained from Python on its own class "
+                "loads with study.load_run(RUN, model=YourNet(...))")
         raise UsageError(f"{path}: its weights do not fit a {spec.name} model ({_args_text(spec.args)}"
-                         f"dim {dim}): {detail}") from None
+                         f"dim {dim}): {detail}{hint}") from None
     return LoadedModel(model=model.to(device).eval(), config=config, stats=stats, dim=dim,
                        path=path, wandb_run_id=payload.get("wandb_run_id"),
                        wandb_project=payload.get("wandb_project") or config.get("wandb_project"),
