@@ -266,4 +266,12 @@ def assign_network(config: TrainingConfig, warn=print) -> None:
     if config.arch not in ARCH_NAMES:
         warn(f"arch {config.arch!r} names no built-in network; training the default mlp under "
              f"that label (choose one with --network {'|'.join(ARCH_NAMES)})")
-    config.network = config.arch if config.arch in ARCH_NAMES else "mlp"
+    config.network = resolved_network(None, config.arch)
+
+
+def resolved_network(network: str | None, arch: str | None) -> str:
+    """The network a config trains: `network`, else the arch when it names a built-in, else
+    the mlp (configs written before `network` existed, and arch-only labels)."""
+    if network is not None:
+        return network
+    return arch if arch in ARCH_NAMES else "mlp"

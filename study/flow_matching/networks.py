@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from study.errors import UsageError
-from study.flow_matching.config import ARCH_NAMES, TrainingConfig
+from study.flow_matching.config import ARCH_NAMES, TrainingConfig, resolved_network
 from study.plugins import SCRIPT_MODULE, resolve_target, source_sha256
 
 
@@ -39,10 +39,7 @@ def network_spec(config: TrainingConfig | Mapping[str, Any]) -> NetworkSpec:
     """The network a config describes. A config from before `network` existed trains the
     mlp unless its arch label names a built-in (what `assign_network` decides)."""
     values = config.to_dict() if isinstance(config, TrainingConfig) else dict(config)
-    name = values.get("network")
-    if name is None:
-        arch = values.get("arch")
-        name = arch if arch in ARCH_NAMES else "mlp"
+    name = resolved_network(values.get("network"), values.get("arch"))
     if name in ARCH_NAMES:
         from study.flow_matching.models import MODELS, check_model_args
 
