@@ -16,10 +16,10 @@ STUDY = REPO_ROOT / "study"
 # Top to bottom; a package may import its own layer's packages (without a circle) and lower ones.
 LAYERS = (
     ("cli",),
-    ("sweep", "slurm", "ui"),
+    ("sweep", "slurm", "ui", "api"),
     ("flow_matching",),
     ("runs", "data", "runtime"),
-    ("errors", "secrets", "signals", "install"),
+    ("errors", "secrets", "signals", "install", "plugins"),
 )
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 SHIMS = {"study.flow_matching.train"}  # `python -m study.flow_matching.train`: runs cli.train

@@ -17,7 +17,7 @@ from study.sweep.results import METRICS, Comparison, format_mean_std
 def compare(
     group: str = typer.Option(..., "--group", "-g", help="The runs' group (a sweep's `group:`, default the grid file's stem)."),
     by: str | None = typer.Option(None, "--by", help="Config keys that make a row, comma-separated.  [default: the keys that vary, except seed]"),
-    metric: str = typer.Option("val_loss", "--metric", help=f"{' | '.join(METRICS)} (eval_*: from `flowctl eval`)."),
+    metric: str = typer.Option("val_loss", "--metric", help=f"{' | '.join(METRICS)} (eval_*: from `flowctl eval`; eval_NAME: an --eval-fn metric)."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON rows (mean, std, min, max, n, per-run values)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (mean ± std), for a paper or a README."),
     plot: Path | None = typer.Option(None, "--plot", help="Also write a PNG: a bar per row (mean ± std), a dot per run."),

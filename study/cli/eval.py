@@ -111,7 +111,7 @@ def _render(records: list[dict[str, Any]]) -> None:
     table.add_column("metric", style="bold")
     for record in records:
         table.add_column(_label(record), justify="right", overflow="fold")
-    for key, label in ROWS:
+    for key, label in (*ROWS, *((key, key) for key in _user_keys(records))):
         table.add_row(label, *(_cell(record.get(key), record.get(f"{key}_std")) for record in records))
     if len(records) > 1:
         for key, label in VERDICT_ROWS:
@@ -126,6 +126,18 @@ def _render(records: list[dict[str, Any]]) -> None:
                       f"data: {record['data']}; wrote "
                       f"{Path(record['checkpoint']).parent / 'eval.json'}", highlight=False,
                       markup=False)
+
+
+def _user_keys(records: list[dict[str, Any]]) -> list[str]:
+    """The eval_fn's metric names, in the order the first record with them has them."""
+    from study.flow_matching.eval_draws import MEAN_KEYS, SPREAD_KEYS
+
+    known = {*SPREAD_KEYS, *MEAN_KEYS, "seed"}
+    names: list[str] = []
+    for record in records:
+        for draw in record.get("per_draw") or []:
+            names += [key for key in draw if key not in known and key not in names]
+    return names
 
 
 def _label(record: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from study.cli.common import fail, user_errors
 from study.runs.display import format_age, format_size
 from study.runs.paths import checkpoint_root
 from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, scan_runs
-from study.secrets import mask_secrets, mask_text
+from study.secrets import mask_text
 
 WATCH_INTERVAL_S = 2.0
 STATUS_STYLES = {
@@ -61,7 +61,7 @@ def list_runs(
         ]
 
     if json_output:
-        typer.echo(json_lines([_masked_json(run) for run in select()]))
+        typer.echo(json_lines([run.masked_json() for run in select()]))
         return
     if watch:
         _watch(root, select)
@@ -83,14 +83,6 @@ def json_lines(rows: list[dict]) -> str:
     if not rows:
         return "[]"
     return "[\n" + ",\n".join("  " + json.dumps(row) for row in rows) + "\n]"
-
-
-def _masked_json(run: RunInfo) -> dict:
-    """run.to_json() with credentials masked in the free-text fields (run names stay as they are:
-    people copy them into the next command)."""
-    row = run.to_json()
-    row.update(mask_secrets({key: row[key] for key in ("group", "reason", "error")}))
-    return row
 
 
 def _parse_statuses(status: str | None) -> set[str] | None:

@@ -29,7 +29,7 @@ from study.cli.common import (
 from study.cli.torchrun import exit_code_recorded, worker_args
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
-CONFIG_FLAGS = ("arch", "network", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
+CONFIG_FLAGS = ("arch", "network", "eval_fn", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
                 "run_name", "epochs", "batch_size", "lr", "warmup_steps", "patience", "seed",
                 "weight_decay", "grad_clip", "ema_decay", "sigma", "log_every", "val_fraction",
                 "width", "depth", "activation", "save_every", "ema_warmup", "normalize",
@@ -43,10 +43,13 @@ NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("schedule
 def train(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainingConfig keys; flags override it."),
-    arch: str | None = typer.Option(None, help="Architecture label, part of the run name; mlp | resmlp also pick that network.  [default: mlp]"),
-    network: str | None = typer.Option(None, help="Built-in velocity network: mlp | resmlp.  [default: the arch if it names one, else mlp]"),
+    arch: str | None = typer.Option(None, help="Architecture label, part of the run name; mlp | resmlp also pick that network.  [default: the network's name]"),
+    network: str | None = typer.Option(None, help="Velocity network: mlp | resmlp | pkg.module:Class (docs/networks.md).  [default: the arch if it names one, else mlp]"),
+    network_args: str | None = typer.Option(None, help='JSON keyword arguments of a pkg.module:Class network, e.g. \'{"hidden": 512}\'.'),
+    eval_fn: str | None = typer.Option(None, help="pkg.module:function scoring the EMA model's samples at each --eval-every (and in `flowctl eval`); its {name: float} is logged as eval/NAME."),
     flow: str | None = typer.Option(None, help="Flow matcher: icfm | otcfm | fm | vp | sbcfm | reflow.  [default: icfm]"),
-    dataset: str | None = typer.Option(None, help="Built-in (moons, 8gaussians, checkerboard, scurve), split name (1k), folder or file.  [default: moons]"),
+    dataset: str | None = typer.Option(None, help="Built-in (moons, 8gaussians, checkerboard, scurve), split name (1k), folder, file, or pkg.module:function.  [default: moons]"),
+    dataset_args: str | None = typer.Option(None, help='JSON keyword arguments of a pkg.module:function dataset, e.g. \'{"n": 5000}\'.'),
     aug: str | None = typer.Option(None, help="Augmentation of x_1: none | noise.  [default: none]"),
     aug_std: float | None = typer.Option(None, help="Std of --aug noise.  [default: 0.01]"),
     source: str | None = typer.Option(None, help="x_0 distribution: gaussian or a 2-D built-in.  [default: gaussian]"),
@@ -104,6 +107,8 @@ def train(
     """
     values = dict(locals())
     overrides = {key: values[key] for key in CONFIG_FLAGS}
+    overrides["network_args"] = network_args  # parsed from JSON in run_command
+    overrides["dataset_args"] = dataset_args
     for flag, (key, nested) in NESTED_FLAGS.items():
         if values[flag] is not None:
             overrides.setdefault(key, None)
@@ -122,11 +127,31 @@ def run_command(ctx, values: dict[str, Any], overrides: dict[str, Any], *,
                 worker_prefix: tuple[str, ...] = ()) -> None:
     """What `train` and `resume` do with their flags: run here, or under torchrun (--nproc)."""
     with exit_code_recorded(), user_errors():
+        for key in ("network_args", "dataset_args"):
+            if isinstance(overrides.get(key), str):
+                overrides = {**overrides, key: parse_json_mapping(
+                    overrides[key], flag=f"--{key.replace('_', '-')}")}
         options = run_options(overwrite=overwrite, **{key: values[key] for key in RUN_OPTION_FLAGS})
         launcher = ((values["nproc"], values["max_restarts"], [*worker_prefix, *worker_args(ctx)])
                     if values["nproc"] else None)
         run_from_cli(overrides, config_path=config_path, resume=resume, options=options,
                      launcher=launcher)
+
+
+def parse_json_mapping(text: str, *, flag: str) -> dict[str, Any]:
+    """A flag's JSON object -> dict; UsageError (one line) for anything else."""
+    import json
+
+    from study.errors import UsageError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{flag} is not valid JSON ({err.msg} at column {err.colno}); write "
+                         f"it as {flag} '{{\"hidden\": 512}}'") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object like '{{\"hidden\": 512}}', got {text!r}")
+    return value
 
 
 def run_options(*, plain: bool, wandb_mode: str | None, tracker: list[str] | None = None,

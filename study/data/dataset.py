@@ -26,6 +26,7 @@ from study.data import toy
 from study.data.matrix import column_stats, gather_rows, is_memory_mapped
 from study.data.readers import SUPPORTED_EXTENSIONS, file_sha256, read_vectors
 from study.errors import UsageError
+from study.plugins import is_target
 
 __all__ = ["DEFAULT_SPLITS_ROOT", "SPLITS", "SUPPORTED_EXTENSIONS", "DataSplits", "FlowDataset",
            "column_stats", "file_sha256", "gather_rows", "resolve_dataset"]
@@ -95,16 +96,25 @@ class FlowDataset:
 
 
 def resolve_dataset(name: str, *, seed: int, val_fraction: float,
-                    splits_root: Path | None = None, min_rows: int = 1) -> DataSplits:
+                    splits_root: Path | None = None, min_rows: int = 1,
+                    args: dict | None = None) -> DataSplits:
     """`--dataset NAME` -> DataSplits, trying in order:
 
+    0. an import path `pkg.module:function`, called with `seed` and `args`
+       (study.data.user_dataset);
     1. a built-in generator (`toy.TOY_DATASETS`): fixed-size splits from `seed`;
     2. a split folder `{splits_root}/{name}/` with train, val and optionally test, each a
        .pt or a .npy file;
     3. a path to such a folder, or to one file of vectors, split into train/val by a
        permutation from `seed` (`val_fraction` of the rows go to val; no test split).
     """
-    if name in toy.TOY_DATASETS:
+    if is_target(name):
+        from study.data.user_dataset import call_dataset_function
+
+        made, checksum = call_dataset_function(name, seed=seed, args=args)
+        result = _make_splits(made["train"], made["val"], made["test"], checksum,
+                              f"{name} (seed {seed})")
+    elif name in toy.TOY_DATASETS:
         splits = toy.builtin_splits(name, seed)
         checksum = hashlib.sha256(f"builtin:{name}:seed={seed}:v1".encode()).hexdigest()
         result = _make_splits(splits["train"], splits["val"], splits["test"], checksum,

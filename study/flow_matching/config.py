@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
+from study.plugins import check_target, is_target
 
 # Names the trainer can build from a string. Kept here (not imported from the registries)
 # so that validating a config never imports torch; tests check the lists stay in sync.
@@ -65,10 +66,16 @@ class SchedulerConfig:
 class TrainingConfig:
     """What to train and how. Defaults give a meaningful sub-minute run on `moons` (CPU)."""
 
-    arch: str = "mlp"  # the run's architecture label (part of its name)
-    network: str | None = None  # built-in network; None: the arch if it names one, else mlp
+    # The run's architecture label (part of its name); None: the network's short name, or
+    # its class name in lower case for an import path.
+    arch: str | None = None
+    # mlp | resmlp | pkg.module:Class (docs/networks.md); None: the arch if it names one, else mlp
+    network: str | None = None
+    network_args: dict[str, Any] = field(default_factory=dict)  # an import path's arguments
+    network_sha256: str | None = None  # its source file when training started (set by flowctl)
     flow: str = "icfm"
-    dataset: str = "moons"
+    dataset: str = "moons"  # a built-in, split name, folder, file, or pkg.module:function
+    dataset_args: dict[str, Any] = field(default_factory=dict)  # that function's arguments
     aug: str = "none"
     aug_std: float = 0.01  # std of the Gaussian jitter added to x_1 by `--aug noise`
     source: str = "gaussian"  # x_0 distribution: N(0, I), or a built-in 2-D dataset's name
@@ -102,6 +109,7 @@ class TrainingConfig:
     eval_samples: int = 1000  # held-out rows (and samples) per evaluation
     select_by: str = "val_loss"  # what best.pt and early stopping follow: val_loss | eval_w2
     keep_snapshots: int = 0  # also keep the last K epoch-numbered checkpoints; 0: none
+    eval_fn: str | None = None  # pkg.module:function, its {name: float} logged with W2/MMD
     stages: list[StageConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -111,6 +119,8 @@ class TrainingConfig:
             self.scheduler = SchedulerConfig(**self.scheduler)
         if self.sigma is None:
             self.sigma = FLOW_SIGMA.get(self.flow, DEFAULT_SIGMA)
+        if self.arch is None:
+            self.arch = network_label(self.network)
 
     @property
     def name(self) -> str:
@@ -122,7 +132,9 @@ class TrainingConfig:
         if self.run_name:
             return self.run_name
         dataset = self.dataset
-        if "/" in dataset or "\\" in dataset or Path(dataset).suffix:
+        if is_target(dataset):  # pkg.data:make_blobs -> make_blobs
+            dataset = dataset.rsplit(":", 1)[1]
+        elif "/" in dataset or "\\" in dataset or Path(dataset).suffix:
             dataset = Path(dataset.replace("\\", "/").rstrip("/")).stem
         return f"{self.arch}-{self.flow}-{dataset}-{self.aug}"
 
@@ -134,11 +146,13 @@ class TrainingConfig:
         """Raise UsageError on the first impossible value; return self for chaining.
 
         Any arch label is accepted (a label that names no built-in network trains the
-        default one; see assign_network); `network` must name a built-in one unless
-        `check_arch=False` (callers that pass their own model).
+        default one; see assign_network); `network` must name a built-in one or be an import
+        path `pkg.module:Class` unless `check_arch=False` (callers that pass their own model).
+        Nothing is imported here.
         """
-        if check_arch and self.network is not None:
-            _check_choice("network", self.network, ARCH_NAMES)
+        if check_arch and self.network is not None and not is_target(self.network):
+            _check_choice("network", self.network, ARCH_NAMES + ("pkg.module:Class",))
+        self._check_plugins()
         if not self.arch.strip() or self.arch in (".", "..") or any(c in self.arch for c in "/\\"):
             raise UsageError(f"--arch {self.arch!r} must be a label usable in a folder name "
                              "(no '/', '\\', '.' or '..')")
@@ -204,6 +218,20 @@ class TrainingConfig:
         if self.select_by == "eval_w2" and not self.eval_every:
             raise UsageError("--select-by eval_w2 needs evaluations: pass --eval-every K (epochs)")
 
+    def _check_plugins(self) -> None:
+        if not isinstance(self.network_args, dict) or not _plain_data(self.network_args):
+            raise UsageError(f"network_args must be a mapping of names to numbers, strings, "
+                             f"booleans, lists or mappings, got {self.network_args!r}")
+        if self.network in ARCH_NAMES and self.network_args:
+            raise UsageError(f"network {self.network} takes --width, --depth and --activation, "
+                             "not network_args; drop network_args")
+        if self.eval_fn is not None:
+            check_target(self.eval_fn, what="eval_fn")
+        if not isinstance(self.dataset_args, dict) or not _plain_data(self.dataset_args):
+            raise UsageError(f"dataset_args must be a mapping of plain values, got {self.dataset_args!r}")
+        if self.dataset_args and not is_target(self.dataset):
+            raise UsageError("dataset_args is for a dataset given as pkg.module:function; drop it")
+
     def flows_used(self) -> list[str]:
         return [self.flow] + [s.flow for s in self.stages if s.flow]
 
@@ -211,6 +239,23 @@ class TrainingConfig:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def network_label(network: str | None) -> str:
+    """The default arch label of a network: its short name, or an import path's class name
+    in lower case (`pkg.nets:UNet1d` -> `unet1d`)."""
+    if network is None:
+        return "mlp"
+    return network.rsplit(":", 1)[-1].lower() if is_target(network) else network
+
+
+def _plain_data(value: Any) -> bool:
+    """JSON-like: what a checkpoint can hold under weights_only and a YAML file can say."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_data(item) for item in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def assign_network(config: TrainingConfig, warn=print) -> None:
@@ -221,4 +266,12 @@ def assign_network(config: TrainingConfig, warn=print) -> None:
     if config.arch not in ARCH_NAMES:
         warn(f"arch {config.arch!r} names no built-in network; training the default mlp under "
              f"that label (choose one with --network {'|'.join(ARCH_NAMES)})")
-    config.network = config.arch if config.arch in ARCH_NAMES else "mlp"
+    config.network = resolved_network(None, config.arch)
+
+
+def resolved_network(network: str | None, arch: str | None) -> str:
+    """The network a config trains: `network`, else the arch when it names a built-in, else
+    the mlp (configs written before `network` existed, and arch-only labels)."""
+    if network is not None:
+        return network
+    return arch if arch in ARCH_NAMES else "mlp"

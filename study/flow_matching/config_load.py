@@ -20,6 +20,8 @@ from study.flow_matching.config import SchedulerConfig, StageConfig, TrainingCon
 LEGACY_DEFAULTS = {"ema_warmup": False, "normalize": "standard"}
 # Mappings inside the config: YAML sets them whole or in part, flags key by key.
 NESTED = {"scheduler": SchedulerConfig}
+# Keys that may name user code as {target, args} (docs/networks.md).
+PLUGIN_KEYS = ("network", "dataset")
 
 
 def _check_keys(cls: type, raw: dict[str, Any], what: str) -> None:
@@ -58,6 +60,10 @@ def _coerce(cls: type, key: str, value: Any) -> Any:
         return [_stage_from_dict(stage) for stage in value]
     if cls is TrainingConfig and key in NESTED:
         return _nested_from_dict(key, value)
+    if declared.startswith("dict"):
+        if not isinstance(value, dict):
+            raise UsageError(f"{key} must be a mapping, e.g. {key}: {{hidden: 128}}, got {value!r}")
+        return dict(value)
     base = declared.split("|")[0].strip()
     if base == "bool" and isinstance(value, bool):
         return value
@@ -74,6 +80,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Training
     """Build a TrainingConfig from a plain dict; unknown keys are errors naming the key."""
     if not isinstance(raw, dict):
         raise UsageError(f"{source} must be a mapping of key: value, got {type(raw).__name__}")
+    raw = unfold_network(raw, source=source)
     known = {f.name for f in dataclasses.fields(TrainingConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -81,6 +88,48 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Training
             f"unknown key {unknown[0]!r} in {source}; valid keys: {', '.join(sorted(known))}"
         )
     return TrainingConfig(**{k: _coerce(TrainingConfig, k, v) for k, v in raw.items()})
+
+
+def unfold_network(raw: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+    """`network: {target: pkg.module:Class, args: {...}}` (and the same for `dataset`) and a
+    grid's dotted keys (`network.args.hidden: 256`, `network.target: ...`) -> the flat
+    `network` / `network_args` (`dataset` / `dataset_args`) keys of TrainingConfig. Other
+    keys pass through unchanged."""
+    for plugin in PLUGIN_KEYS:
+        raw = _unfold(raw, plugin, source)
+    return raw
+
+
+def _unfold(raw: dict[str, Any], plugin: str, source: str) -> dict[str, Any]:
+    prefix, args_key = f"{plugin}.", f"{plugin}_args"
+    flat = {key: value for key, value in raw.items()
+            if key != plugin and not str(key).startswith(prefix)}
+    args = dict(raw[args_key]) if isinstance(raw.get(args_key), dict) else raw.get(args_key)
+    target = raw.get(plugin)
+    if isinstance(target, dict):
+        unknown = sorted(set(target) - {"target", "args"})
+        if unknown or "target" not in target:
+            raise UsageError(f"{plugin} in {source} must be a name or a mapping "
+                             "{target: pkg.module:Name, args: {...}}"
+                             + (f"; unknown key {unknown[0]!r}" if unknown else ""))
+        if target.get("args") is not None and not isinstance(target["args"], dict):
+            raise UsageError(f"{plugin}.args in {source} must be a mapping, got {target['args']!r}")
+        args = {**(args or {}), **(target.get("args") or {})}
+        target = target["target"]
+    for key, value in raw.items():
+        key = str(key)
+        if key == f"{prefix}target":
+            target = value
+        elif key.startswith(f"{prefix}args."):
+            args = {**(args or {}), key[len(f"{prefix}args."):]: value}
+        elif key.startswith(prefix):
+            raise UsageError(f"unknown key {key!r} in {source}; use {prefix}target or "
+                             f"{prefix}args.NAME")
+    if plugin in raw or f"{prefix}target" in raw:
+        flat[plugin] = target
+    if args is not None:
+        flat[args_key] = args
+    return flat
 
 
 def _nested_from_dict(key: str, raw: Any):
@@ -125,7 +174,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             loaded = {}
         if not isinstance(loaded, dict):
             raise UsageError(f"config {path} must be a mapping of key: value, got {type(loaded).__name__}")
-        raw.update(loaded)
+        raw.update(unfold_network(loaded, source=str(path)))
     for key, value in (overrides or {}).items():
         if value is None:
             continue

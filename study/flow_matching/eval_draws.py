@@ -41,15 +41,17 @@ def summarize_draws(per_draw: list[dict[str, Any]]) -> dict[str, Any]:
 
     per_draw: one dict per draw with SPREAD_KEYS and MEAN_KEYS (npe/straightness may be
     None). With one draw the std is None: one value has no spread.
+    Any other numeric key (a user metric) is treated like SPREAD_KEYS.
     Returns {key: mean, f"{key}_std": std or None, "draws": K, "per_draw": per_draw}.
     """
     if not per_draw:
         raise UsageError("expected at least one draw, got none")
     summary: dict[str, Any] = {}
-    for key in (*SPREAD_KEYS, *MEAN_KEYS):
+    user_keys = [key for key in per_draw[0] if key not in (*SPREAD_KEYS, *MEAN_KEYS, "seed")]
+    for key in (*SPREAD_KEYS, *MEAN_KEYS, *user_keys):
         values = [d[key] for d in per_draw if d.get(key) is not None]
         summary[key] = statistics.fmean(values) if values else None
-        if key in SPREAD_KEYS:
+        if key not in MEAN_KEYS:
             summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
     if all(isinstance(d.get("nfe"), int) for d in per_draw):
         summary["nfe"] = round(summary["nfe"])  # fixed-step solvers: the same count every draw
@@ -67,7 +69,8 @@ def evaluate_draws(loaded: LoadedModel, data_raw: torch.Tensor, *, draws: int, n
         result = evaluate(loaded, data_raw, n=n, solver=solver, steps=steps, seed=draw_seed,
                           batch_size=batch_size, device=device)
         per_draw.append({"seed": draw_seed, **{key: getattr(result, key)
-                                               for key in (*SPREAD_KEYS, *MEAN_KEYS)}})
+                                               for key in (*SPREAD_KEYS, *MEAN_KEYS)},
+                         **result.user})
     return {**summarize_draws(per_draw), "n": result.n, "solver": solver, "steps": steps,
             "seeds": list(range(seed, seed + draws))}
 

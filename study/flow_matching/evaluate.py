@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,6 @@ from study.flow_matching.metrics import (
     path_straightness,
     wasserstein2,
 )
-from study.flow_matching.models import build_model
 from study.flow_matching.solvers import SOLVERS, integrate
 from study.runs.checkpoint import read_checkpoint, write_atomic
 from study.runs.paths import EVAL_JSON
@@ -80,8 +80,15 @@ class Generation:
     times: Tensor | None = None
 
 
-def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Read a checkpoint (weights_only) and rebuild its velocity network with EMA weights."""
+def load_flow_model(path: str | Path, device: str | torch.device = "cpu", *,
+                    model: nn.Module | None = None, warn=None) -> LoadedModel:
+    """Read a checkpoint (weights_only) and rebuild its velocity network with EMA weights.
+
+    The network is built by networks.build_network from the checkpoint's config; `model`:
+    a freshly built network of the right shape to load the weights into instead (for a
+    class defined in a script, which no import path reaches)."""
+    from study.flow_matching.networks import build_network, network_spec
+
     path = Path(path)
     payload = read_checkpoint(path)
     config = dict(payload.get("config") or {})
@@ -90,21 +97,30 @@ def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise UsageError(f"{path} has no normalization stats (mean, std); cannot de-normalize samples")
     stats = {"mean": stats["mean"].float().flatten(), "std": stats["std"].float().flatten()}
     dim = stats["mean"].numel()
-    arch = config.get("network") or config.get("arch", "mlp")
-    width, depth = config.get("width", 64), config.get("depth", 3)
-    model = build_model(arch, dim, width=width, depth=depth,
-                        activation=config.get("activation", "selu"))
+    spec = network_spec(config)
+    if model is None:
+        model = build_network(config, dim, warn=warn or _log_warning, run=path.parent.name)
     try:  # the EMA shadow holds the floating-point tensors; anything else comes from the model
         model.load_state_dict({**payload["model_state_dict"], **(payload.get("ema_shadow") or {})})
     except (RuntimeError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else (first[0] if first else type(err).__name__)
-        raise UsageError(f"{path}: its weights do not fit a {arch} model (width {width}, depth "
-                         f"{depth}, dim {dim}): {detail}") from None
+        hint = ("" if config.get("network") else "; a run trained from Python on its own class "
+                "loads with study.load_run(RUN, model=YourNet(...))")
+        raise UsageError(f"{path}: its weights do not fit a {spec.name} model ({_args_text(spec.args)}"
+                         f"dim {dim}): {detail}{hint}") from None
     return LoadedModel(model=model.to(device).eval(), config=config, stats=stats, dim=dim,
                        path=path, wandb_run_id=payload.get("wandb_run_id"),
                        wandb_project=payload.get("wandb_project") or config.get("wandb_project"),
                        run_dir=path.parent)
+
+
+def _args_text(args: dict[str, Any]) -> str:
+    return "".join(f"{key} {value}, " for key, value in args.items())
+
+
+def _log_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def check_generation_args(*, n: int, solver: str, steps: int, batch_size: int = 1) -> None:
@@ -170,6 +186,7 @@ def heldout_data(config: dict[str, Any], data_file: str | Path | None = None) ->
     name = config.get("dataset", "moons")
     try:
         splits = resolve_dataset(name, seed=int(config.get("seed", 0)),
+                                 args=config.get("dataset_args"),
                                  val_fraction=float(config.get("val_fraction", 0.1)))
     except UsageError as err:
         raise UsageError(f"{err}; pass the held-out data with --data FILE") from None
@@ -186,8 +203,11 @@ def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: st
     disjoint n-row subsets of the data. Path energy, NPE and straightness are measured in
     the model's normalized space, with NPE's W2 taken between x_0 and the normalized data.
     MMD's length scales are MMD_MEDIAN_MULTIPLES x the median pairwise distance of the n
-    held-out rows, shared by the model's score and its floor.
+    held-out rows, shared by the model's score and its floor. The run's eval_fn, if it has
+    one, scores the same samples and rows (`user`).
     """
+    from study.flow_matching.user_metrics import user_metric
+
     check_generation_args(n=n, solver=solver, steps=steps, batch_size=batch_size)
     if data_raw.ndim != 2 or data_raw.shape[1] != loaded.dim:
         raise UsageError(f"the held-out data has shape {tuple(data_raw.shape)} but the checkpoint "
@@ -202,6 +222,7 @@ def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: st
     bandwidths = [m * median_bandwidth(x_1_data) for m in MMD_MEDIAN_MULTIPLES]
     floor = metric_floor(data_raw.float(), n, generator, bandwidths=bandwidths)
     w2_source = wasserstein2(info.x_0, normalize(x_1_data, loaded.stats))
+    metric = user_metric(loaded.config)
     result = EvalResult(
         w2=wasserstein2(samples, x_1_data),
         mmd=mmd_rbf(samples, x_1_data, bandwidths=bandwidths),
@@ -209,7 +230,8 @@ def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: st
         path_energy=info.path_energy.double().mean().item(),
         npe=normalized_path_energy(info.path_energy, w2_source) if w2_source > 0 else None,
         straightness=path_straightness(info.trajectory, info.times),
-        w2_floor=floor["w2"], mmd_floor=floor["mmd"], n=n, solver=solver, steps=steps)
+        w2_floor=floor["w2"], mmd_floor=floor["mmd"], n=n, solver=solver, steps=steps,
+        user=metric(samples, x_1_data) if metric is not None else {})
     return result
 
 

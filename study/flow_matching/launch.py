@@ -147,10 +147,11 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.data.dataset import resolve_dataset
     from study.data.normalize import normalization_stats
     from study.data.training_data import TrainingData
-    from study.flow_matching.models import build_model
+    from study.flow_matching.networks import build_network, record_network
     from study.flow_matching.precision import check_precision
     from study.flow_matching.progress import SilentProgress
     from study.flow_matching.trainer import FlowTrainer
+    from study.flow_matching.user_metrics import user_metric
     from study.runs.recorder import RunRecorder
     from study.runs.tracking import resolve_wandb_mode
     from study.runtime.cores import set_cpu_threads
@@ -162,7 +163,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
         raise UsageError(f"--batch-size {config.batch_size} (the global batch) must split into "
                          f"{world_size()} process(es) x {config.grad_accum} micro-batch(es)")
     splits = resolve_dataset(config.dataset, seed=config.seed, val_fraction=config.val_fraction,
-                             min_rows=config.batch_size)
+                             min_rows=config.batch_size, args=config.dataset_args)
     train_x0 = val_x0 = None
     if "reflow" in config.flows_used():
         from study.flow_matching.reflow import coupled_sources
@@ -173,9 +174,10 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     data = TrainingData.prepare(splits.train, splits.val, device=device, stats=stats,
                                 checksum=splits.checksum, train_x0=train_x0, val_x0=val_x0,
                                 heldout=splits.test, files=splits.files)
+    record_network(config)  # before anything is written: run.json and checkpoints hold it
+    user_metric(config)  # a bad --eval-fn fails now, not at the first evaluation
     torch.manual_seed(config.seed)  # model initialisation; all later draws use generators
-    model = build_model(config.network, splits.dim, width=config.width, depth=config.depth,
-                        activation=config.activation)
+    model = build_network(config, splits.dim, warn=warn, run=config.name)
     set_cpu_threads(device, sum(p.numel() for p in model.parameters()), options.threads)
     recorder = RunRecorder(folder, config.name, wandb_project=options.wandb_project,
                            wandb_mode=resolve_wandb_mode(options.wandb_mode),

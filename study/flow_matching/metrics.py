@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -186,7 +186,8 @@ class EvalResult:
     nfe: velocity evaluations per sample batch; path_energy: mean int |v|^2 dt;
     npe: `normalized_path_energy` (None without a source-to-data W2);
     straightness: `path_straightness` (None without a trajectory);
-    n: samples compared; solver, steps: how they were generated.
+    n: samples compared; solver, steps: how they were generated;
+    user: the run's eval_fn's {name: value} (user_metrics.py), flattened by to_dict.
     """
 
     w2: float
@@ -200,7 +201,9 @@ class EvalResult:
     n: int
     solver: str
     steps: int
+    user: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of primitives (JSON- and wandb-ready)."""
-        return asdict(self)
+        """Plain dict of primitives (JSON- and wandb-ready), user metrics at the top level."""
+        values = asdict(self)
+        return {**values, **values.pop("user")}

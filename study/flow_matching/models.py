@@ -1,7 +1,7 @@
 """Velocity networks v_theta(x_t, t): small MLPs for low-dimensional flow matching.
 
-Every model maps `x: [B, D]` and `t: [B]` to a velocity `[B, D]`. Build one by name with
-`build_model`; the names in `MODELS` and `ACTIVATIONS` match `config.ARCH_NAMES` and
+Every model maps `x: [B, D]` and `t: [B]` to a velocity `[B, D]` (the contract any network
+meets: docs/networks.md). Build one by name with `build_model`; the names in `MODELS` and `ACTIVATIONS` match `config.ARCH_NAMES` and
 `config.ACTIVATION_NAMES`. Initialisation is torch's default, so a model built right after
 `torch.manual_seed(seed)` is reproducible.
 """
@@ -127,12 +127,20 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def build_model(arch: str, dim: int, *, width: int, depth: int, activation: str) -> nn.Module:
-    """A fresh velocity network for D=`dim` data; seed torch before calling for reproducibility.
+    """A fresh built-in velocity network for D=`dim` data; seed torch first for
+    reproducibility. A run's network (built-in or an import path) is built by
+    networks.build_network, which calls the same classes.
 
     Example: `build_model("mlp", 2, width=64, depth=3, activation="selu")`.
     """
     if arch not in MODELS:
         raise UsageError(f"unknown arch {arch!r}; choose one of: {', '.join(MODELS)}")
+    check_model_args(dim=dim, width=width, depth=depth, activation=activation)
+    return MODELS[arch](dim, width=width, depth=depth, activation=activation)
+
+
+def check_model_args(*, width: int, depth: int, activation: str, dim: int = 1) -> None:
+    """UsageError naming the first impossible argument of a built-in network."""
     if activation not in ACTIVATIONS:
         raise UsageError(
             f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}"
@@ -140,7 +148,6 @@ def build_model(arch: str, dim: int, *, width: int, depth: int, activation: str)
     for key, value in (("dim", dim), ("width", width), ("depth", depth)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise UsageError(f"{key} must be a positive integer, got {value!r}")
-    return MODELS[arch](dim, width=width, depth=depth, activation=activation)
 
 
 def count_parameters(model: nn.Module) -> int:

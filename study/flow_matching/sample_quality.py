@@ -26,8 +26,10 @@ BANDWIDTH_MULTIPLES = (0.5, 1.0, 2.0)
 
 class SampleQuality:
     def __init__(self, heldout: Tensor, stats: dict[str, Tensor], *, n: int, seed: int,
-                 source: str, device: torch.device):
-        """heldout: raw rows [M, D] (data units); n: rows compared (at most M)."""
+                 source: str, device: torch.device, user_metric=None):
+        """heldout: raw rows [M, D] (data units); n: rows compared (at most M);
+        user_metric: user_metrics.user_metric's callable, its names logged as eval/NAME."""
+        self.user_metric = user_metric
         generator = torch.Generator().manual_seed((seed << 8) + EVAL_SEED_OFFSET)
         n = min(n, len(heldout))
         self.target = heldout[torch.randperm(len(heldout), generator=generator)[:n]].float().cpu()
@@ -37,7 +39,8 @@ class SampleQuality:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, ema: EMAModel) -> dict[str, float]:
-        """{"eval/w2", "eval/mmd"} of `model` with `ema`'s weights swapped in."""
+        """{"eval/w2", "eval/mmd", "eval/NAME" per user metric} of `model` with `ema`'s
+        weights swapped in."""
         with ema.average_parameters(model):
             model.eval()
             x_1 = integrate(model, self.x_0.to(self.device), solver=SOLVER, steps=STEPS).x_1
@@ -45,5 +48,9 @@ class SampleQuality:
         samples = denormalize(x_1.float().cpu(), self.stats)
         if not torch.isfinite(samples).all():
             return {"eval/w2": float("inf"), "eval/mmd": float("inf")}
-        return {"eval/w2": wasserstein2(samples, self.target),
-                "eval/mmd": mmd_rbf(samples, self.target, bandwidths=self.bandwidths)}
+        scores = {"eval/w2": wasserstein2(samples, self.target),
+                  "eval/mmd": mmd_rbf(samples, self.target, bandwidths=self.bandwidths)}
+        if self.user_metric is not None:
+            scores.update({f"eval/{name}": value
+                           for name, value in self.user_metric(samples, self.target).items()})
+        return scores

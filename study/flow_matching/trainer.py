@@ -30,6 +30,7 @@ from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
+from study.flow_matching.networks import record_model_class
 from study.flow_matching.optim import EMAModel, fast_adamw_options
 from study.flow_matching.precision import Precision
 from study.flow_matching.progress import SilentProgress
@@ -37,6 +38,7 @@ from study.flow_matching.sample_quality import SampleQuality
 from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.selection import Selection
 from study.flow_matching.stages import plan_stages, stage_for_epoch, stage_state
+from study.flow_matching.user_metrics import user_metric
 from study.flow_matching.validation import Validator
 from study.runs.checkpoint import checkpoint_metadata, restore_modules
 from study.runs.paths import BEST_NAME, LAST_NAME
@@ -65,6 +67,7 @@ class FlowTrainer:
         elif study_args or study_options:
             raise TypeError(f"unexpected arguments {study_args or sorted(study_options)}")
         self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
+        record_model_class(model, config)  # so that the CLI can rebuild a Python API run
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.train_model = distributed.wrap_model(self.model, self.device)  # DDP under torchrun
@@ -94,7 +97,7 @@ class FlowTrainer:
                                    val_x0=data.val_x0)
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
-            source=config.source, device=self.device)
+            source=config.source, device=self.device, user_metric=user_metric(config))
         self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
                                         keep_snapshots=config.keep_snapshots,
                                         interval_s=config.checkpoint_interval)
@@ -213,9 +216,12 @@ class FlowTrainer:
         self.progress.update(step=self.global_step, epoch=epoch, total_epochs=self.config.epochs,
                              loss=loss)
         self.last_train_loss = loss
-        return {"train/loss": loss, "train/grad_norm": grad_norm,
-                "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
-                "metrics/stage_id": stage.index}
+        row = {"train/loss": loss, "train/grad_norm": grad_norm,
+               "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
+               "metrics/stage_id": stage.index}
+        if len(self.stages) > 1:  # each stage's loss also under its own key
+            row[f"train/loss/{stage.name}"] = loss
+        return row
 
     def _end_epoch(self, epoch: int, stage, seconds: float) -> dict[str, Any]:
         """Epoch `epoch` done: validate and every `eval_every` epochs evaluate the EMA weights,

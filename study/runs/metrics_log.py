@@ -1,15 +1,17 @@
 """metrics.csv: one row per log event, the run's local metric history. No torch import.
 
-Append-only with a fixed header (every column present from the first row), each row
-flushed, so a second terminal or a crash sees every row written so far. On resume the rows
-past the checkpoint are dropped first, so the file of a resumed run equals the file of a
-run that never stopped.
+Append-only, each row flushed, so a second terminal or a crash sees every row written so
+far. The header holds METRIC_COLUMNS from the first row; a key seen for the first time (a
+user metric `eval/NAME`, a stage's `train/loss/STAGE`) adds a column at the end: the file
+is rewritten once, atomically, with that column blank in the earlier rows, so no key is
+ever dropped. On resume the rows past the checkpoint are dropped first, so the file of a
+resumed run equals the file of a run that never stopped.
 """
 
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,18 @@ METRIC_COLUMNS = ("step", "epoch", "stage_id", "train/loss", "train/grad_norm", 
 WALL_CLOCK_COLUMNS = ("epoch_time_s", "elapsed_s")
 # Columns that are the row's coordinates or local bookkeeping, not tracker metrics.
 NOT_REPLAYED = ("step", "epoch", "stage_id", "elapsed_s")
+# Row keys stored under another column (the trackers' `metrics/stage_id` is `stage_id`).
+NOT_COLUMNS = ("metrics/stage_id",)
 
 
 class MetricsLog:
-    """metrics.csv: one row per log event with every column present from the first row."""
+    """metrics.csv: one row per log event; METRIC_COLUMNS first, then any other key in the
+    order it was first logged."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / METRICS_CSV
         self._handle = None  # kept open while the run logs; each row is flushed
+        self.columns: list[str] | None = None  # the header; None: not read yet
 
     def truncate_after(self, step: int) -> int:
         """Drop rows with step > `step` (logged before a crash, about to be recomputed).
@@ -45,14 +51,21 @@ class MetricsLog:
             rows = list(reader)
         last_logged = max((int(row["step"]) for row in rows), default=-1)
         kept = [row for row in rows if int(row["step"]) <= step]
-        if len(kept) != len(rows) or tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
-            temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            with open(temp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(temp, self.path)
+        header = list(reader.fieldnames or ())
+        self.columns = [*METRIC_COLUMNS, *(c for c in header if c not in METRIC_COLUMNS)]
+        if len(kept) != len(rows) or header != self.columns:
+            self._rewrite(kept)
         return last_logged
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the file with `rows` under today's header, atomically."""
+        from study.runs.checkpoint import write_atomic
+
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.path, text.getvalue().encode())
 
     def rows_as_metrics(self, after_step: int, through_step: int) -> list[tuple[int, dict[str, Any]]]:
         """(step, {wandb key: value}) for rows with after_step < step <= through_step."""
@@ -71,17 +84,28 @@ class MetricsLog:
 
     def reset(self) -> None:
         self.close()
+        self.columns = None
         self.path.unlink(missing_ok=True)
 
     def append(self, row: dict[str, Any]) -> None:
+        """Add one row; a key seen for the first time becomes a new column first."""
+        if self.columns is None:
+            self.columns = (list(read_header(self.path)) if self.path.exists()
+                            else list(METRIC_COLUMNS))
+        new = [key for key in row if key not in self.columns and key not in NOT_COLUMNS]
+        if new:
+            self.close()
+            earlier = read_metrics(self.path) if self.path.exists() else []
+            self.columns += new
+            self._rewrite(earlier)
         if self._handle is None:
             new_file = not self.path.exists()
             self._handle = open(self.path, "a", newline="")  # noqa: SIM115 (closed by close())
-            self._writer = csv.DictWriter(self._handle, fieldnames=METRIC_COLUMNS,
+            self._writer = csv.DictWriter(self._handle, fieldnames=self.columns,
                                           extrasaction="ignore")
             if new_file:
                 self._writer.writeheader()
-        self._writer.writerow({key: _cell(row.get(key)) for key in METRIC_COLUMNS})
+        self._writer.writerow({key: _cell(row.get(key)) for key in self.columns})
         self._handle.flush()  # a second terminal (or a crash) sees every row written so far
 
     def close(self) -> None:
@@ -96,6 +120,12 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+def read_header(path: Path) -> list[str]:
+    """metrics.csv's column names (today's METRIC_COLUMNS for an empty file)."""
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle), None) or list(METRIC_COLUMNS)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

@@ -66,8 +66,9 @@ class PruneRules:
                              "(see the groups with `flowctl list-runs`)")
         if self.keep_best is not None and self.keep_best < 0:
             raise UsageError(f"--keep-best must be 0 or more, got {self.keep_best}")
-        if self.by not in RANK_BY:
-            raise UsageError(f"unknown --by {self.by!r}; choose from: {', '.join(RANK_BY)}")
+        if not is_rank_key(self.by):
+            raise UsageError(f"unknown --by {self.by!r}; choose from: {', '.join(RANK_BY)}, "
+                             "or eval_NAME for any number in eval.json (a user metric)")
         return self
 
 
@@ -83,6 +84,11 @@ class Selected:
 class PrunePlan:
     remove: list[Selected]
     unranked: list[RunInfo]  # --keep-best: runs of the group without a score (kept)
+
+
+def is_rank_key(by: str) -> bool:
+    """val_loss, or eval_NAME: a number in eval.json (W2, MMD, ..., a user metric's name)."""
+    return by in RANK_BY or re.fullmatch(r"eval_[A-Za-z_]\w*", by) is not None
 
 
 def run_score(run: RunInfo, by: str) -> float | None:
@@ -112,7 +118,7 @@ def select_runs(runs: list[RunInfo], rules: PruneRules, *, now: float,
                         key=lambda run: (scores[run.run_name], run.run_name))
         unranked = [run for run in group if scores.get(run.run_name) is None]
         for rank, run in enumerate(ranked[rules.keep_best:], start=rules.keep_best + 1):
-            rank_note[run.run_name] = (f"{RANK_BY[rules.by]} {scores[run.run_name]:.4g} ranks "
+            rank_note[run.run_name] = (f"{RANK_BY.get(rules.by, rules.by)} {scores[run.run_name]:.4g} ranks "
                                        f"{rank} of {len(ranked)} in group {rules.group}")
     remove = []
     for run in runs:

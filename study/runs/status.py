@@ -92,6 +92,13 @@ class RunInfo:
         row["path"] = str(self.path)
         return {key: row[key] for key in JSON_KEYS}
 
+    def masked_json(self) -> dict[str, Any]:
+        """to_json() with credentials masked in the free-text fields (run names stay as they
+        are: people copy them into the next command). What `list-runs --json` prints."""
+        row = self.to_json()
+        row.update(mask_secrets({key: row[key] for key in ("group", "reason", "error")}))
+        return row
+
 
 def json_number(value: Any) -> Any:
     """JSON has no inf/nan (json.loads accepts them, strict parsers do not): map them to None."""

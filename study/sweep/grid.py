@@ -24,7 +24,7 @@ import yaml
 
 from study.errors import UsageError
 from study.flow_matching.config import TrainingConfig
-from study.flow_matching.config_load import config_from_dict
+from study.flow_matching.config_load import PLUGIN_KEYS, config_from_dict
 from study.sweep.identity import config_hash
 
 GRID_KEYS = ("name", "group", "base", "grid", "include", "exclude")
@@ -125,6 +125,9 @@ def _base_config(base: Any, grid_path: Path) -> dict[str, Any]:
 
 def _check_key(key: Any, path: Path, where: str) -> None:
     known = TrainingConfig().to_dict()
+    if isinstance(key, str) and key.count(".") == 2 and key.split(".")[1] == "args" \
+            and key.split(".")[0] in PLUGIN_KEYS:
+        return  # one argument of the network or dataset (config_load.unfold_network)
     if key in RESERVED_KEYS:
         raise UsageError(f"{where}.{key} in {path}: a sweep sets {key} itself; use `name:` "
                          "for run names and `group:` for the group")
@@ -151,9 +154,15 @@ def _matches(values: dict[str, Any], pattern: dict[str, Any]) -> bool:
 
 def default_template(varied: list[str]) -> str:
     """`{name}` (arch-flow-dataset-aug) plus `-{prefix}{value}` per other grid key."""
-    extra = "".join(f"-{NAME_PREFIXES.get(key, key)}{{{key}}}" for key in varied
-                    if key not in NAMED_KEYS)
+    extra = "".join(f"-{NAME_PREFIXES.get(key, key.rsplit('.', 1)[-1])}{{{_field(key)}}}"
+                    for key in varied if key not in NAMED_KEYS)
     return "{name}" + extra
+
+
+def _field(key: str) -> str:
+    """A grid key as a name-template field: `network.args.channels` -> `network_args_channels`
+    (format_map would read the dots as attribute access)."""
+    return key.replace(".", "_")
 
 
 def _make_point(base: dict[str, Any], values: dict[str, Any], varied: list[str],
@@ -161,7 +170,8 @@ def _make_point(base: dict[str, Any], values: dict[str, Any], varied: list[str],
     raw = {**base, **values, "group": group}
     where = f"grid {path} point {values}"
     config = config_from_dict(raw, source=where).validate()
-    fields = {**config.to_dict(), "name": config.name}
+    fields = {**config.to_dict(), "name": config.name,
+              **{_field(key): value for key, value in values.items()}}
     try:
         name = (template or default_template(varied)).format_map(fields)
     except (KeyError, IndexError, ValueError) as err:

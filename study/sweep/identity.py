@@ -14,12 +14,13 @@ import hashlib
 import json
 from typing import Any
 
-from study.flow_matching.config import ARCH_NAMES, TrainingConfig
+from study.flow_matching.config import TrainingConfig, resolved_network
 from study.flow_matching.config_load import LEGACY_DEFAULTS
 from study.flow_matching.resume import HARMLESS_OVERRIDES
 
 # Not part of identity: the harmless keys, and the name (identity's other half).
-NOT_IDENTITY = (*HARMLESS_OVERRIDES, "run_name")
+# network_sha256 is recorded when a run starts (a changed file is a warning, not a new run).
+NOT_IDENTITY = (*HARMLESS_OVERRIDES, "run_name", "network_sha256")
 _DEFAULTS = TrainingConfig().to_dict()
 
 
@@ -27,9 +28,7 @@ def identity_dict(config: dict[str, Any]) -> dict[str, Any]:
     """The keys that define a run, with defaults filled in and `network` resolved the way
     launch.assign_network resolves it (run.json stores the resolved value)."""
     merged = {**_DEFAULTS, **config}
-    if merged.get("network") is None:
-        arch = merged.get("arch")
-        merged["network"] = arch if arch in ARCH_NAMES else "mlp"
+    merged["network"] = resolved_network(merged.get("network"), merged.get("arch"))
     merged["stages"] = [_plain_stage(stage) for stage in merged.get("stages") or []]
     return {key: merged[key] for key in sorted(merged) if key in _DEFAULTS
             and key not in NOT_IDENTITY}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
-from study.runs.retention import run_score
+from study.runs.retention import is_rank_key, run_score
 from study.runs.status import scan_runs
 from study.sweep.identity import NOT_IDENTITY
 from study.sweep.state import DONE_STATES
@@ -76,8 +76,9 @@ def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
 def compare_group(root: str | Path, group: str, *, metric: str = "val_loss",
                   by: list[str] | None = None) -> Comparison:
     """The results table of `group`; UsageError when the group has no finished runs."""
-    if metric not in METRICS:
-        raise UsageError(f"unknown --metric {metric!r}; choose one of: {', '.join(METRICS)}")
+    if not is_rank_key(metric):
+        raise UsageError(f"unknown --metric {metric!r}; choose one of: {', '.join(METRICS)}, "
+                         "or eval_NAME for a user metric in eval.json")
     runs = [run for run in scan_runs(root) if run.group == group]
     if not runs:
         raise UsageError(f"no runs of group {group!r} under {root}; see `flowctl list-runs`")
