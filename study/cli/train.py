@@ -42,6 +42,7 @@ NESTED_FLAGS = {"scheduler": ("scheduler", "type"), "final_lr_scale": ("schedule
 
 def train(
     ctx: typer.Context,
+    assignments: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", show_default=False, help="Config keys as Hydra users type them, after the flags' names: epochs=3 scheduler.type=linear network.args.hidden=256 (a key may not also be given as a flag)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of TrainingConfig keys; flags override it."),
     arch: str | None = typer.Option(None, help="Architecture label, part of the run name; mlp | resmlp also pick that network.  [default: the network's name]"),
     network: str | None = typer.Option(None, help="Velocity network: mlp | resmlp | pkg.module:Class (docs/networks.md).  [default: the arch if it names one, else mlp]"),
@@ -104,6 +105,7 @@ def train(
     """Train a flow-matching model; keeps best.pt and last.pt under the run folder.
 
     Example: flowctl train --flow otcfm --dataset 8gaussians --epochs 10
+    Example: flowctl train epochs=3 scheduler.type=linear
     """
     values = dict(locals())
     overrides = {key: values[key] for key in CONFIG_FLAGS}
@@ -113,7 +115,27 @@ def train(
         if values[flag] is not None:
             overrides.setdefault(key, None)
             overrides[key] = {**(overrides[key] or {}), nested: values[flag]}
-    run_command(ctx, values, overrides, config_path=config, resume=resume, overwrite=overwrite)
+    with user_errors():
+        overrides = with_assignments(overrides, assignments or [])
+    run_command(ctx, values, overrides, config_path=config, resume=resume, overwrite=overwrite,
+                worker_suffix=tuple(assignments or ()))
+
+
+def with_assignments(overrides: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """The flags' overrides plus `key=value` words; a key given both ways is one error line."""
+    from study.errors import UsageError
+    from study.flow_matching.config_load import assignments_to_overrides
+
+    words = assignments_to_overrides(assignments)
+    for key, value in words.items():
+        top = key.split(".")[0]
+        given = overrides.get(top)
+        nested_clash = isinstance(value, dict) and isinstance(given, dict) and set(value) & set(given)
+        if given is not None and (not isinstance(value, dict) or nested_clash):
+            raise UsageError(f"{top} is given twice (a flag and {top}=...); keep one")
+        overrides = {**overrides, key: {**(given or {}), **value} if isinstance(value, dict) and
+                     isinstance(given, dict) else value}
+    return overrides
 
 
 # The run options `train` and `resume` share (RunOptions fields, and --plain, --tracker).
@@ -124,7 +146,7 @@ RUN_OPTION_FLAGS = ("ckpt_dir", "device", "wandb_project", "wandb_mode", "requeu
 
 def run_command(ctx, values: dict[str, Any], overrides: dict[str, Any], *,
                 config_path: Path | None, resume: str | None, overwrite: bool,
-                worker_prefix: tuple[str, ...] = ()) -> None:
+                worker_prefix: tuple[str, ...] = (), worker_suffix: tuple[str, ...] = ()) -> None:
     """What `train` and `resume` do with their flags: run here, or under torchrun (--nproc)."""
     with exit_code_recorded(), user_errors():
         for key in ("network_args", "dataset_args"):
@@ -132,7 +154,7 @@ def run_command(ctx, values: dict[str, Any], overrides: dict[str, Any], *,
                 overrides = {**overrides, key: parse_json_mapping(
                     overrides[key], flag=f"--{key.replace('_', '-')}")}
         options = run_options(overwrite=overwrite, **{key: values[key] for key in RUN_OPTION_FLAGS})
-        launcher = ((values["nproc"], values["max_restarts"], [*worker_prefix, *worker_args(ctx)])
+        launcher = ((values["nproc"], values["max_restarts"], [*worker_prefix, *worker_args(ctx), *worker_suffix])
                     if values["nproc"] else None)
         run_from_cli(overrides, config_path=config_path, resume=resume, options=options,
                      launcher=launcher)

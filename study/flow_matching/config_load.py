@@ -182,3 +182,52 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             value = {**raw[key], **value}  # a flag changes one key of the file's mapping
         raw[key] = value
     return config_from_dict(raw, source=str(path) if path else "config").validate(check_arch=check_arch)
+
+
+def assignments_to_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` words (`epochs=3 scheduler.type=linear network.args.hidden=256`), as Hydra
+    users type them, -> overrides for `load_config`: dotted keys into the nested mappings,
+    values read as YAML (`1e-3` as a number, `{hidden: 64}` as a mapping; a str field takes
+    the text as written). One UsageError line for a malformed word or an unknown key."""
+    import difflib
+
+    known = {f.name for f in dataclasses.fields(TrainingConfig)}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        top, _, rest = key.partition(".")
+        if not sep or not key or not all(key.split(".")):
+            raise UsageError(f"expected KEY=VALUE, got {item!r} (e.g. epochs=3 scheduler.type=linear)")
+        if not text:
+            raise UsageError(f"{item!r} has no value; write {key}=VALUE")
+        if top not in known:
+            close = difflib.get_close_matches(top, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(known))}"
+            raise UsageError(f"unknown config key {top!r} in {item!r}{hint}")
+        if rest and top in NESTED:
+            cls = NESTED[top]
+            _check_keys(cls, {rest: None}, top)
+            overrides.setdefault(top, {})[rest] = _read_value(text, cls, rest)
+        elif rest and top in PLUGIN_KEYS:
+            overrides[key] = _read_value(text, None, key)  # unfold_network checks the rest
+        elif rest:
+            raise UsageError(f"{top} has no keys to set with a dot, got {item!r}; write {top}=VALUE")
+        else:
+            overrides[key] = _read_value(text, TrainingConfig, key)
+    return overrides
+
+
+def _read_value(text: str, cls: type | None, key: str) -> Any:
+    if cls is not None and str(_FIELD_TYPES[cls][key]).split("|")[0].strip() == "str":
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UsageError(f"{key}={text} is not a valid value") from None
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as text
+        for number in (int, float):
+            try:
+                return number(value)
+            except ValueError:
+                continue
+    return value
