@@ -1,0 +1,69 @@
+"""Two torchrun agents on this machine as two nodes (`--nnodes 2`, c10d rendezvous on
+localhost), each running `python -m study.cli.app train` as a cluster job does: the run trains,
+resumes with `--resume auto`, and ends bit-identical to the same run on one node with
+`--nproc 2`. Real processes and gloo; only the two "nodes" share a host."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.helpers import (
+    REPO_ROOT,
+    assert_same_state,
+    load,
+    metrics_rows,
+    run_flags,
+    spawn,
+    vectors_file,
+)
+
+pytestmark = pytest.mark.slow
+EPOCHS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(args: list[str], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """Start both agents at once (the rendezvous waits for both), then wait for both."""
+    endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8]
+    child_env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, **env}
+    agents = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
+         "-m", "study.cli.app", "train", *args],
+        cwd=REPO_ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)]
+    return [subprocess.CompletedProcess(a.args, a.wait(timeout=300), *a.communicate()) for a in agents]
+
+
+def test_two_nodes_train_and_resume_like_one_node(tmp_path):
+    data = vectors_file(tmp_path)
+    def args_for(epochs: int) -> list[str]:
+        return [*run_flags(data, "--log-every", "3", "--scheduler", "constant", epochs=epochs),
+                "--run-name", "run"]
+
+    args = args_for(EPOCHS)
+    one_node = {"FLOWCTL_CKPT_DIR": str(tmp_path / "one-node")}
+    reference = spawn("train", *args, "--nproc", "2", env=one_node)
+    _, stderr = reference.communicate(timeout=300)
+    assert reference.returncode == 0, stderr[-2000:]
+
+    nodes = {"FLOWCTL_CKPT_DIR": str(tmp_path / "two-nodes")}
+    for agents in (two_nodes(args_for(EPOCHS // 2), nodes), two_nodes([*args, "--resume", "auto"], nodes)):
+        for agent in agents:
+            assert agent.returncode == 0, agent.stderr[-3000:]
+    run = tmp_path / "two-nodes" / "run"
+    resumed = load(run / "last.pt")
+    assert resumed["world_size"] == 2 and resumed["global_step"] == EPOCHS * 9
+    assert_same_state(load(tmp_path / "one-node" / "run" / "last.pt"), resumed)
+    assert [r["step"] for r in metrics_rows(run)] == [r["step"] for r in metrics_rows(tmp_path / "one-node" / "run")]
