@@ -2,7 +2,7 @@
 
 Contenders, taking turns round after round (so load from other processes spreads over both),
 each into a fresh checkpoint root:
-- **shell**: `xargs -P K` over the `flowctl train --config ... --resume auto` commands that
+- **shell**: `xargs -P K` over the `flowctl train --resume auto key=value...` commands that
   `flowctl sweep --launcher print` prints (the same child processes, no launcher);
 - **sweep**: `flowctl sweep GRID --parallel K --plain`.
 Both get the same OMP_NUM_THREADS (cores // K, the sweep's own split), so the ratio is the

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,25 +50,43 @@ def test_grid_file_goes_to_run_and_dry_run_changes_nothing(tmp_path, isolated_ru
     assert not isolated_run_root.exists()
 
 
-def test_print_launcher_writes_point_configs_and_one_command_each(tmp_path, isolated_run_root):
+def test_print_launcher_writes_nothing_and_prints_one_command_each(tmp_path, isolated_run_root):
     grid = tiny_grid(tmp_path, {"seed": [0, 1]})
     result = cli("sweep", grid, "--launcher", "print", "--wandb-mode", "disabled")
     assert result.exit_code == 0, result.stderr
+    assert not isolated_run_root.exists()  # no folder, no config file
     commands = result.stdout.splitlines()
-    assert commands == [
-        f"flowctl train --config {isolated_run_root.absolute()}/mlp-icfm-vectors-640x2-none-s{seed}"
-        "/sweep.yaml --resume auto --plain --wandb-mode disabled" for seed in (0, 1)]
-    written = yaml.safe_load((isolated_run_root / "mlp-icfm-vectors-640x2-none-s1" / "sweep.yaml").read_text())
-    assert written["seed"] == 1 and written["run_name"] == "mlp-icfm-vectors-640x2-none-s1"
-    assert written["group"] == "g"
+    assert len(commands) == 2
+    for seed, command in enumerate(commands):
+        words = shlex.split(command)
+        assert words[:6] == ["flowctl", "train", "--resume", "auto", "--plain", "--wandb-mode"]
+        assert {"group=g", f"run_name=mlp-icfm-vectors-640x2-none-s{seed}", "epochs=2",
+                "width=16"} <= set(words)
+        assert f"seed={seed}" in words or seed == 0  # seed 0 is the default: not written
     # The printed command is a real one: it trains the point.
-    args = commands[0].split()[1:]
-    assert cli(*args).exit_code == 0
+    assert cli(*shlex.split(commands[0])[1:]).exit_code == 0
     status = json.loads(cli("sweep", "status", grid, "--json").stdout)
     assert [p["state"] for p in status["points"]] == ["finished", "pending"]
     assert status["summary"] == "2 points: 1 finished, 1 pending"
     again = cli("sweep", grid, "--launcher", "print", "--wandb-mode", "disabled")
     assert again.stdout.splitlines() == commands[1:]  # only what is left
+
+
+def test_print_words_rebuild_each_points_config_exactly(tmp_path):
+    """Every kind of value (dicts, lists of stages, floats, None, bools) survives the words."""
+    from study.flow_matching.config_load import assignments_to_overrides, load_config
+    from study.sweep.commands import assignment_words
+    from study.sweep.grid import load_grid
+    from study.sweep.identity import config_hash
+
+    grid = tiny_grid(tmp_path, {"lr": [1e-5, 0.25], "ema_warmup": [False]},
+                     include=[{"scheduler": {"type": "step", "gamma": 0.5}, "seed": 7,
+                               "stages": [{"name": "a", "epochs": 1}, {"name": "b", "epochs": 1,
+                                                                       "flow": "otcfm"}]}])
+    for point in load_grid(Path(grid)).points:
+        words = assignment_words(point.config.to_dict())
+        rebuilt = load_config(None, assignments_to_overrides(words))
+        assert config_hash(rebuilt.to_dict()) == point.config_hash, words
 
 
 def test_status_table_and_json_of_a_fresh_grid(tmp_path):

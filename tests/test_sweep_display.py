@@ -12,10 +12,9 @@ import sys
 
 import pytest
 import yaml
-from rich.console import Console
 
 from study.runs.status import RunInfo
-from study.sweep.display import eta_seconds, status_table
+from study.sweep.display import eta_seconds, status_lines
 from study.sweep.grid import load_grid
 from study.sweep.resources import plan_slots, usable_cpus
 from study.sweep.state import PointState
@@ -66,11 +65,15 @@ def test_status_table_shows_errors_and_eval_metrics(tmp_path):
     failed.error = "cannot read dataset /x.pt"
     done = point_state(tmp_path, "finished", epoch=10, total_epochs=10, best_val_loss=0.123456)
     done.eval = {"w2": 0.0421, "mmd": 0.0012}
-    console = Console(record=True, width=200)
-    console.print(status_table([failed, done], "sweep g"))
-    text = console.export_text()
-    assert "cannot read dataset /x.pt" in text
-    assert "0.1235" in text and "0.0421" in text and "0.0012" in text and "10/10" in text
+    title, header, rule, *rows = status_lines([failed, done], "sweep g")
+    assert title == "sweep g" and header.split("  ")[0].rstrip() == "point"
+    assert set(rule) == {"-", " "}
+    assert rows[0].endswith("cannot read dataset /x.pt") and " failed " in rows[0]
+    for number in ("0.1235", "0.0421", "0.0012", "10/10"):
+        assert number in rows[1]
+    # aligned: every column starts at the same place in every row
+    assert {row.index("failed") if "failed" in row else row.index("finished") for row in rows} \
+        == {header.index("state")}
 
 
 @pytest.mark.slow

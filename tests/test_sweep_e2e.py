@@ -271,8 +271,9 @@ def test_a_point_locked_by_a_silent_trainer_on_another_host_is_reported_not_wait
     folder.mkdir(parents=True)
     (folder / "run.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere-host", "flock": True}))
     stale = (datetime.now(timezone.utc) - timedelta(minutes=20)).isoformat()
-    assert cli("sweep", grid, "--launcher", "print").exit_code == 0  # writes sweep.yaml
-    config = yaml.safe_load((folder / "sweep.yaml").read_text())
+    from study.sweep.grid import load_grid
+
+    config = load_grid(Path(grid)).points[0].config.to_dict()  # the point's own config
     (folder / "run.json").write_text(json.dumps({
         "run_name": folder.name, "status": "running", "config": config, "pid": 1,
         "host": "elsewhere-host", "updated_at": stale}))

@@ -73,7 +73,7 @@ def run(
         grid, states = _load(grid_file, ckpt_dir)
         todo = [s for s in states if _action(s, retry_failed) in ("start", "resume", "retry")]
         if launcher == "print":
-            _print_commands(todo, flags, dry_run)
+            _print_commands(todo, flags)
         elif launcher == "slurm":
             from study.slurm.script import SlurmOptions
 
@@ -112,14 +112,12 @@ def _action(state: PointState, retry_failed: bool) -> str:
     return "start" if state.state == "pending" else "resume"
 
 
-def _print_commands(todo: list[PointState], flags, dry_run: bool) -> None:
-    from study.sweep.commands import point_config_path, shell_command
-    from study.sweep.point_files import write_point_config
+def _print_commands(todo: list[PointState], flags) -> None:
+    """One `flowctl train ... key=value...` line per point left to do; writes nothing."""
+    from study.sweep.commands import point_command
 
-    for state in todo:
-        if not dry_run:
-            write_point_config(state.folder, state.point)
-        typer.echo(shell_command(point_config_path(state.point, flags.ckpt_dir), flags))
+    if todo:  # one write: 10,000 lines in a few ms
+        typer.echo("\n".join(point_command(state.point, flags) for state in todo))
 
 
 def _submit_slurm(grid, todo: list[PointState], flags, options, parallelism, dry_run) -> None:
@@ -182,7 +180,7 @@ def status(
 
     Example: flowctl sweep status examples/study_small.yaml --json
     """
-    from study.sweep.display import status_table
+    from study.sweep.display import status_lines
     from study.sweep.grid import load_grid
     from study.sweep.state import read_states, summary_line
 
@@ -197,8 +195,4 @@ def status(
                                "summary": summary_line(states), "counts": counts,
                                "points": [state.to_json() for state in states]}, indent=2))
         return
-    from rich.console import Console
-
-    console = Console()
-    console.print(status_table(states, f"sweep {grid.group}"))
-    typer.echo(summary_line(states))
+    typer.echo("\n".join([*status_lines(states, f"sweep {grid.group}"), summary_line(states)]))

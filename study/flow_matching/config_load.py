@@ -188,7 +188,8 @@ def assignments_to_overrides(items: list[str]) -> dict[str, Any]:
     """`key=value` words (`epochs=3 scheduler.type=linear network.args.hidden=256`), as Hydra
     users type them, -> overrides for `load_config`: dotted keys into the nested mappings,
     values read as YAML (`1e-3` as a number, `{hidden: 64}` as a mapping; a str field takes
-    the text as written). One UsageError line for a malformed word or an unknown key."""
+    the text as written, `null` for None). One UsageError line for a malformed word or an
+    unknown key. `sweep --launcher print` writes its points this way (sweep.commands)."""
     import difflib
 
     known = {f.name for f in dataclasses.fields(TrainingConfig)}
@@ -218,8 +219,9 @@ def assignments_to_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _read_value(text: str, cls: type | None, key: str) -> Any:
-    if cls is not None and str(_FIELD_TYPES[cls][key]).split("|")[0].strip() == "str":
-        return text
+    declared = str(_FIELD_TYPES[cls][key]) if cls is not None else ""
+    if declared.split("|")[0].strip() == "str":  # the text as written; `null` where None fits
+        return None if text == "null" and "None" in declared else text
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

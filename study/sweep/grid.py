@@ -170,7 +170,8 @@ def _make_point(base: dict[str, Any], values: dict[str, Any], varied: list[str],
     raw = {**base, **values, "group": group}
     where = f"grid {path} point {values}"
     config = config_from_dict(raw, source=where).validate()
-    fields = {**config.to_dict(), "name": config.name,
+    as_dict = config.to_dict()
+    fields = {**as_dict, "name": config.name,
               **{_field(key): value for key, value in values.items()}}
     try:
         name = (template or default_template(varied)).format_map(fields)
@@ -179,7 +180,7 @@ def _make_point(base: dict[str, Any], values: dict[str, Any], varied: list[str],
                          "and {name}, e.g. \"{name}-s{seed}\"") from None
     config.run_name = name
     config.validate()  # the name must be one folder
-    return Point(name=name, config=config, config_hash=config_hash(config.to_dict()),
+    return Point(name=name, config=config, config_hash=config_hash({**as_dict, "run_name": name}),
                  values={key: raw[key] for key in values})
 
 

@@ -73,6 +73,8 @@ class PointState:
 def read_point_state(point: Point, root: str | Path | None = None) -> PointState:
     """What is on disk for `point`, as one of the states above."""
     folder = run_dir(point.name, root)
+    if not os.path.isdir(folder):  # never started, as most points of a new grid: one stat
+        return PointState(point=point, state="pending", folder=folder)
     run = read_run(folder) if (folder / RUN_JSON).is_file() else None
     has_checkpoint = any((folder / name).is_file() for name in (BEST_NAME, LAST_NAME))
     state = PointState(point=point, state="pending", folder=folder, run=run,
