@@ -30,7 +30,8 @@ from study.runs.paths import (
     RUN_JSON,
     run_dir,
 )
-from study.runs.status import RunInfo, json_number, parse_time, read_json_object, read_run
+from study.runs.safe_read import read_json_object
+from study.runs.status import RunInfo, json_number, parse_time, read_run
 from study.sweep.grid import Point
 from study.sweep.identity import identity_diff
 from study.sweep.point_files import read_record

@@ -30,6 +30,7 @@ from study.runs.paths import (
     METRICS_CSV,
     RUN_JSON,
 )
+from study.runs.safe_read import load_json_object
 from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, read_run, scan_runs
 from study.ui.checkpoint_view import CheckpointSummaries
 from study.ui.metrics_feed import MetricsFeed
@@ -183,16 +184,8 @@ def read_json(folder: str, filename: str) -> tuple[Any, str | None]:
     path = file_in_run(folder, filename)
     if path is None:
         return None, f"no {filename}"
-    try:
-        with open(path, "rb") as handle:
-            value = json.loads(handle.read())
-    except OSError as err:
-        return None, f"{filename} unreadable: {err.strerror or err}"
-    except (ValueError, UnicodeDecodeError):
-        return None, f"{filename} is not valid JSON"
-    if not isinstance(value, dict):
-        return None, f"{filename} holds a {type(value).__name__}, not an object"
-    return value, None
+    value, problem = load_json_object(path)
+    return value, problem or None
 
 
 def pictures(folder: str, name: str) -> list[dict[str, Any]]:

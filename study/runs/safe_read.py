@@ -1,0 +1,88 @@
+"""Reading the small JSON files of a run folder (run.json, eval.json, a sweep point's record)
+without trusting them. No torch import.
+
+One reader for all of them, so every command answers a hostile file the same way: as a
+one-line problem that costs that file's row, never an exception. A file is read only when it
+resolves (symlinks followed) inside its own folder: a `run.json -> /etc/...` link, or one to
+another user's files, is refused unread. A document nested deeper than MAX_DEPTH (a JSON
+bomb of brackets: json.loads raises RecursionError, and even a loadable one would overflow
+every recursive walk after it: masking, printing, the dashboard's encoder) is refused too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+# Far deeper than anything flowctl writes (run.json's config is 3 levels), far below the
+# interpreter's recursion limit (1,000 frames, part of them already used by the caller).
+MAX_DEPTH = 64
+
+
+def inside(parent_real: str, path: str) -> bool:
+    """Whether `path`, with symlinks resolved, lies strictly inside `parent_real` (a realpath)."""
+    real = os.path.realpath(path)
+    return real != parent_real and os.path.commonpath([parent_real, real]) == parent_real
+
+
+def confined_path(path: str | os.PathLike) -> str | None:
+    """`path` resolved, when it lies inside its own folder (resolved); None when a symlink
+    (the file's own or one inside the folder) leads out of it."""
+    path = os.fspath(path)
+    folder_real = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if not inside(folder_real, path):
+        return None
+    return os.path.realpath(path)
+
+
+def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` (parsed JSON) nests containers deeper than `limit`; iterative, so a
+    deep value cannot overflow the check itself."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def load_json_object(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
+    """(the object in the JSON file `path`, "") or (None, why not, in one line naming the
+    file): missing, a symlink out of its folder, unreadable, not JSON, nested too deeply, or
+    not an object. Never raises for the file's content."""
+    name = os.path.basename(os.fspath(path))
+    real = confined_path(path)
+    if real is None:
+        return None, f"{name} is a symlink out of its run folder (not read)"
+    try:
+        with open(real, "rb") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None, f"{name} missing"
+    except OSError as err:
+        return None, f"{name} unreadable: {err.strerror or err}"
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        return None, f"{name} is nested too deeply (over {MAX_DEPTH} levels)"
+    except (ValueError, UnicodeDecodeError):
+        return None, f"{name} is not valid JSON"
+    if not isinstance(value, dict):
+        return None, f"{name} holds a {type(value).__name__}, not an object"
+    if depth_exceeds(value):
+        return None, f"{name} is nested too deeply (over {MAX_DEPTH} levels)"
+    return value, ""
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The object in the JSON file `path`; None when load_json_object finds a problem (for the
+    advisory files: eval.json, a sweep's point record)."""
+    return load_json_object(path)[0]

@@ -1,0 +1,104 @@
+"""Issue 24, data loss: attacks that used to delete or overwrite what a command was not asked
+to touch. Each asserts the outcome, the exit code and stderr, and that nothing outside the
+run folder (or the requested output) changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from study.runs.removal import remove_run
+from study.runs.status import read_run
+from tests.faults.attacks import fingerprint, make_run
+from tests.helpers import cli
+
+
+def prune(*args: str) -> tuple[dict, str]:
+    result = cli("prune", "--json", *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
+# -- 1. prune ranks, deletes and reports by folder ------------------------------------------------
+def test_prune_keeps_a_backup_copy_and_a_symlink_apart_from_the_run(isolated_run_root):
+    """`cp -r good good-backup; ln -s good latest`: three folders whose run.json say `good`.
+    --keep-best 1 keeps the best folder, removes the other copy and `bad`, keeps the link."""
+    root = isolated_run_root
+    make_run(root, "good", group="abl", best=0.1)
+    make_run(root, "bad", group="abl", best=0.5)
+    shutil.copytree(root / "good", root / "good-backup")
+    os.symlink("good", root / "latest")
+    plan, stderr = prune("--keep-best", "1", "--group", "abl")
+    assert sorted(row["folder"] for row in plan["runs"]) == ["bad", "good-backup"]
+    assert [link["folder"] for link in plan["kept_links"]] == ["latest"]
+
+    result = cli("prune", "--keep-best", "1", "--group", "abl", "--yes")
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("removed") and "good-backup (run good)" in line for line in lines)
+    assert any(line.startswith("removed") and " bad " in line for line in lines)
+    assert any(line.startswith("kept") and "latest" in line and "symlink" in line for line in lines)
+    assert lines[-1].startswith("freed") and "2 run folders removed" in lines[-1]
+    assert sorted(path.name for path in root.iterdir()) == ["good", "latest"]
+    assert (root / "good" / "last.pt").is_file() and (root / "latest" / "run.json").is_file()
+
+
+def test_prune_reports_each_folder_once_when_names_repeat(isolated_run_root):
+    root = isolated_run_root
+    for folder in ("x1", "x2", "x3"):
+        make_run(root, folder, status="failed", run_name="same")
+    done, _ = prune("--status", "failed", "--yes")
+    assert sorted((row["folder"], row["action"]) for row in done["runs"]) == [
+        ("x1", "removed"), ("x2", "removed"), ("x3", "removed")]
+    assert done["freed_bytes"] == done["would_free_bytes"] > 0
+    assert list(root.iterdir()) == []
+
+
+# -- 2. nothing that deletes follows a symlink ----------------------------------------------------
+def test_prune_never_follows_a_symlinked_run_folder(tmp_path, isolated_run_root):
+    """`ln -s ../outside checkpoints/scratch; flowctl prune --status unknown --yes`."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "thesis.tex").write_text("years of work")
+    (outside / "run.json").write_text('{"status": "failed", "group": "g"}')
+    isolated_run_root.mkdir()
+    os.symlink(outside, isolated_run_root / "scratch")
+    make_run(isolated_run_root, "real-junk", status="failed")
+    before = fingerprint(tmp_path, skip=(isolated_run_root,))
+    for rule in ("unknown", "failed", "unknown,failed,finished"):
+        done, stderr = prune("--status", rule, "--yes")
+        assert stderr == ""
+        assert [link["folder"] for link in done["kept_links"]] in ([], ["scratch"])
+    assert fingerprint(tmp_path, skip=(isolated_run_root,)) == before
+    assert os.path.islink(isolated_run_root / "scratch") and not (outside / "run.lock").exists()
+    assert not (isolated_run_root / "real-junk").exists()
+    listing = json.loads(cli("list-runs", "--json").stdout)
+    assert [(row["run_name"], row["status"]) for row in listing] == [("scratch", "unknown")]
+    assert "outside the checkpoint root" in listing[0]["reason"]
+
+
+def test_prune_removes_a_link_inside_a_run_folder_not_its_target(tmp_path, isolated_run_root):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.npy").write_bytes(b"precious")
+    folder = make_run(isolated_run_root, "junk", status="failed")
+    os.symlink(outside, folder / "data")
+    os.symlink(outside / "data.npy", folder / "copy.npy")
+    before = fingerprint(outside)
+    done, _ = prune("--status", "failed", "--yes")
+    assert [row["action"] for row in done["runs"]] == ["removed"]
+    assert fingerprint(outside) == before and not folder.exists()
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_scan_is_skipped(tmp_path, isolated_run_root):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    folder = make_run(isolated_run_root, "swapped", status="failed")
+    scanned = read_run(folder)
+    shutil.rmtree(folder)
+    os.symlink(outside, folder)
+    outcome = remove_run(scanned)
+    assert outcome.action == "skipped" and "symlink" in outcome.note
+    assert sorted(path.name for path in outside.iterdir()) == ["keep.txt"]
