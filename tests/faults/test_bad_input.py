@@ -16,9 +16,11 @@ from tests.helpers import TINY, CreatesMarker, cli, error_line, load, vectors_fi
 
 COMMANDS = {
     "inspect-ckpt": lambda path: ["inspect-ckpt", path],
-    "resume": lambda path: ["resume", path, "--epochs", "2", "--wandb-mode", "disabled"],
+    # A resume writes into the folder that holds its checkpoint, which must be under the root.
+    "resume": lambda path: ["resume", path, "--epochs", "2", "--wandb-mode", "disabled",
+                            "--ckpt-dir", Path(path).parent.parent],
     "train --resume": lambda path: ["train", "--resume", path, "--epochs", "2",
-                                      "--wandb-mode", "disabled"],
+                                      "--wandb-mode", "disabled", "--ckpt-dir", Path(path).parent.parent],
     "sample": lambda path: ["sample", path, "--n", "10", "--out", Path(path).with_suffix(".out.pt")],
     "eval": lambda path: ["eval", path, "--n", "10", "--steps", "2"],
 }

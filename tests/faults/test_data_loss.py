@@ -11,7 +11,7 @@ import shutil
 from study.runs.removal import remove_run
 from study.runs.status import read_run
 from tests.faults.attacks import fingerprint, make_run
-from tests.helpers import cli
+from tests.helpers import cli, error_line, load, run_flags, run_json, vectors_file
 
 
 def prune(*args: str) -> tuple[dict, str]:
@@ -102,3 +102,47 @@ def test_a_folder_swapped_for_a_symlink_after_the_scan_is_skipped(tmp_path, isol
     outcome = remove_run(scanned)
     assert outcome.action == "skipped" and "symlink" in outcome.note
     assert sorted(path.name for path in outside.iterdir()) == ["keep.txt"]
+
+
+# -- 3. resume writes into the folder it was asked to resume --------------------------------------
+def trained(root, tmp_path, name: str = "exp") -> None:
+    result = cli("train", "--run-name", name, *run_flags(vectors_file(tmp_path), epochs=1))
+    assert result.exit_code == 0, result.stderr
+
+
+def test_resume_of_a_copied_run_folder_leaves_the_original_untouched(tmp_path, isolated_run_root):
+    """`cp -r exp exp-e1; flowctl resume exp-e1 --epochs 2`: exp-e1 is continued and renamed,
+    exp stays byte for byte."""
+    trained(isolated_run_root, tmp_path)
+    shutil.copytree(isolated_run_root / "exp", isolated_run_root / "exp-e1")
+    copy = isolated_run_root / "exp-e1"
+    before = fingerprint(tmp_path, skip=(copy,))
+    result = cli("resume", "exp-e1", "--epochs", "2")
+    assert result.exit_code == 0, result.stderr
+    renamed = [line for line in result.stderr.splitlines() if "renamed exp-e1" in line]
+    assert len(renamed) == 1 and renamed[0].startswith("warning: "), result.stderr
+    assert fingerprint(tmp_path, skip=(copy,)) == before
+    assert run_json(copy)["run_name"] == "exp-e1" and run_json(copy)["epoch"] == 2
+    assert load(copy / "last.pt")["config"]["run_name"] == "exp-e1"
+
+
+def test_resume_after_mv_does_not_recreate_the_old_folder(tmp_path, isolated_run_root):
+    trained(isolated_run_root, tmp_path, "a")
+    (isolated_run_root / "a").rename(isolated_run_root / "b")
+    before = fingerprint(tmp_path, skip=(isolated_run_root / "b",))
+    result = cli("resume", "b", "--epochs", "2")
+    assert result.exit_code == 0, result.stderr
+    assert not (isolated_run_root / "a").exists()
+    assert fingerprint(tmp_path, skip=(isolated_run_root / "b",)) == before
+    assert run_json(isolated_run_root / "b")["status"] == "finished"
+
+
+def test_resume_of_a_checkpoint_outside_the_root_is_refused(tmp_path, isolated_run_root):
+    trained(isolated_run_root, tmp_path)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(isolated_run_root / "exp" / "last.pt", loose / "last.pt")
+    before = fingerprint(tmp_path)
+    error_line(cli("resume", loose / "last.pt", "--epochs", "2"),
+               "not in a run folder under the checkpoint root", "--ckpt-dir")
+    assert fingerprint(tmp_path) == before
