@@ -13,6 +13,8 @@ import typer
 from study.cli.common import CkptDir, fail, user_errors
 from study.sweep.results import METRICS, Comparison, format_mean_std
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what matplotlib's savefig writes by extension
+
 
 def compare(
     group: str = typer.Option(..., "--group", "-g", help="The runs' group (a sweep's `group:`, default the grid file's stem)."),
@@ -20,7 +22,7 @@ def compare(
     metric: str = typer.Option("val_loss", "--metric", help=f"{' | '.join(METRICS)} (eval_*: from `flowctl eval`)."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON rows (mean, std, min, max, n, per-run values)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (mean ± std), for a paper or a README."),
-    plot: Path | None = typer.Option(None, "--plot", help="Also write a PNG: a bar per row (mean ± std), a dot per run."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write a picture (.png, .pdf or .svg; replaced if it exists): a bar per row (mean ± std), a dot per run."),
     ckpt_dir: CkptDir = None,
 ) -> None:
     """Compare the finished runs of a group: one row per setting, mean ± std over seeds.
@@ -34,6 +36,10 @@ def compare(
         raise fail("choose one of --json and --markdown")
     keys = [key.strip() for key in by.split(",") if key.strip()] if by is not None else None
     with user_errors():
+        if plot is not None:  # before any work: a picture never replaces a run's own file
+            from study.runs.outputs import check_output
+
+            check_output(plot, suffixes=PLOT_SUFFIXES, force=True, flag="--plot")
         comparison = compare_group(checkpoint_root(ckpt_dir), group, metric=metric, by=keys)
     if json_output:
         typer.echo(json.dumps({"group": group, "metric": metric, "by": comparison.by,

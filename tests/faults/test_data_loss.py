@@ -146,3 +146,40 @@ def test_resume_of_a_checkpoint_outside_the_root_is_refused(tmp_path, isolated_r
     error_line(cli("resume", loose / "last.pt", "--epochs", "2"),
                "not in a run folder under the checkpoint root", "--ckpt-dir")
     assert fingerprint(tmp_path) == before
+
+
+# -- 4. sample --out never overwrites a run's files, nor any file without --force -----------------
+def test_sample_out_refuses_a_runs_own_files_and_existing_files(tmp_path, isolated_run_root):
+    trained(isolated_run_root, tmp_path)
+    run = isolated_run_root / "exp"
+    (tmp_path / "mine.pt").write_bytes(b"someone's file")
+    os.symlink(run / "last.pt", tmp_path / "link.pt")
+    before = fingerprint(tmp_path)
+    sample = ("sample", "exp", "--n", "10", "--steps", "2", "--out")
+    for name in ("last.pt", "best.pt", "metrics.csv", "run.json"):
+        for force in ((), ("--force",)):
+            error_line(cli(*sample, run / name, *force), "is a file of the run folder",
+                       "never overwrites")
+    error_line(cli(*sample, tmp_path / "link.pt", "--force"), "is a file of the run folder")
+    error_line(cli(*sample, tmp_path / "mine.pt"), "already exists", "--force")
+    error_line(cli(*sample, tmp_path / "samples.csv"), "'.csv' is not a format", ".pt, .npy")
+    error_line(cli(*sample, tmp_path / "samples"), "no extension")
+    error_line(cli(*sample, tmp_path / "mine.pt" / "s.pt"), "is a file, not a folder")
+    error_line(cli(*sample, tmp_path, "--force"), "is a folder")
+    error_line(cli(*sample, tmp_path / "s.npy", "--format", "pt"), "make them agree")
+    assert fingerprint(tmp_path) == before
+
+    replaced = cli(*sample, tmp_path / "mine.pt", "--force")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert load(tmp_path / "mine.pt").shape == (10, 2)
+    after = fingerprint(tmp_path)
+    assert after.pop("mine.pt") != before.pop("mine.pt") and after == before
+
+
+def test_compare_plot_never_replaces_a_runs_file_and_writes_only_known_formats(isolated_run_root):
+    run = make_run(isolated_run_root, "r1", best=0.2)
+    before = fingerprint(isolated_run_root)
+    for name in ("metrics.csv", "run.json", "last.pt"):
+        error_line(cli("compare", "--group", "g", "--plot", run / name), "is a file of the run folder")
+    error_line(cli("compare", "--group", "g", "--plot", run.parent / "plot.jpgx"), "'.jpgx'")
+    assert fingerprint(isolated_run_root) == before
