@@ -107,9 +107,10 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *,
     """Write `data` (bytes, or a function that writes into the open file) to `path` (and to
     each path in `also`, same folder) so that readers only ever see complete files.
 
-    The bytes are written and fsynced once; each extra name is a hard link to the new file
-    put in place with its own `os.replace` (a later rewrite of `path` replaces that name
-    only), then one fsync of the folder. An OSError (disk full, permission denied, folder
+    The bytes are serialised once; each extra name gets its own copy of the new file (never
+    a hard link: best.pt and last.pt are two files, so damaging one in place, a shell
+    redirect, cannot destroy the other), fsynced and put in place with its own
+    `os.replace`, then one fsync of the folder. An OSError (disk full, permission denied, folder
     deleted) removes the temp files, leaves the previous files untouched and is raised as
     RunFailed naming the file; any other error (from a writing function) removes them too.
     """
@@ -125,11 +126,8 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *,
         os.replace(temps[0], path)
         for current, temp in zip(also, temps[1:], strict=True):
             current = Path(current)
-            try:
-                os.link(path, temp)
-            except OSError:  # a filesystem without hard links: write a copy
-                shutil.copyfile(path, temp)
-                _fsync_file(temp)
+            shutil.copyfile(path, temp)
+            _fsync_file(temp)
             os.replace(temp, current)
         _fsync_dir(path.parent)
     except BaseException as err:

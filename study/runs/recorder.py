@@ -133,7 +133,7 @@ class RunRecorder:
 
         Each payload must be a snapshot that nothing changes afterwards (the trainer passes
         `checkpoint.snapshot(...)`): serialisation, the temp file, fsync, os.replace and a
-        hard link per extra path all overlap the next training steps. One batch of writes is
+        copy per extra path all overlap the next training steps. One batch of writes is
         in flight at a time; a failed write is raised at the next save or at `flush()`. With
         `keep_snapshots`, older epoch-numbered snapshots beyond that many are then removed.
         """

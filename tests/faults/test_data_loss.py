@@ -183,3 +183,19 @@ def test_compare_plot_never_replaces_a_runs_file_and_writes_only_known_formats(i
         error_line(cli("compare", "--group", "g", "--plot", run / name), "is a file of the run folder")
     error_line(cli("compare", "--group", "g", "--plot", run.parent / "plot.jpgx"), "'.jpgx'")
     assert fingerprint(isolated_run_root) == before
+
+
+# -- 5. best.pt and last.pt are two files ---------------------------------------------------------
+def test_a_redirect_into_last_pt_leaves_best_pt(tmp_path, isolated_run_root):
+    """A run whose final epoch is its best: `> last.pt` must not destroy best.pt too."""
+    result = cli("train", "--run-name", "exp", "--lr", "3e-3", "--warmup-steps", "0",
+                 *run_flags(vectors_file(tmp_path), epochs=2))
+    assert result.exit_code == 0, result.stderr
+    run = isolated_run_root / "exp"
+    assert load(run / "best.pt")["global_step"] == load(run / "last.pt")["global_step"], \
+        "expected the last epoch to be the best"
+    with open(run / "last.pt", "wb"):  # `> last.pt`
+        pass
+    assert load(run / "best.pt")["epoch"] == 1
+    inspected = cli("inspect-ckpt", "exp")
+    assert inspected.exit_code == 0, inspected.stderr
