@@ -21,6 +21,7 @@ from study.runs.paths import (
     BEST_NAME,
     LAST_FIRST,
     LAST_NAME,
+    check_run_name,
     checkpoint_root,
     find_checkpoint,
     run_dir,
@@ -114,6 +115,7 @@ def resume_in_place(config: TrainingConfig, checkpoint: Path, ckpt_dir: str | No
                          f"(mkdir {root}/NAME; cp {checkpoint} {root}/NAME/last.pt) or pass "
                          f"--ckpt-dir {folder.parent}")
     if folder.name != config.name:
+        check_run_name(folder.name, what="the run folder")
         warn(f"resuming run folder {folder.name}: the run named {config.name} in its "
              f"checkpoint is renamed {folder.name} (it writes only into {folder})")
         config.run_name = folder.name

@@ -8,6 +8,7 @@ working directory, as in the original study). No torch import: the fast commands
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from study.errors import UsageError
@@ -27,6 +28,36 @@ LAST_FIRST = (LAST_NAME, BEST_NAME)
 
 
 SNAPSHOT_GLOB = "epoch-*.pt"
+NAME_MAX_BYTES = 255  # NAME_MAX: the longest file name ext4, xfs, btrfs and tmpfs allow
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run folder's name (one phrase), or None if it can: it must be
+    one visible path component, a valid file name everywhere flowctl writes it (a folder, an
+    #SBATCH line, a terminal): no '/', '\\', NUL or other control characters, no line or
+    paragraph separators, no leading '.', at most NAME_MAX_BYTES bytes of UTF-8."""
+    if not name or not name.strip():
+        return "is empty"
+    if name.startswith("."):
+        return "starts with '.' (hidden, and '.'/'..' are not folders of their own)"
+    if "/" in name or "\\" in name:
+        return "holds a path separator ('/' or '\\')"
+    odd = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")), None)
+    if odd is not None:
+        return f"holds the control character {odd!r}"
+    size = len(name.encode("utf-8"))
+    if size > NAME_MAX_BYTES:
+        return f"is {size} bytes long, more than a file name may hold ({NAME_MAX_BYTES})"
+    return None
+
+
+def check_run_name(name: str, *, what: str = "--run-name") -> str:
+    """`name` if it can name a run folder; UsageError (one line, the fix) otherwise."""
+    problem = name_problem(name)
+    if problem is not None:
+        shown = repr(name) if len(name) <= 80 else repr(name[:60]) + "..."
+        raise UsageError(f"{what} {shown} {problem}; a run name must be a single folder name")
+    return name
 
 
 def snapshot_name(epoch: int) -> str:
