@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from study.cli.common import CkptDir, fail, user_errors
+from study.runs.display import printable
 from study.sweep.results import METRICS, Comparison, format_mean_std
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what matplotlib's savefig writes by extension
@@ -59,16 +60,18 @@ def compare(
 def _print_table(comparison: Comparison) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{comparison.group}: {comparison.metric}", title_justify="left")
     for key in comparison.by:
         table.add_column(key)
     for column in ("n", "mean ± std", "min", "max"):
         table.add_column(column, justify="right")
-    for row in comparison.rows:
-        table.add_row(*(str(row.setting[key]) for key in comparison.by), str(len(row.runs)),
-                      format_mean_std(row), f"{min(row.values):.4g}", f"{max(row.values):.4g}")
+    for row in comparison.rows:  # settings come from run.json: Text (no markup), no escapes
+        table.add_row(*(Text(printable(str(row.setting[key]))) for key in comparison.by),
+                      str(len(row.runs)), format_mean_std(row), f"{min(row.values):.4g}",
+                      f"{max(row.values):.4g}")
     Console().print(table)
     if comparison.skipped:
         reasons = ", ".join(f"{name} ({why})" for name, why in comparison.skipped.items())
-        typer.echo(f"not in the table: {reasons}")
+        typer.echo(printable(f"not in the table: {reasons}"))

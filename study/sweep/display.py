@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from study.runs.display import format_age
+from study.runs.display import format_age, printable
 from study.sweep.state import PointState
 
 if TYPE_CHECKING:
@@ -34,8 +34,17 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
+def shown_text(value: str):
+    """A cell holding data from files: a rich Text (never parsed as markup), controls shown
+    as `?` (study.runs.display.printable)."""
+    from rich.text import Text
+
+    return Text(printable(str(value)))
+
+
 def render_table(states: list[PointState], title: str) -> Table:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     for column in ("point", "state", "epoch", "loss", "best val", "ETA"):
@@ -48,7 +57,7 @@ def render_table(states: list[PointState], title: str) -> Table:
         epoch = f"{run.epoch or 0}/{run.total_epochs or state.point.config.epochs}" if run else ""
         eta = eta_seconds(state)
         style = STATE_STYLES.get(state.state, "")
-        table.add_row(state.point.name, f"[{style}]{state.state}[/]" if style else state.state,
+        table.add_row(shown_text(state.point.name), Text(state.state, style=style),
                       epoch, _number(run.train_loss if run else None),
                       _number(run.best_val_loss if run else None),
                       format_age(eta) if eta is not None else "")
@@ -75,9 +84,9 @@ class SweepDisplay:
             from rich.text import Text
 
             # A Text, not markup=False: print's options would also reach the live table.
-            self._live.console.print(Text(text))
+            self._live.console.print(Text(printable(text)))
         else:
-            print(text, flush=True)
+            print(printable(text), flush=True)
 
     def refresh(self, states: list[PointState], summary: str) -> None:
         if self._live is not None:
@@ -92,6 +101,7 @@ class SweepDisplay:
 def status_table(states: list[PointState], title: str) -> Table:
     """`flowctl sweep status`: state, progress, best val loss, eval W2/MMD, error or detail."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     for column in ("point", "state", "epoch", "best val", "eval w2", "eval mmd", "error / detail"):
@@ -102,8 +112,8 @@ def status_table(states: list[PointState], title: str) -> Table:
         run, evaluation = state.run, state.eval or {}
         epoch = f"{run.epoch or 0}/{run.total_epochs or state.point.config.epochs}" if run else ""
         style = STATE_STYLES.get(state.state, "")
-        table.add_row(state.point.name, f"[{style}]{state.state}[/]" if style else state.state,
+        table.add_row(shown_text(state.point.name), Text(state.state, style=style),
                       epoch, _number(run.best_val_loss if run else None),
                       _number(evaluation.get("w2")), _number(evaluation.get("mmd")),
-                      state.error or state.detail or "")
+                      shown_text(state.error or state.detail or ""))
     return table

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
+from study.runs.display import printable
 from study.runs.retention import run_score
 from study.runs.status import scan_runs
 from study.sweep.identity import NOT_IDENTITY
@@ -120,6 +121,6 @@ def markdown_table(comparison: Comparison) -> str:
     header = [*comparison.by, "n", f"{comparison.metric} (mean ± std)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in comparison.rows:
-        cells = [str(row.setting[key]) for key in comparison.by]
+        cells = [printable(str(row.setting[key])) for key in comparison.by]  # from run.json
         lines.append("| " + " | ".join([*cells, str(len(row.runs)), format_mean_std(row)]) + " |")
     return "\n".join(lines)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from tests.faults.attacks import fingerprint
-from tests.helpers import cli, error_line, run_flags, vectors_file
+from tests.helpers import cli, error_line, load, run_flags, vectors_file
 
 GLUED = "team-ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2"  # a GitHub token's shape after `team-`
 TOKEN = GLUED.removeprefix("team-")
@@ -96,3 +97,74 @@ def test_the_longest_name_a_folder_can_hold_trains(tmp_path, isolated_run_root):
     result = cli("train", "--run-name", name, *run_flags(vectors_file(tmp_path), epochs=1))
     assert result.exit_code == 0, result.stderr
     assert (isolated_run_root / name / "best.pt").is_file()
+
+
+# -- terminal escapes in file data are shown, never obeyed ----------------------------------------
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\x1b[31m\x9b1m\r\x08\u202e"  # title, clear, colour, CSI, bidi
+ESCAPE_BYTES = ("\x1b", "\x07", "\x9b", "\r", "\x08", "\u202e")
+
+
+def hostile_run(root, name: str = "evil", **fields):
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({
+        "run_name": f"r{ESCAPES}", "group": f"g{ESCAPES}", "status": "failed",
+        "error": {"type": f"E{ESCAPES}", "message": f"boom{ESCAPES}[/][bold]"},
+        "config": {"flow": f"icfm{ESCAPES}[red]", "dataset": "moons", "seed": 0},
+        "best_val_loss": 0.5, **fields}))
+    return folder
+
+
+def assert_no_escapes(text: str) -> None:
+    leaked = [repr(char) for char in ESCAPE_BYTES if char in text]
+    assert leaked == [], leaked
+
+
+def test_list_runs_shows_escapes_in_run_json_as_question_marks(isolated_run_root):
+    hostile_run(isolated_run_root)
+    (isolated_run_root / f"folder{ESCAPES}").mkdir()  # a folder name: `unknown`
+    for args in ((), ("--status", "failed"), ("--json",)):
+        result = cli("list-runs", *args)
+        assert result.exit_code == 0 and result.stderr == "", result.stderr
+        assert_no_escapes(result.stdout)
+    assert "boom?]0;owned??[2J?[31m?1m???[/][bold]" in cli("list-runs").stdout
+
+
+def test_inspect_ckpt_shows_escapes_in_a_checkpoint_as_question_marks(tmp_path, isolated_run_root):
+    result = cli("train", "--run-name", "c", *run_flags(vectors_file(tmp_path), epochs=1))
+    assert result.exit_code == 0, result.stderr
+    path = isolated_run_root / "c" / "best.pt"
+    checkpoint = load(path)
+    checkpoint["config"]["group"] = f"g{ESCAPES}"
+    checkpoint["metadata"] = {"host": f"h{ESCAPES}", "saved_at": ESCAPES}
+    torch.save(checkpoint, tmp_path / "evil.pt")
+    shown = cli("inspect-ckpt", tmp_path / "evil.pt")
+    assert shown.exit_code == 0, shown.stderr
+    assert_no_escapes(shown.stdout + shown.stderr)
+    assert "g?]0;owned" in shown.stdout
+
+
+def test_sweep_status_and_compare_show_escapes_as_text(tmp_path, isolated_run_root):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"base": {"dataset": "moons", "epochs": 1},
+                                    "grid": {"seed": [0]}, "group": "g"}))
+    folder = hostile_run(isolated_run_root, "mlp-icfm-moons-none-s0")
+    status = cli("sweep", "status", grid)
+    assert status.exit_code == 0, status.stderr
+    assert_no_escapes(status.stdout + status.stderr)
+    assert "?]0;own" in status.stdout
+
+    run = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**run, "status": "finished", "group": "g"}))
+    for args in ((), ("--markdown",), ("--by", "flow")):
+        compared = cli("compare", "--group", "g", *args)
+        assert compared.exit_code == 0, compared.stderr
+        assert_no_escapes(compared.stdout + compared.stderr)
+
+
+def test_an_error_line_quoting_file_data_holds_no_escape(tmp_path, isolated_run_root):
+    """A config file whose unknown key is an escape sequence: the error line names it as `?`."""
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"dataset": "moons", f"key{ESCAPES}": 1}))
+    line = error_line(cli("train", "--config", config, "--epochs", "1"))
+    assert_no_escapes(line)
