@@ -58,10 +58,15 @@ class RunLock:
     def acquire(self, warn=print) -> None:
         for _ in range(5):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a symlink: the pid would be written into its target
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except FileNotFoundError:  # the folder was removed as we opened: make it again
                 continue
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise
+                raise UsageError(f"{self.path} is a symlink, not a lock file; remove it "
+                                 f"(rm {self.path}) if no run uses it") from None
             try:
                 claimed = self._claim(fd, warn)
             except BaseException:

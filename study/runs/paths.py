@@ -12,6 +12,7 @@ import unicodedata
 from pathlib import Path
 
 from study.errors import UsageError
+from study.runs.safe_read import confined_path
 
 DEFAULT_CKPT_ROOT = Path("study/checkpoints")
 CKPT_ENV = "FLOWCTL_CKPT_DIR"
@@ -95,6 +96,9 @@ def find_checkpoint(target: str | os.PathLike, ckpt_dir: str | os.PathLike | Non
     if folder.is_dir():
         for name in prefer:
             if (folder / name).is_file():
+                if confined_path(folder / name) is None:  # nothing outside the run is read
+                    raise UsageError(f"{folder / name} is a symlink out of its run folder; "
+                                     "flowctl does not follow it (give the file itself)")
                 return folder / name
         raise UsageError(f"{folder} holds no checkpoint (no {' or '.join(prefer)}); "
                          "see `flowctl list-runs`")

@@ -168,3 +168,54 @@ def test_an_error_line_quoting_file_data_holds_no_escape(tmp_path, isolated_run_
     config.write_text(json.dumps({"dataset": "moons", f"key{ESCAPES}": 1}))
     line = error_line(cli("train", "--config", config, "--epochs", "1"))
     assert_no_escapes(line)
+
+
+# -- nothing outside the root is read (or written) through a link in a run folder -----------------
+def outside_files(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text(json.dumps({
+        "run_name": "SECRET-NAME", "group": "outside-group", "status": "finished",
+        "config": {"note": "SECRET-CONFIG"}, "w2": 0.001}))
+    (outside / "notes.txt").write_text("SECRET-NOTES")
+    return outside
+
+
+def test_a_run_json_linked_out_of_the_root_is_never_read(tmp_path, isolated_run_root):
+    from study.ui.api import DashboardApi
+
+    outside = outside_files(tmp_path)
+    folder = isolated_run_root / "linked"
+    folder.mkdir(parents=True)
+    (folder / "run.json").symlink_to(outside / "secret.json")
+    (folder / "eval.json").symlink_to(outside / "secret.json")
+    before = fingerprint(tmp_path, skip=(isolated_run_root,))
+    for args in (("list-runs",), ("list-runs", "--json"), ("compare", "--group", "outside-group"),
+                 ("prune", "--keep-best", "0", "--group", "outside-group", "--by", "eval_w2")):
+        result = cli(*args)
+        assert "SECRET" not in result.stdout + result.stderr, args
+    (row,) = json.loads(cli("list-runs", "--json").stdout)
+    assert row["status"] == "unknown" and "symlink out of its run folder" in row["reason"]
+    api = DashboardApi(isolated_run_root)
+    table, page = api.runs({}).body, api.run("linked", {"checkpoint": ["0"]}).body
+    assert "SECRET" not in json.dumps(table) + json.dumps(page)
+    assert page["run_json"] is None and page["eval"] is None
+    assert fingerprint(tmp_path, skip=(isolated_run_root,)) == before
+
+
+def test_a_checkpoint_or_lock_linked_out_of_the_run_is_neither_read_nor_written(
+        tmp_path, isolated_run_root):
+    outside = outside_files(tmp_path)
+    result = cli("train", "--run-name", "r", *run_flags(vectors_file(tmp_path), epochs=1))
+    assert result.exit_code == 0, result.stderr
+    run = isolated_run_root / "r"
+    (run / "best.pt").unlink()
+    (run / "best.pt").symlink_to(outside / "notes.txt")
+    (run / "run.lock").symlink_to(outside / "notes.txt")
+    before = fingerprint(tmp_path, skip=(isolated_run_root,))
+    error_line(cli("inspect-ckpt", "r"), "symlink out of its run folder")
+    error_line(cli("resume", "r", "--epochs", "2"), "is a symlink, not a lock file")
+    done = json.loads(cli("prune", "--status", "finished", "--yes", "--json").stdout)
+    assert [row["action"] for row in done["runs"]] == ["skipped"]
+    assert "symlink, not a lock file" in done["runs"][0]["note"]
+    assert fingerprint(tmp_path, skip=(isolated_run_root,)) == before
