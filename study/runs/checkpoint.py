@@ -71,6 +71,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         holds = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else "a dict without model_state_dict"
         raise UsageError(f"{path} is not a flowctl checkpoint (it holds {holds})")
+    check_depth(ckpt, path)
     version = ckpt.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or isinstance(version, bool):
         raise UsageError(f"{path} is not a flowctl checkpoint (format_version {version!r})")
@@ -79,6 +80,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} was written by a newer flowctl (format {version} > {FORMAT_VERSION}); upgrade flowctl"
         )
     return ckpt
+
+
+def check_depth(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """UsageError when the checkpoint nests containers deeper than any flowctl writes (a few
+    levels): every recursive walk after loading (summaries, masking, printing) would overflow."""
+    from study.runs.safe_read import MAX_DEPTH, depth_exceeds
+
+    if depth_exceeds(ckpt):
+        raise UsageError(f"{path} is not a flowctl checkpoint (containers nested deeper than "
+                         f"{MAX_DEPTH} levels)")
 
 
 def serialize_into(payload: dict[str, Any], handle: BinaryIO) -> None:

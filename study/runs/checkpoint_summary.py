@@ -47,7 +47,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     if stat.st_size >= SHA256_CACHE_MIN_BYTES:
         cache = sha256_cache_dir() / f"{stat.st_dev}-{stat.st_ino}.json"
         key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError, KeyError,
+                                 TypeError):
             remembered = json.loads(cache.read_text())
             if {k: remembered.get(k) for k in key} == key and len(remembered["sha256"]) == 64:
                 return remembered["sha256"]
@@ -100,7 +101,7 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
     """The flowctl checkpoint at `path` as a dict whose tensors are TensorInfo; torch is
     imported only when the restricted reader cannot describe the file (see module doc).
     Raises UsageError (one line) exactly as `read_checkpoint` does."""
-    from study.runs.checkpoint import FORMAT_VERSION, read_checkpoint
+    from study.runs.checkpoint import FORMAT_VERSION, check_depth, read_checkpoint
 
     try:
         with open(path, "rb") as handle:
@@ -110,6 +111,7 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
             version = ckpt.get("format_version", FORMAT_VERSION) if isinstance(ckpt, dict) else None
             if (isinstance(version, int) and not isinstance(version, bool)
                     and version <= FORMAT_VERSION and "model_state_dict" in ckpt):
+                check_depth(ckpt, path)
                 return ckpt
     except (OSError, NotModelled):
         pass

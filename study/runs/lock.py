@@ -172,7 +172,7 @@ def _is_current(fd: int, path: Path) -> bool:
 def _parse_owner(text: str) -> dict[str, Any] | None:
     try:
         owner = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a lock file nested deep: unreadable, not a crash
         return None
     return owner if isinstance(owner, dict) and "pid" in owner else None
 

@@ -37,14 +37,14 @@ def confined_path(path: str | os.PathLike) -> str | None:
 
 
 def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether `value` (parsed JSON) nests containers deeper than `limit`; iterative, so a
-    deep value cannot overflow the check itself."""
+    """Whether `value` (parsed JSON, a loaded checkpoint) nests dicts, lists or tuples deeper
+    than `limit`; iterative, so a deep value cannot overflow the check itself."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
             children = item.values()
-        elif isinstance(item, list):
+        elif isinstance(item, (list, tuple)):
             children = item
         else:
             continue

@@ -133,7 +133,7 @@ def lock_is_live(folder: Path) -> bool:
         owner = json.loads((folder / LOCK_NAME).read_text())
         pid, host = int(owner["pid"]), owner.get("host")
         stat = os.stat(folder / LOCK_NAME)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False
     if host != socket.gethostname():
         return True

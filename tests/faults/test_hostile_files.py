@@ -1,0 +1,87 @@
+"""Issue 24, crashes on bad input: a hostile file costs its own row (`unknown`, with the
+reason) or one `error:` line and exit 2, never the command, a traceback or a 500."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import pytest
+import torch
+import yaml
+
+from tests.faults.attacks import fingerprint, make_run
+from tests.helpers import cli, error_line, load, run_flags, vectors_file
+
+BOMB_DEPTH = 100_000  # json.loads raises RecursionError
+LOADABLE_DEPTH = 500  # json.loads copes; every recursive walk after it would not
+
+
+def deep_json(depth: int) -> str:
+    return '{"status": "finished", "group": "g", "best_val_loss": 0.1, "w2": 0.1, "config": ' \
+        + "[" * depth + "]" * depth + "}"
+
+
+@pytest.mark.parametrize("depth", [BOMB_DEPTH, LOADABLE_DEPTH])
+@pytest.mark.parametrize("name", ["run.json", "eval.json"])
+def test_a_deep_json_file_costs_only_its_own_row(tmp_path, isolated_run_root, depth, name):
+    from study.ui.api import DashboardApi
+
+    make_run(isolated_run_root, "good", best=0.2)
+    make_run(isolated_run_root, "deep", best=0.3)
+    (isolated_run_root / "deep" / name).write_text(deep_json(depth))
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"base": {"dataset": "moons", "epochs": 1}, "name": "deep",
+                                    "group": "g"}))
+    before = fingerprint(tmp_path)
+    for args in (("list-runs",), ("list-runs", "--json"), ("prune", "--status", "failed"),
+                 ("prune", "--keep-best", "1", "--group", "g", "--by", "eval_w2"),
+                 ("prune", "--keep-best", "1", "--group", "g"), ("sweep", "status", grid),
+                 ("sweep", "status", grid, "--json"), ("compare", "--group", "g"),
+                 ("compare", "--group", "g", "--metric", "eval_w2")):
+        result = cli(*args)
+        assert "Traceback" not in result.stderr and result.exit_code in (0, 2), (args, result.stderr)
+        assert result.exit_code == 0 or args[0] == "compare", (args, result.stderr)
+    rows = {row["run_name"]: row for row in json.loads(cli("list-runs", "--json").stdout)}
+    if name == "run.json":
+        assert rows["deep"]["status"] == "unknown"
+        assert "run.json is nested too deeply" in rows["deep"]["reason"]
+    assert rows["good"]["status"] == "finished"
+    api = DashboardApi(isolated_run_root)
+    assert api.runs({}).status == 200 and api.run("deep", {"checkpoint": ["0"]}).status == 200
+    assert len(api.runs({}).body["runs"]) == 2
+    assert fingerprint(tmp_path) == before
+
+
+def save_deep_checkpoint(source, path, depth: int = 5000) -> None:
+    """torch.save needs ~3 frames per level: do it on a thread with room for them."""
+    checkpoint = load(source)
+    nested: list = []
+    inner = nested
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    checkpoint["config"]["note"] = nested
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10 * depth + 1000)
+    stack = threading.stack_size(256 * 1024 * 1024)
+    try:
+        saver = threading.Thread(target=torch.save, args=(checkpoint, path))
+        saver.start()
+        saver.join()
+    finally:
+        threading.stack_size(stack)
+        sys.setrecursionlimit(limit)
+    assert path.stat().st_size > 0
+
+
+def test_a_deep_checkpoint_is_one_line_exit_2(tmp_path, isolated_run_root):
+    result = cli("train", "--run-name", "r", *run_flags(vectors_file(tmp_path), epochs=1))
+    assert result.exit_code == 0, result.stderr
+    save_deep_checkpoint(isolated_run_root / "r" / "best.pt", tmp_path / "deep.pt")
+    before = fingerprint(tmp_path)
+    for args in (("inspect-ckpt", tmp_path / "deep.pt"), ("inspect-ckpt", tmp_path / "deep.pt", "--json"),
+                 ("sample", tmp_path / "deep.pt", "--n", "5", "--out", tmp_path / "s.pt")):
+        error_line(cli(*args), "deep.pt is not a flowctl checkpoint", "nested deeper than 64")
+    assert fingerprint(tmp_path) == before
