@@ -1,5 +1,5 @@
 """Reading the small JSON files of a run folder (run.json, eval.json, a sweep point's record)
-without trusting them. No torch import.
+and the YAML files people pass (configs, grids) without trusting them. No torch import.
 
 One reader for all of them, so every command answers a hostile file the same way: as a
 one-line problem that costs that file's row, never an exception. A file is read only when it
@@ -12,7 +12,9 @@ every recursive walk after it: masking, printing, the dashboard's encoder) is re
 from __future__ import annotations
 
 import json
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 # Far deeper than anything flowctl writes (run.json's config is 3 levels), far below the
@@ -86,3 +88,63 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
     """The object in the JSON file `path`; None when load_json_object finds a problem (for the
     advisory files: eval.json, a sweep's point record)."""
     return load_json_object(path)[0]
+
+
+# A YAML document (a config, a grid) holds at most this many values once its aliases are
+# expanded: a real grid of 10,000 explicit points is ~10,000; a 1 KB alias bomb is billions.
+MAX_YAML_VALUES = 100_000
+
+
+def expanded_size(value: Any) -> float:
+    """How many values `value` holds counting every repeat of a shared object (what a walk
+    over it, a copy or a repr would visit); inf when it contains itself (a YAML anchor used
+    inside its own node). Linear in the distinct objects, iterative."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, closing = stack.pop()
+        if not isinstance(node, (dict, list, tuple)):
+            continue
+        children = list(node.values()) if isinstance(node, dict) else list(node)
+        key = id(node)
+        if closing:
+            sizes[key] = 1 + sum(sizes.get(id(child), 1) for child in children)
+            open_nodes.discard(key)
+        elif key in open_nodes:
+            return math.inf
+        elif key not in sizes:
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return sizes.get(id(value), 1)
+
+
+def load_yaml_file(path: str | os.PathLike, *, what: str) -> Any:
+    """`yaml.safe_load` of the file at `path`, refused (UsageError, one line naming `what` and
+    the file) when it cannot be read, is not YAML, or expands beyond MAX_YAML_VALUES values
+    (an alias bomb grows past any memory once walked) or refers to itself."""
+    import yaml
+
+    from study.errors import UsageError
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = "it is not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror or err
+        raise UsageError(f"cannot read {what} {path}: {reason}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{what} {path} is not valid YAML{where}") from None
+    size = expanded_size(loaded)
+    if size == math.inf:
+        raise UsageError(f"{what} {path} refers to itself (a YAML anchor used inside its own "
+                         "value); write the values out")
+    if size > MAX_YAML_VALUES:
+        raise UsageError(f"{what} {path} expands to {size:,} values, more than "
+                         f"{MAX_YAML_VALUES:,} (YAML aliases repeating whole structures?); "
+                         "write the values out")
+    return loaded

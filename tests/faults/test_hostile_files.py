@@ -85,3 +85,63 @@ def test_a_deep_checkpoint_is_one_line_exit_2(tmp_path, isolated_run_root):
                  ("sample", tmp_path / "deep.pt", "--n", "5", "--out", tmp_path / "s.pt")):
         error_line(cli(*args), "deep.pt is not a flowctl checkpoint", "nested deeper than 64")
     assert fingerprint(tmp_path) == before
+
+
+# -- YAML alias bombs and grids too big to expand ------------------------------------------------
+def alias_bomb(levels: int = 9) -> str:
+    """~1 KB of YAML that names 9**9 (387 million) values once its aliases are expanded."""
+    lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def peak_memory_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("where", ["grid", "base", "include", "config"])
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, isolated_run_root, where):
+    bomb = alias_bomb()
+    if where == "grid":
+        text = bomb + "base: {dataset: moons}\ngrid: {seed: *l8}\n"
+    elif where == "base":
+        text = bomb + "base: {dataset: moons, stages: *l8}\ngrid: {seed: [0]}\n"
+    elif where == "include":
+        text = bomb + "base: {dataset: moons}\ninclude: [{seed: 0, stages: *l8}]\n"
+    else:
+        text = bomb + "dataset: moons\nstages: *l8\n"
+    assert len(text) < 1500
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    before, memory = fingerprint(tmp_path), peak_memory_mb()
+    commands = [("train", "--config", path, "--epochs", "1")] if where == "config" else [
+        ("sweep", path, "--dry-run"), ("sweep", "status", path),
+        ("sweep", path, "--launcher", "print")]
+    for args in commands:
+        error_line(cli(*args), "bomb.yaml expands to", "more than 100,000")
+    assert peak_memory_mb() - memory < 200
+    assert fingerprint(tmp_path) == before and not isolated_run_root.exists()
+
+
+def test_a_yaml_anchor_inside_itself_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("base: {dataset: moons}\ngrid: &g {seed: [0], lr: [*g]}\n")
+    error_line(cli("sweep", path, "--dry-run"), "refers to itself")
+
+
+def test_a_grid_with_too_many_points_is_refused_before_building_one(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump({"base": {"dataset": "moons"},
+                                    "grid": {"seed": list(range(1000)),
+                                             "lr": [10 ** -k for k in range(1, 201)]}}))
+    error_line(cli("sweep", path, "--dry-run"), "expands to 200,000 points", "split it")
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("dataset: moons\nnote: caf\xe9\n".encode("latin-1"))
+    error_line(cli("train", "--config", path), "latin1.yaml", "not UTF-8")
+    error_line(cli("sweep", path, "--dry-run"), "latin1.yaml", "not UTF-8")
