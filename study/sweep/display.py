@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 STATE_STYLES = {"running": "blue", "finished": "green", "early_stopped": "cyan",
-                "failed": "red", "preempted": "yellow", "crashed": "magenta", "pending": "dim"}
+                "failed": "red", "preempted": "yellow", "crashed": "magenta", "pending": "dim",
+                "conflict": "bold red"}
 MAX_TABLE_ROWS = 30  # above this, the live table shows the active and failed points only
 
 

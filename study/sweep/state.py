@@ -7,8 +7,9 @@ States, and what `flowctl sweep` does with each:
     preempted      stopped by a signal, last.pt written: resume it
     crashed        run.json says running but its process is gone: resume it
     failed         its last attempt failed: only with --retry-failed
-A run folder whose trained config differs from the point's (same name, another identity)
-is a conflict: the sweep refuses it rather than mix two experiments in one folder.
+    conflict       the point's run folder holds a run of another config (same name, another
+                   identity): never this point's result, whatever that run's status; the
+                   sweep refuses it rather than mix two experiments in one folder
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from study.sweep.point_files import read_record
 
 DONE_STATES = ("finished", "early_stopped")
 RESUMABLE_STATES = ("pending", "preempted", "crashed")
-STATE_ORDER = ("finished", "early_stopped", "running", "pending", "preempted", "crashed", "failed")
+STATE_ORDER = ("finished", "early_stopped", "running", "pending", "preempted", "crashed", "failed",
+               "conflict")
 
 
 @dataclass
@@ -82,6 +84,10 @@ def read_point_state(point: Point, root: str | Path | None = None) -> PointState
         differences = identity_diff(run.config, point.config.to_dict())
         if differences:
             state.conflict = "; ".join(differences)
+            state.state = "conflict"
+            state.detail = (f"its run folder holds another config ({state.conflict}); a "
+                            f"{run.display_status} run, not this point's")
+            return state
     record = read_record(folder)
     failure = _current_failure(record, run)
     if run is None or run.display_status == "unknown":

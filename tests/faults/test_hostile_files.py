@@ -145,3 +145,47 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     path.write_bytes("dataset: moons\nnote: caf\xe9\n".encode("latin-1"))
     error_line(cli("train", "--config", path), "latin1.yaml", "not UTF-8")
     error_line(cli("sweep", path, "--dry-run"), "latin1.yaml", "not UTF-8")
+
+
+# -- a point whose folder holds another config is not the grid's result --------------------------
+def test_a_point_trained_with_another_config_is_a_conflict_not_a_result(tmp_path, isolated_run_root):
+    """Train a grid's two points as its launchers do, then change one point's lr in the grid:
+    `sweep status` shows that point as `conflict` (never `finished`), and `compare` leaves
+    its old run out of the grid's table."""
+    from study.sweep.grid import load_grid
+    from study.sweep.point_files import update_record, write_point_config
+
+    data = vectors_file(tmp_path)
+    grid = tmp_path / "grid.yaml"
+
+    def write_grid(lr_of_seed_1: float) -> None:
+        grid.write_text(yaml.safe_dump({
+            "group": "abl", "name": "p-s{seed}",
+            "base": {"dataset": str(data), "epochs": 1, "batch_size": 64, "width": 16,
+                     "depth": 2, "patience": 0, "warmup_steps": 5, "checkpoint_interval": 0,
+                     "lr": 0.001},
+            "grid": {"seed": [0]}, "include": [{"seed": 1, "lr": lr_of_seed_1}]}))
+
+    write_grid(0.001)
+    for point in load_grid(grid).points:
+        folder = isolated_run_root / point.name
+        config = write_point_config(folder, point)
+        update_record(folder, grid=str(grid), group="abl", config_hash=point.config_hash)
+        result = cli("train", "--config", config, "--resume", "auto", "--plain",
+                     "--wandb-mode", "disabled")
+        assert result.exit_code == 0, result.stderr
+    write_grid(0.002)
+
+    status = json.loads(cli("sweep", "status", grid, "--json").stdout)
+    states = {row["point"]: row["state"] for row in status["points"]}
+    assert states == {"p-s0": "finished", "p-s1": "conflict"}
+    assert "lr: 0.001 in the run, 0.002 in the grid" in status["points"][1]["conflict"]
+    table = cli("sweep", "status", grid)
+    assert table.exit_code == 0 and "conflict" in table.stdout and "1 conflict" in table.stdout
+
+    compared = json.loads(cli("compare", "--group", "abl", "--json").stdout)
+    assert [list(row["runs"]) for row in compared["rows"]] == [["p-s0"]]
+    assert "now asks for another config" in compared["skipped"]["p-s1"]
+    before = fingerprint(tmp_path)
+    error_line(cli("sweep", grid, "--dry-run"), "p-s1", "holds another config")
+    assert fingerprint(tmp_path) == before
