@@ -189,3 +189,45 @@ def test_a_point_trained_with_another_config_is_a_conflict_not_a_result(tmp_path
     before = fingerprint(tmp_path)
     error_line(cli("sweep", grid, "--dry-run"), "p-s1", "holds another config")
     assert fingerprint(tmp_path) == before
+
+
+# -- the dashboard: a damaged metrics.csv line, many clients at once -----------------------------
+def test_a_huge_metrics_field_costs_its_own_line_not_the_rows_after_it(isolated_run_root):
+    from study.ui.api import DashboardApi
+
+    folder = make_run(isolated_run_root, "r")
+    metrics = folder / "metrics.csv"
+    rows = [f"{step},0,{0.5 / (step + 1)}\n" for step in range(6)]
+    metrics.write_text("step,epoch,train/loss\n" + "".join(rows[:3])
+                       + "3,0," + "9" * (200 * 1024) + "\n" + "".join(rows[3:]))
+    api = DashboardApi(isolated_run_root)
+
+    def steps(since: int = -1) -> list[int]:
+        reply = api.metrics("r", {"since": [str(since)]})
+        assert reply.status == 200, reply.body
+        return [row["step"] for row in json.loads(reply.body)["rows"]]
+
+    assert steps() == [0, 1, 2, 3, 4, 5]  # the damaged line (a 200 KiB field) is left out
+    with open(metrics, "a") as handle:
+        handle.write("6,1,0.1\n7,1,0.09\n")
+    assert steps(5) == [6, 7] and steps() == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_twenty_clients_connect_at_once(isolated_run_root):
+    """The listen backlog holds 20 simultaneous connections before one is accepted (with
+    socketserver's default of 5, the 7th waits for a SYN retransmit: 1 s, then 3 s...)."""
+    import socket
+
+    from study.ui.api import DashboardApi
+    from study.ui.server import DashboardServer
+
+    server = DashboardServer(DashboardApi(isolated_run_root), "127.0.0.1", 0)  # not accepting
+    clients = []
+    try:
+        for _ in range(20):
+            clients.append(socket.create_connection(("127.0.0.1", server.port), timeout=0.5))
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+    assert len(clients) == 20
