@@ -136,8 +136,12 @@ class RunLock:
             return None
 
     def release(self) -> None:
+        """Remove the lock file and drop the flock. A lock file that cannot be removed (the
+        folder became read-only, the disk went away) stays: without our flock the next run
+        on this host reclaims it, so it never hides the error that ended the run."""
         if self.held:
-            self.path.unlink(missing_ok=True)  # before the flock goes: see _is_current
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)  # before the flock goes: see _is_current
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

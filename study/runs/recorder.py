@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from study.errors import RunFailed
 from study.runs.checkpoint import (
     prune_snapshots,
     remove_stale_temp_files,
@@ -192,9 +193,15 @@ class RunRecorder:
                 error_info = {"type": type(error).__name__, "message": message}
             self.trackers.finish(status=status, exit_code=exit_code, summary=summary,
                                  notes=error_info["message"] if error_info else None)
-            self.status.update(status=status, finished_at=utc_now(), error=error_info,
-                               exit_code=exit_code, elapsed_s=round(self.elapsed_s(), 3),
-                               **self.trackers.status_fields(), **(progress or {}))
+            try:
+                self.status.update(status=status, finished_at=utc_now(), error=error_info,
+                                   exit_code=exit_code, elapsed_s=round(self.elapsed_s(), 3),
+                                   **self.trackers.status_fields(), **(progress or {}))
+            except (OSError, RunFailed):
+                if error is None:
+                    raise
+                # The folder refuses writes (read-only, full): run.json cannot record the
+                # failure, and the error to report stays the one that ended the run.
         finally:
             self.finish()
 

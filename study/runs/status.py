@@ -155,13 +155,12 @@ class RunStatusFile:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON so that readers only ever see a complete file."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "w") as handle:
-        json.dump(data, handle, indent=1, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    """Write `data` as JSON so that readers only ever see a complete file: the one atomic
+    writer (study.runs.checkpoint.write_atomic: temp file, fsync, rename; a failed write
+    leaves no temp file and raises RunFailed naming the file)."""
+    from study.runs.checkpoint import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=1, default=str).encode())
 
 
 def scan_runs(root: str | os.PathLike, *, now: float | None = None,
