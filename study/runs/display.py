@@ -28,6 +28,17 @@ def format_age(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def eta_seconds(*, epochs_done: int | None, total_epochs: int | None, elapsed_s: float | None,
+                age_s: float = 0.0) -> float | None:
+    """Seconds left for a run at its mean pace per completed epoch; None before the first
+    epoch is complete. `epochs_done` is run.json's `epoch` (the trainer writes the number of
+    completed epochs); `age_s`: how long ago run.json (its `elapsed_s`) was written."""
+    if not epochs_done or epochs_done < 1 or not total_epochs or not elapsed_s:
+        return None
+    left = elapsed_s / epochs_done * max(0, total_epochs - epochs_done) - (age_s or 0.0)
+    return max(0.0, left)
+
+
 def format_size(size_bytes: int) -> str:
     """Decimal units as `du --si` and most file browsers show them: 532 B, 1.2 MB, 3.0 GB."""
     if size_bytes < 1000:

@@ -106,8 +106,19 @@ class RunRecorder:
             "started_at": previous.get("started_at") or utc_now(), "finished_at": None,
             "pid": os.getpid(), "host": socket.gethostname(), **tracker_fields, "error": None,
             "checkpoints": previous.get("checkpoints", {}), "resumed_from_step": resume_step,
+            # Progress from the first write on (the first log row comes seconds later):
+            # completed epochs and steps, as the trainer reports them.
+            **self._starting_progress(previous, resume_step),
         }
         self.status.update()
+
+    @staticmethod
+    def _starting_progress(previous: dict[str, Any], resume_step: int | None) -> dict[str, Any]:
+        if resume_step is None:
+            return {"epoch": 0, "global_step": 0}
+        if previous.get("global_step") == resume_step and isinstance(previous.get("epoch"), int):
+            return {"epoch": previous["epoch"], "global_step": resume_step}
+        return {"global_step": resume_step}
 
     def elapsed_s(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._clock_start

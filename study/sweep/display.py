@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from study.runs.display import eta_seconds as estimate_eta
 from study.runs.display import format_age, printable
 from study.sweep.state import PointState
 
@@ -23,12 +24,12 @@ MAX_TABLE_ROWS = 30  # above this, the live table shows the active and failed po
 
 
 def eta_seconds(state: PointState) -> float | None:
-    """Time left from run.json: seconds per epoch so far times the epochs left."""
+    """Time left from run.json: seconds per completed epoch times the epochs left."""
     run = state.run
-    if state.state != "running" or run is None or not run.epoch or not run.elapsed_s:
+    if state.state != "running" or run is None:
         return None
-    total = run.total_epochs or state.point.config.epochs
-    return run.elapsed_s / run.epoch * max(0, total - run.epoch)
+    return estimate_eta(epochs_done=run.epoch, elapsed_s=run.elapsed_s,
+                        total_epochs=run.total_epochs or state.point.config.epochs)
 
 
 def _number(value: float | None) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from study.runs.display import eta_seconds as estimate_eta
 from study.runs.paths import (
     DEFAULT_CKPT_ROOT,
     EVAL_JSON,
@@ -167,16 +168,12 @@ def table_row(info: RunInfo, now: float, folder: str | None = None) -> dict[str,
 
 
 def eta_seconds(info: RunInfo, age_s: float | None) -> float | None:
-    """Time left for a running run at its mean pace per completed epoch; None if unknown.
-
-    run.json's `epoch` is the epoch in progress (1-based), so `epoch - 1` are complete.
-    """
-    if info.display_status != "running" or not info.elapsed_s or not info.total_epochs \
-            or not info.epoch or info.epoch < 2:
+    """Time left for a running run (study.runs.display.eta_seconds: run.json's `epoch` counts
+    completed epochs); None if it is not running or no epoch is complete yet."""
+    if info.display_status != "running":
         return None
-    completed = info.epoch - 1
-    left = info.elapsed_s / completed * (info.total_epochs - completed) - (age_s or 0.0)
-    return max(0.0, left)
+    return estimate_eta(epochs_done=info.epoch, total_epochs=info.total_epochs,
+                        elapsed_s=info.elapsed_s, age_s=age_s or 0.0)
 
 
 def read_json(folder: str, filename: str) -> tuple[Any, str | None]:

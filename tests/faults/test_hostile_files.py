@@ -231,3 +231,18 @@ def test_twenty_clients_connect_at_once(isolated_run_root):
             client.close()
         server.server_close()
     assert len(clients) == 20
+
+
+# -- seed audit: what run.json says from its first write -----------------------------------------
+def test_run_json_has_progress_fields_from_its_first_write(tmp_path, isolated_run_root, monkeypatch):
+    from study.runs import status as status_module
+
+    writes = []
+    real = status_module.write_json_atomic
+    monkeypatch.setattr(status_module, "write_json_atomic",
+                        lambda path, data: (writes.append(dict(data)), real(path, data)))
+    result = cli("train", "--run-name", "p", *run_flags(vectors_file(tmp_path), epochs=1))
+    assert result.exit_code == 0, result.stderr
+    first = writes[0]
+    assert first["status"] == "running"
+    assert (first["epoch"], first["global_step"], first["total_epochs"]) == (0, 0, 1)
