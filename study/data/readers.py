@@ -62,7 +62,8 @@ def read_vectors(path: Path) -> VectorFile:
     else:
         sha256, bad_row, stats = file_sha256(path), first_nonfinite_row(x), None
     if bad_row is not None:
-        raise UsageError(f"{where}: contains NaN or Inf at row {bad_row}")
+        raise UsageError(f"{where}: row {bad_row} holds NaN, Inf or a number beyond float32's "
+                         "range (|x| > 3.4e38): every value must be a finite float32")
     return VectorFile(x, sha256, stats)
 
 

@@ -101,7 +101,7 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
     """The flowctl checkpoint at `path` as a dict whose tensors are TensorInfo; torch is
     imported only when the restricted reader cannot describe the file (see module doc).
     Raises UsageError (one line) exactly as `read_checkpoint` does."""
-    from study.runs.checkpoint import FORMAT_VERSION, check_depth, read_checkpoint
+    from study.runs.checkpoint import FORMAT_VERSION, check_structure, read_checkpoint
 
     try:
         with open(path, "rb") as handle:
@@ -111,7 +111,7 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
             version = ckpt.get("format_version", FORMAT_VERSION) if isinstance(ckpt, dict) else None
             if (isinstance(version, int) and not isinstance(version, bool)
                     and version <= FORMAT_VERSION and "model_state_dict" in ckpt):
-                check_depth(ckpt, path)
+                check_structure(ckpt, path)
                 return ckpt
     except (OSError, NotModelled):
         pass

@@ -57,6 +57,9 @@ class RunLock:
 
     def acquire(self, warn=print) -> None:
         for _ in range(5):
+            if self.path.parent.exists() and not self.path.parent.is_dir():
+                raise UsageError(f"{self.path.parent} is a file, not a run folder; move it "
+                                 "away or choose another run name")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:  # never through a symlink: the pid would be written into its target
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

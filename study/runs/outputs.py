@@ -22,6 +22,7 @@ from study.runs.paths import (
     LAST_NAME,
     LOCK_NAME,
     METRICS_CSV,
+    NAME_MAX_BYTES,
     RUN_JSON,
     SNAPSHOT_GLOB,
 )
@@ -29,6 +30,8 @@ from study.runs.paths import (
 # What a run folder holds that flowctl wrote and reads back (the sweep files included).
 RUN_FILES = (BEST_NAME, LAST_NAME, RUN_JSON, METRICS_CSV, LOCK_NAME, EVAL_JSON,
              "sweep.yaml", "sweep.json")
+# What the atomic writer adds to a file's name for its temp file: "." + ".tmp-" + a pid.
+TEMP_NAME_EXTRA = 1 + 5 + 10
 # A folder holding one of these is a run folder.
 RUN_MARKERS = (RUN_JSON, BEST_NAME, LAST_NAME, METRICS_CSV)
 
@@ -49,6 +52,12 @@ def check_output(path: Path, *, suffixes: tuple[str, ...], force: bool,
     """UsageError (one line, with the fix) unless `path` may be written: its extension is one of
     `suffixes` (".pt", ".npy"), it is no run's own file, its folder exists, and it is not
     there yet (or `force`)."""
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in path.parts),
+                  default=0)
+    if longest > NAME_MAX_BYTES - TEMP_NAME_EXTRA:
+        raise UsageError(f"{flag} names a file or folder of {longest} bytes; a name may hold "
+                         f"at most {NAME_MAX_BYTES - TEMP_NAME_EXTRA} here (the file system "
+                         f"allows {NAME_MAX_BYTES}, and the atomic write adds a temp suffix)")
     folder = run_file_of(path)
     if folder is not None:
         raise UsageError(f"{flag} {path} is a file of the run folder {folder}; flowctl never "

@@ -102,6 +102,9 @@ def find_checkpoint(target: str | os.PathLike, ckpt_dir: str | os.PathLike | Non
                 return folder / name
         raise UsageError(f"{folder} holds no checkpoint (no {' or '.join(prefer)}); "
                          "see `flowctl list-runs`")
+    if folder.exists():
+        raise UsageError(f"{folder} is a file, not a run folder (nor a checkpoint); "
+                         "see `flowctl list-runs`")
     if path.suffix == ".pt" or len(path.parts) > 1:
         raise UsageError(f"checkpoint {target} does not exist; see `flowctl list-runs`")
     raise UsageError(f"no checkpoint or run named {str(target)!r} (looked under {root}); "

@@ -89,7 +89,10 @@ class RunRecorder:
         if resume_step is None:
             self.metrics.reset()
         else:
-            self.metrics.truncate_after(resume_step)
+            _, damaged = self.metrics.truncate_after(resume_step)
+            if damaged:
+                self.warn(f"{self.metrics.path}: dropped {damaged} damaged line(s) "
+                          "(not UTF-8, too long or not numbers); the other rows are kept")
             self._elapsed_before = float(previous.get("elapsed_s") or 0.0)
         config = mask_secrets(config)
         group = config.get("group", group)  # the masked value, everywhere it is shown
