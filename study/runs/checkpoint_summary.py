@@ -39,9 +39,10 @@ _STATS_SHOWN = 8
 SHA256_CACHE_MIN_BYTES = 64 << 20
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, *, remember: bool = True) -> str:
     """SHA-256 hex digest of the file; for files of SHA256_CACHE_MIN_BYTES or more, taken from
-    the cache (`sha256_cache_dir()`) when device, inode, size and mtime all still match."""
+    the cache (`sha256_cache_dir()`) when device, inode, size and mtime all still match.
+    `remember=False` (the dashboard, which writes nothing): the cache is read, never written."""
     stat = os.stat(path)
     cache = None
     if stat.st_size >= SHA256_CACHE_MIN_BYTES:
@@ -56,7 +57,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-    if cache is not None:
+    if cache is not None and remember:
         with contextlib.suppress(OSError):  # a read-only home only costs the next hash
             cache.parent.mkdir(parents=True, exist_ok=True)
             temp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")

@@ -219,3 +219,18 @@ def test_a_checkpoint_or_lock_linked_out_of_the_run_is_neither_read_nor_written(
     assert [row["action"] for row in done["runs"]] == ["skipped"]
     assert "symlink, not a lock file" in done["runs"][0]["note"]
     assert fingerprint(tmp_path, skip=(isolated_run_root,)) == before
+
+
+def test_the_dashboard_writes_nothing_not_even_a_sha256_cache(tmp_path, isolated_run_root,
+                                                                monkeypatch):
+    """`flowctl ui` promises to write nothing: a big checkpoint's digest is not cached by it."""
+    from study.runs import checkpoint_summary
+    from study.ui.api import DashboardApi
+
+    result = cli("train", "--run-name", "r", *run_flags(vectors_file(tmp_path), epochs=1))
+    assert result.exit_code == 0, result.stderr
+    monkeypatch.setattr(checkpoint_summary, "SHA256_CACHE_MIN_BYTES", 10)  # every file is "big"
+    before = fingerprint(tmp_path)
+    page = DashboardApi(isolated_run_root).run("r", {}).body
+    assert len(page["checkpoint"]["sha256"]) == 64
+    assert fingerprint(tmp_path) == before and not (tmp_path / "flowctl-cache").exists()
