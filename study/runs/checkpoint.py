@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from study.errors import RunFailed, UsageError
+from study.runs.safe_read import check_structure
 
 # Bumped when the checkpoint dict changes incompatibly; a reader refuses newer ones.
 FORMAT_VERSION = 1
@@ -80,47 +81,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} was written by a newer flowctl (format {version} > {FORMAT_VERSION}); upgrade flowctl"
         )
     return ckpt
-
-
-# Fields whose type a reader relies on: (kind, bounds). A field that is absent (an older
-# checkpoint) or None is not checked; one that is there must be of its kind.
-INT_FIELDS = {"epoch": (-1, 10**9), "global_step": (0, 10**15), "batch_in_epoch": (0, 10**12),
-              "world_size": (1, 10**6), "steps_per_epoch": (0, 10**12),
-              "epochs_without_improvement": (0, 10**9)}
-MAPPING_FIELDS = ("config", "optimizer_state_dict", "scheduler_state_dict", "rng_states")
-TENSOR_MAPPINGS = ("model_state_dict", "ema_shadow")
-
-
-def check_structure(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """UsageError (one line naming the field) for a checkpoint that loaded but cannot be a
-    flowctl checkpoint: containers nested deeper than any flowctl writes (every recursive
-    walk after loading would overflow), or a field of the wrong type or an absurd value
-    (INT_FIELDS, MAPPING_FIELDS; model_state_dict and ema_shadow map names to tensors)."""
-    from study.runs.safe_read import MAX_DEPTH, depth_exceeds
-
-    if depth_exceeds(ckpt):
-        raise UsageError(f"{path} is not a flowctl checkpoint (containers nested deeper than "
-                         f"{MAX_DEPTH} levels)")
-    for key, (low, high) in INT_FIELDS.items():
-        value = ckpt.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or not low <= value <= high):
-            raise UsageError(f"{path} is not a usable flowctl checkpoint: {key} is {value!r:.60}, "
-                             f"expected an integer from {low} to {high}")
-    for key in MAPPING_FIELDS:
-        value = ckpt.get(key)
-        if value is not None and not isinstance(value, dict):
-            raise UsageError(f"{path} is not a usable flowctl checkpoint: {key} is a "
-                             f"{type(value).__name__}, expected a mapping")
-    for key in TENSOR_MAPPINGS:
-        value = ckpt.get(key)
-        if value is None and key != "model_state_dict":
-            continue
-        if not isinstance(value, dict) or not all(
-                isinstance(name, str) and hasattr(item, "shape") and hasattr(item, "dtype")
-                for name, item in value.items()):
-            raise UsageError(f"{path} is not a usable flowctl checkpoint: {key} must map "
-                             "parameter names to tensors")
 
 
 def serialize_into(payload: dict[str, Any], handle: BinaryIO) -> None:

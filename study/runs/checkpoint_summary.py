@@ -102,7 +102,8 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
     """The flowctl checkpoint at `path` as a dict whose tensors are TensorInfo; torch is
     imported only when the restricted reader cannot describe the file (see module doc).
     Raises UsageError (one line) exactly as `read_checkpoint` does."""
-    from study.runs.checkpoint import FORMAT_VERSION, check_structure, read_checkpoint
+    from study.runs.checkpoint import FORMAT_VERSION, read_checkpoint
+    from study.runs.safe_read import check_structure
 
     try:
         with open(path, "rb") as handle:

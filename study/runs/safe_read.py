@@ -1,5 +1,6 @@
-"""Reading the small JSON files of a run folder (run.json, eval.json, a sweep point's record)
-and the YAML files people pass (configs, grids) without trusting them. No torch import.
+"""Reading what may be hostile without trusting it: the small JSON files of a run folder
+(run.json, eval.json, a sweep point's record), the YAML files people pass (configs, grids),
+and the structure of a loaded checkpoint (`check_structure`). No torch import.
 
 One reader for all of them, so every command answers a hostile file the same way: as a
 one-line problem that costs that file's row, never an exception. A file is read only when it
@@ -148,3 +149,44 @@ def load_yaml_file(path: str | os.PathLike, *, what: str) -> Any:
                          f"{MAX_YAML_VALUES:,} (YAML aliases repeating whole structures?); "
                          "write the values out")
     return loaded
+
+
+# Fields whose type a reader relies on: (kind, bounds). A field that is absent (an older
+# checkpoint) or None is not checked; one that is there must be of its kind.
+INT_FIELDS = {"epoch": (-1, 10**9), "global_step": (0, 10**15), "batch_in_epoch": (0, 10**12),
+              "world_size": (1, 10**6), "steps_per_epoch": (0, 10**12),
+              "epochs_without_improvement": (0, 10**9)}
+MAPPING_FIELDS = ("config", "optimizer_state_dict", "scheduler_state_dict", "rng_states")
+TENSOR_MAPPINGS = ("model_state_dict", "ema_shadow")
+
+
+def check_structure(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """UsageError (one line naming the field) for a checkpoint that loaded but cannot be a
+    flowctl checkpoint: containers nested deeper than any flowctl writes (every recursive
+    walk after loading would overflow), or a field of the wrong type or an absurd value
+    (INT_FIELDS, MAPPING_FIELDS; model_state_dict and ema_shadow map names to tensors)."""
+    from study.errors import UsageError
+
+    if depth_exceeds(ckpt):
+        raise UsageError(f"{path} is not a flowctl checkpoint (containers nested deeper than "
+                         f"{MAX_DEPTH} levels)")
+    for key, (low, high) in INT_FIELDS.items():
+        value = ckpt.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not low <= value <= high):
+            raise UsageError(f"{path} is not a usable flowctl checkpoint: {key} is {value!r:.60}, "
+                             f"expected an integer from {low} to {high}")
+    for key in MAPPING_FIELDS:
+        value = ckpt.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise UsageError(f"{path} is not a usable flowctl checkpoint: {key} is a "
+                             f"{type(value).__name__}, expected a mapping")
+    for key in TENSOR_MAPPINGS:
+        value = ckpt.get(key)
+        if value is None and key != "model_state_dict":
+            continue
+        if not isinstance(value, dict) or not all(
+                isinstance(name, str) and hasattr(item, "shape") and hasattr(item, "dtype")
+                for name, item in value.items()):
+            raise UsageError(f"{path} is not a usable flowctl checkpoint: {key} must map "
+                             "parameter names to tensors")
