@@ -98,15 +98,20 @@ def plan_resume(target: str, overrides: dict[str, Any], ckpt_dir: str | None,
     """`--resume TARGET`: the checkpoint (last.pt first) and its config with the overrides."""
     point = read_resume_point(resume_file(target, ckpt_dir, warn=warn))
     config = config_for_resume(point.payload, point.path, overrides, warn=warn)
-    return resume_in_place(config, point.path, ckpt_dir, warn=warn), point
+    named = config.name
+    config = resume_in_place(config, point.path, ckpt_dir, warn=warn)
+    if config.name != named:  # a copy or a renamed folder: not the original's wandb run
+        point.payload["wandb_run_id"] = None
+    return config, point
 
 
 def resume_in_place(config: TrainingConfig, checkpoint: Path, ckpt_dir: str | None,
                     warn=print) -> TrainingConfig:
     """The folder resumed is the folder written: a checkpoint in a run folder under the root
     continues *that* folder, whatever run name its config holds (a copy `cp -r exp exp-e1`,
-    a renamed `mv a b`): the run is renamed after its folder, with one line. A checkpoint
-    anywhere else is refused (a resume would write into another folder)."""
+    a renamed `mv a b`): the run is renamed after its folder, with one line, and logs to a
+    wandb run of its own. A checkpoint anywhere else is refused (a resume would write into
+    another folder)."""
     folder = Path(os.path.realpath(checkpoint)).parent
     root = checkpoint_root(ckpt_dir)
     if folder.parent != Path(os.path.realpath(root)):
@@ -117,7 +122,8 @@ def resume_in_place(config: TrainingConfig, checkpoint: Path, ckpt_dir: str | No
     if folder.name != config.name:
         check_run_name(folder.name, what="the run folder")
         warn(f"resuming run folder {folder.name}: the run named {config.name} in its "
-             f"checkpoint is renamed {folder.name} (it writes only into {folder})")
+             f"checkpoint is renamed {folder.name} (it writes only into {folder}, and logs "
+             "to a new wandb run)")
         config.run_name = folder.name
     return config
 

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 
+import torch
+
 from study.runs.removal import remove_run
 from study.runs.status import read_run
 from tests.faults.attacks import fingerprint, make_run
@@ -199,3 +201,19 @@ def test_a_redirect_into_last_pt_leaves_best_pt(tmp_path, isolated_run_root):
     assert load(run / "best.pt")["epoch"] == 1
     inspected = cli("inspect-ckpt", "exp")
     assert inspected.exit_code == 0, inspected.stderr
+
+
+def test_a_renamed_resume_does_not_continue_the_originals_wandb_run(tmp_path, isolated_run_root):
+    from study.flow_matching.resume import plan_resume
+
+    trained(isolated_run_root, tmp_path)
+    checkpoint = load(isolated_run_root / "exp" / "last.pt")
+    checkpoint["wandb_run_id"] = "abc123"
+    torch.save(checkpoint, isolated_run_root / "exp" / "last.pt")
+    shutil.copytree(isolated_run_root / "exp", isolated_run_root / "exp-copy")
+    lines = []
+    config, point = plan_resume("exp-copy", {}, None, warn=lines.append)
+    assert config.name == "exp-copy" and point.payload["wandb_run_id"] is None
+    assert len(lines) == 1 and "new wandb run" in lines[0]
+    config, point = plan_resume("exp", {}, None, warn=lines.append)
+    assert config.name == "exp" and point.payload["wandb_run_id"] == "abc123"
