@@ -60,6 +60,10 @@ class RunLock:
             if self.path.parent.exists() and not self.path.parent.is_dir():
                 raise UsageError(f"{self.path.parent} is a file, not a run folder; move it "
                                  "away or choose another run name")
+            if self.path.parent.is_symlink():  # what takes the lock writes and deletes there
+                raise UsageError(f"{self.path.parent} is a symlink (to "
+                                 f"{os.readlink(self.path.parent)}); flowctl writes and deletes "
+                                 "only in real run folders: use the folder it points to")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:  # never through a symlink: the pid would be written into its target
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

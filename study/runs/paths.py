@@ -12,7 +12,7 @@ import unicodedata
 from pathlib import Path
 
 from study.errors import UsageError
-from study.runs.safe_read import confined_path
+from study.runs.safe_read import confined_path, inside
 
 DEFAULT_CKPT_ROOT = Path("study/checkpoints")
 CKPT_ENV = "FLOWCTL_CKPT_DIR"
@@ -93,6 +93,9 @@ def find_checkpoint(target: str | os.PathLike, ckpt_dir: str | os.PathLike | Non
         return path
     root = checkpoint_root(ckpt_dir)
     folder = path if path.is_dir() else root / str(target)
+    if folder != path and folder.is_symlink() and not inside(os.path.realpath(root), folder):
+        raise UsageError(f"{folder} is a symlink out of the checkpoint root; flowctl does not "
+                         "follow it (give the folder it points to)")
     if folder.is_dir():
         for name in prefer:
             if (folder / name).is_file():

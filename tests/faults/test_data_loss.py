@@ -217,3 +217,22 @@ def test_a_renamed_resume_does_not_continue_the_originals_wandb_run(tmp_path, is
     assert len(lines) == 1 and "new wandb run" in lines[0]
     config, point = plan_resume("exp", {}, None, warn=lines.append)
     assert config.name == "exp" and point.payload["wandb_run_id"] == "abc123"
+
+
+def test_nothing_writes_or_deletes_through_a_symlinked_run_folder(tmp_path, isolated_run_root):
+    """`ln -s ../outside checkpoints/scratch`: `train --overwrite` would clear the target's
+    best.pt/last.pt/run.json/metrics.csv and put its lock there; it is refused instead."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("best.pt", "last.pt", "run.json", "metrics.csv"):
+        (outside / name).write_text(f"someone's {name}")
+    isolated_run_root.mkdir()
+    os.symlink(outside, isolated_run_root / "scratch")
+    data = vectors_file(tmp_path)
+    before = fingerprint(tmp_path, skip=(isolated_run_root,))
+    for extra in ((), ("--overwrite",)):
+        error_line(cli("train", "--run-name", "scratch", *extra, *run_flags(data, epochs=1)),
+                   "scratch is a symlink", "real run folders")
+    for command in ("resume", "inspect-ckpt", "sample", "eval"):
+        error_line(cli(command, "scratch"), "scratch is a symlink out of the checkpoint root")
+    assert fingerprint(tmp_path, skip=(isolated_run_root,)) == before
