@@ -234,3 +234,17 @@ def test_the_dashboard_writes_nothing_not_even_a_sha256_cache(tmp_path, isolated
     page = DashboardApi(isolated_run_root).run("r", {}).body
     assert len(page["checkpoint"]["sha256"]) == 64
     assert fingerprint(tmp_path) == before and not (tmp_path / "flowctl-cache").exists()
+
+
+def test_resume_notes_quoting_a_checkpoint_show_escapes_as_text(tmp_path, isolated_run_root):
+    result = cli("train", "--run-name", "n", *run_flags(vectors_file(tmp_path), epochs=1))
+    assert result.exit_code == 0, result.stderr
+    checkpoint = load(isolated_run_root / "n" / "last.pt")
+    checkpoint["stage"] = {**checkpoint["stage"], "stage_name": f"main{ESCAPES}"}
+    checkpoint["config"]["group"] = f"g{ESCAPES}"
+    torch.save(checkpoint, isolated_run_root / "n" / "last.pt")
+    resumed = cli("train", "--resume", "n", "--epochs", "2", "--group", "other",
+                  "--wandb-mode", "disabled")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_no_escapes(resumed.stdout + resumed.stderr)
+    assert "wins over g?]0;owned" in resumed.stderr
