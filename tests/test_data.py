@@ -226,6 +226,8 @@ MALFORMED = [
     ("strings.jsonl", _text('["a", "b"]\n'), "line 1 is not a list of numbers"),
     ("bools.jsonl", _text("[true, false]\n"), "line 1 is not a list of numbers"),
     ("two.jsonl", _text('{"a": [1], "b": [2]}\n'), "one numeric list field, found a, b"),
+    ("deep.jsonl", _text("[1, 2]\n" + "[" * 100_000 + "]" * 100_000 + "\n"),
+     "line 2 nests lists too deeply"),
     ("nan.csv", _text("1,2\nnan,3\n"), "row 1 holds NaN, Inf or a number beyond float32"),
     ("inf.npy", _npy(np.array([[1.0], [2.0], [np.inf]])), "row 2 holds NaN, Inf or a number beyond float32"),
     ("nan.jsonl", _text("[1, NaN]\n"), "row 0 holds NaN, Inf or a number beyond float32"),

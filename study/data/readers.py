@@ -238,6 +238,9 @@ def _read_jsonl(path: Path, where: str) -> tuple[Tensor, None]:
             except json.JSONDecodeError as err:
                 raise UsageError(f"{where}: line {line_no} is not valid JSON ({err.msg} at "
                                  f"column {err.colno})") from None
+            except RecursionError:
+                raise UsageError(f"{where}: line {line_no} nests lists too deeply to be a "
+                                 "vector") from None
             if isinstance(item, dict):  # e.g. {"id": 3, "embedding": [0.1, 0.2]}
                 fields = [k for k, v in item.items() if isinstance(v, list) and _floats(v)]
                 if len(fields) != 1:
