@@ -29,9 +29,10 @@ from study.runs.paths import (
     LAST_NAME,
     LOCK_NAME,
     RUN_JSON,
+    checkpoint_root,
     run_dir,
 )
-from study.runs.safe_read import read_json_object
+from study.runs.safe_read import inside, read_json_object
 from study.runs.status import RunInfo, json_number, parse_time, read_run
 from study.sweep.grid import Point
 from study.sweep.identity import identity_diff
@@ -76,6 +77,9 @@ class PointState:
 def read_point_state(point: Point, root: str | Path | None = None) -> PointState:
     """What is on disk for `point`, as one of the states above."""
     folder = run_dir(point.name, root)
+    if folder.is_symlink() and not inside(os.path.realpath(checkpoint_root(root)), str(folder)):
+        why = "its run folder is a symlink out of the checkpoint root (not read)"
+        return PointState(point=point, state="conflict", folder=folder, conflict=why, detail=why)
     run = read_run(folder) if (folder / RUN_JSON).is_file() else None
     has_checkpoint = any((folder / name).is_file() for name in (BEST_NAME, LAST_NAME))
     state = PointState(point=point, state="pending", folder=folder, run=run,

@@ -248,3 +248,21 @@ def test_resume_notes_quoting_a_checkpoint_show_escapes_as_text(tmp_path, isolat
     assert resumed.exit_code == 0, resumed.stderr
     assert_no_escapes(resumed.stdout + resumed.stderr)
     assert "wins over g?]0;owned" in resumed.stderr
+
+
+def test_a_sweep_point_folder_linked_out_of_the_root_is_not_read_nor_trained(
+        tmp_path, isolated_run_root):
+    outside = outside_files(tmp_path)
+    (outside / "run.json").write_text((outside / "secret.json").read_text())
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"base": {"dataset": "moons", "epochs": 1}, "name": "pt",
+                                    "group": "g"}))
+    isolated_run_root.mkdir()
+    (isolated_run_root / "pt").symlink_to(outside)
+    before = fingerprint(tmp_path, skip=(isolated_run_root,))
+    status = cli("sweep", "status", grid, "--json")
+    assert status.exit_code == 0 and "SECRET" not in status.stdout, status.stdout
+    (point,) = json.loads(status.stdout)["points"]
+    assert point["state"] == "conflict" and "symlink out of the checkpoint root" in point["conflict"]
+    error_line(cli("sweep", grid, "--dry-run"), "symlink out of the checkpoint root")
+    assert fingerprint(tmp_path, skip=(isolated_run_root,)) == before
