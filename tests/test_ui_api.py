@@ -213,6 +213,7 @@ def test_live_run_served_by_a_real_flowctl_ui(tmp_path: Path, isolated_run_root:
 
         wait_for(lambda: status().get("running") is True, process=trainer, timeout=120,
                  interval=0.05, what="the run to show as running")
+        assert status()["current_epoch"] is not None, "progress from run.json's first write"
         first = get_json(metrics_url)
         wait_for(lambda: get_json(metrics_url)["last_step"] > max(first["last_step"], 0),
                  process=trainer, timeout=120, interval=0.05, what="metrics to grow")
@@ -228,8 +229,9 @@ def test_live_run_served_by_a_real_flowctl_ui(tmp_path: Path, isolated_run_root:
         def table_row() -> dict:
             return next(r for r in get_json(f"{url}/api/runs")["runs"] if r["folder"] == "live")
 
-        # run.json is rewritten at most every 2 s: progress shows from its first rewrite on.
-        wait_for(lambda: table_row()["progress"] is not None, process=trainer, timeout=120,
+        # run.json holds progress from its first write (epoch 0), then every rewrite (2 s).
+        assert table_row()["progress"] is not None
+        wait_for(lambda: (table_row()["progress"] or 0) > 0, process=trainer, timeout=120,
                  interval=0.05, what="progress in the table")
         row = table_row()
         assert row["status"] == "running" and 0 < row["progress"] < 1
