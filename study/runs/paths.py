@@ -53,11 +53,12 @@ def name_problem(name: str) -> str | None:
 
 
 def check_run_name(name: str, *, what: str = "--run-name") -> str:
-    """`name` if it can name a run folder; UsageError (one line, the fix) otherwise."""
+    """`name` if it can name a run folder (or any folder flowctl makes from a name, e.g. a
+    sweep's `.sweeps/{group}`); UsageError (one line, the fix) otherwise."""
     problem = name_problem(name)
     if problem is not None:
         shown = repr(name) if len(name) <= 80 else repr(name[:60]) + "..."
-        raise UsageError(f"{what} {shown} {problem}; a run name must be a single folder name")
+        raise UsageError(f"{what} {shown} {problem}; it must be a single folder name")
     return name
 
 

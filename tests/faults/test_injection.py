@@ -4,6 +4,7 @@ lines in a Slurm script, terminal escapes in file data, files read from outside 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -266,3 +267,20 @@ def test_a_sweep_point_folder_linked_out_of_the_root_is_not_read_nor_trained(
     assert point["state"] == "conflict" and "symlink out of the checkpoint root" in point["conflict"]
     error_line(cli("sweep", grid, "--dry-run"), "symlink out of the checkpoint root")
     assert fingerprint(tmp_path, skip=(isolated_run_root,)) == before
+
+
+@pytest.mark.parametrize("group", ["../../escape", "a/b", "g" * 300])
+def test_a_sweep_group_that_is_no_folder_name_writes_no_slurm_script(tmp_path, group, monkeypatch):
+    """The Slurm launcher keeps its script in {root}/.sweeps/{group}: `group: ../../escape`
+    would have put it outside the root."""
+    from tests.test_slurm_script import stand_in
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"group": group, "base": {"dataset": "moons", "epochs": 1},
+                                    "grid": {"seed": [0]}}))
+    bin_dir = stand_in(tmp_path, "sbatch", "echo 4242")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    before = fingerprint(tmp_path)
+    for dry in ((), ("--dry-run",)):
+        error_line(cli("sweep", grid, "--launcher", "slurm", *dry), "the group of", "single folder name")
+    assert fingerprint(tmp_path) == before
