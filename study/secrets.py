@@ -3,8 +3,9 @@
 A value is masked whole when its key names a secret (WANDB_API_KEY, *_TOKEN, *_SECRET,
 *password*, api_key, ...). Inside any other text only the credential itself is replaced
 ("my key is sk-..." -> "my key is [SECRET]"): tokens shaped like OpenAI (sk-...), AWS (AKIA...,
-ASIA...), Google (AIza...), GitHub (ghp_..., gho_...) and Slack (xoxb-..., xoxp-...) keys, and
-the current $WANDB_API_KEY's value. Applied to configs, errors and notes before they reach the
+ASIA...), Google (AIza...), GitHub (ghp_..., gho_..., github_pat_...), GitLab (glpat-...),
+Hugging Face (hf_...) and Slack (xoxb-..., xoxp-...) keys, also glued to a name by `-` or `_`
+(`team-ghp_...`), and the current $WANDB_API_KEY's value. Applied to configs, errors and notes before they reach the
 console, run.json, wandb, list-runs and inspect-ckpt.
 
 DISABLE_SECRET_FILTER=1 turns masking off (to debug a config), with one warning line on stderr
@@ -21,16 +22,21 @@ from typing import Any
 MASK = "[SECRET]"
 DISABLE_ENV = "DISABLE_SECRET_FILTER"
 SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-# A token starts where no other token character precedes it ("task-123..." holds no "sk-" key)
-# and ends where its alphabet ends.
+# A token starts where no letter or digit precedes it: after a separator of any kind, `-` and
+# `_` included ("team-ghp_...", "prod-AKIA...", "x-sk-..."), but not inside a word
+# ("task-123..." holds no "sk-" key). Prefixes no word contains ("ghp_", "github_pat_",
+# "glpat-", "hf_") need no boundary at all. A token ends where its alphabet ends.
 SECRET_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9_\-])("
+    r"(?<![A-Za-z0-9])("
     r"sk-[A-Za-z0-9_\-]{16,}"
-    r"|gh[pousr]_[A-Za-z0-9]{20,}"
     r"|(?:AKIA|ASIA)[0-9A-Z]{16}(?![0-9A-Za-z])"
     r"|AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"
-    r"|xox[abpr]-[A-Za-z0-9\-]{10,}"
+    r"|xox[abpre]-[A-Za-z0-9\-]{10,}"
     r")"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}"
+    r"|glpat-[A-Za-z0-9_\-]{20,}"
+    r"|hf_[A-Za-z0-9]{30,}"
 )
 
 _warned_disabled = False

@@ -226,10 +226,12 @@ MALFORMED = [
     ("strings.jsonl", _text('["a", "b"]\n'), "line 1 is not a list of numbers"),
     ("bools.jsonl", _text("[true, false]\n"), "line 1 is not a list of numbers"),
     ("two.jsonl", _text('{"a": [1], "b": [2]}\n'), "one numeric list field, found a, b"),
-    ("nan.csv", _text("1,2\nnan,3\n"), "contains NaN or Inf at row 1"),
-    ("inf.npy", _npy(np.array([[1.0], [2.0], [np.inf]])), "contains NaN or Inf at row 2"),
-    ("nan.jsonl", _text("[1, NaN]\n"), "contains NaN or Inf at row 0"),
-    ("huge.csv", _text("1e39,0\n"), "contains NaN or Inf at row 0"),  # overflows float32
+    ("deep.jsonl", _text("[1, 2]\n" + "[" * 100_000 + "]" * 100_000 + "\n"),
+     "line 2 nests lists too deeply"),
+    ("nan.csv", _text("1,2\nnan,3\n"), "row 1 holds NaN, Inf or a number beyond float32"),
+    ("inf.npy", _npy(np.array([[1.0], [2.0], [np.inf]])), "row 2 holds NaN, Inf or a number beyond float32"),
+    ("nan.jsonl", _text("[1, NaN]\n"), "row 0 holds NaN, Inf or a number beyond float32"),
+    ("huge.csv", _text("1e39,0\n"), "row 0 holds NaN, Inf or a number beyond float32"),  # overflows float32
     ("header.csv", _text("a,b\n"), "has zero rows"),
     ("none.pt", _pt(torch.zeros(0, 3)), "has zero rows"),
     ("nocols.npy", _npy(np.zeros((3, 0))), "has zero columns"),

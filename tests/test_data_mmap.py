@@ -139,7 +139,7 @@ def test_a_nan_deep_in_the_file_is_found_chunk_by_chunk(tmp_path: Path, ext: str
     x = data(3000)
     x[2345, 3] = np.nan
     path = save(x, tmp_path / f"nan.{ext}")
-    with pytest.raises(UsageError, match="contains NaN or Inf at row 2345"):
+    with pytest.raises(UsageError, match="row 2345 holds NaN, Inf or a number beyond float32"):
         FlowDataset(path)
 
 

@@ -152,3 +152,34 @@ def test_the_switch_set_empty_or_zero_keeps_masking(value: str) -> None:
     assert result.stdout.splitlines() == [
         str({"note": MASK, "password": MASK}), f"key {MASK}", str({"group": MASK})]
     assert result.stderr == ""
+
+
+# Every printable ASCII character that is not a letter or digit: a token after any of them,
+# `-` and `_` included ("team-ghp_...", "prod-AKIA...", "x-sk-..."), is masked.
+SEPARATORS = [chr(code) for code in range(32, 127) if not chr(code).isalnum()]
+
+
+@pytest.mark.parametrize("token", EVERY_SHAPE)
+@pytest.mark.parametrize("separator", SEPARATORS)
+def test_a_token_glued_to_a_name_by_any_separator_is_masked(token: str, separator: str) -> None:
+    text = f"team{separator}{token}"
+    assert token not in mask_text(text) and mask_text(text) == f"team{separator}{MASK}"
+    assert token not in str(mask_secrets({"group": text, "tags": [f"x{separator}{token}!"]}))
+
+
+@pytest.mark.parametrize("text", ["team-ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2", "prod-AKIA" + "ABCDEFGHIJ234567",
+                                  "x-sk-" + "a1B2c3D4e5F6g7H8i9J0", "run_xoxb-" + "123456789012-abcdef",
+                                  "github_pat_" + "11ABCDEFG0123456789_abcdefghij",
+                                  "glpat-" + "abcdefghij0123456789", "hf_" + "abcdefghijklmnopqrstuvwxyz012345",
+                                  "teamghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2"])
+def test_the_issue_examples_and_other_providers_are_masked(text: str) -> None:
+    assert "[SECRET]" in mask_text(text) and text not in mask_text(text)
+
+
+@pytest.mark.parametrize("word", ["task", "disk", "mASIA", "xAIza", "boxoxb"])
+def test_a_prefix_inside_a_word_is_not_a_token(word: str) -> None:
+    """After a letter or digit, `sk-`, `AKIA`, `AIza`, `xox` are part of a word."""
+    text = {"task": "task-1234567890abcdefgh", "disk": "disk-0123456789abcdefgh",
+            "mASIA": "mASIA" + "QWERTYUIOP234567", "xAIza": "xAIza" + "S" * 35,
+            "boxoxb": "boxoxb-123456789012"}[word]
+    assert mask_text(text) == text

@@ -48,7 +48,8 @@ def test_runs_table_rows_newest_first_with_progress(served: str, isolated_run_ro
     assert live["status"] == "running" and live["running"] is True
     assert live["progress"] == pytest.approx(7 / 15)
     assert live["train_loss"] == 4.94
-    assert live["eta_s"] == pytest.approx(60.0 / 6 * 9, abs=3.0)  # 6 epochs done in 60 s, 9 left
+    # run.json's epoch counts completed epochs: 7 done in 60 s, 8 left, less the 1 s since
+    assert live["eta_s"] == pytest.approx(60.0 / 7 * 8 - 1, abs=3.0)
     assert 0 <= live["age_s"] < 60
     assert data["runs"][1]["error"]["message"] == "non-finite loss"
     assert set(data["statuses"]) >= {"running", "crashed", "unknown"}
@@ -181,11 +182,15 @@ def test_a_corrupt_checkpoint_is_an_error_line_in_the_summary(served: str, isola
 def test_eta_counts_completed_epochs_only(isolated_run_root: Path):
     from study.runs.status import read_run
 
-    write_run(isolated_run_root, "first", status="running", epoch=1, total_epochs=10,
+    # run.json's `epoch` is the number of completed epochs (the trainer writes it so).
+    write_run(isolated_run_root, "first", status="running", epoch=0, total_epochs=10,
               elapsed_s=5.0, host="another-host")
-    write_run(isolated_run_root, "later", status="running", epoch=5, total_epochs=10,
+    write_run(isolated_run_root, "second", status="running", epoch=1, total_epochs=10,
+              elapsed_s=12.0, host="another-host")
+    write_run(isolated_run_root, "later", status="running", epoch=4, total_epochs=10,
               elapsed_s=40.0, host="another-host")
     assert eta_seconds(read_run(isolated_run_root / "first"), 0.0) is None  # no epoch done yet
+    assert eta_seconds(read_run(isolated_run_root / "second"), 0.0) == pytest.approx(108.0)
     assert eta_seconds(read_run(isolated_run_root / "later"), 0.0) == pytest.approx(60.0)
     assert eta_seconds(read_run(isolated_run_root / "later"), 100.0) == 0.0
 
@@ -208,6 +213,7 @@ def test_live_run_served_by_a_real_flowctl_ui(tmp_path: Path, isolated_run_root:
 
         wait_for(lambda: status().get("running") is True, process=trainer, timeout=120,
                  interval=0.05, what="the run to show as running")
+        assert status()["current_epoch"] is not None, "progress from run.json's first write"
         first = get_json(metrics_url)
         wait_for(lambda: get_json(metrics_url)["last_step"] > max(first["last_step"], 0),
                  process=trainer, timeout=120, interval=0.05, what="metrics to grow")
@@ -223,8 +229,9 @@ def test_live_run_served_by_a_real_flowctl_ui(tmp_path: Path, isolated_run_root:
         def table_row() -> dict:
             return next(r for r in get_json(f"{url}/api/runs")["runs"] if r["folder"] == "live")
 
-        # run.json is rewritten at most every 2 s: progress shows from its first rewrite on.
-        wait_for(lambda: table_row()["progress"] is not None, process=trainer, timeout=120,
+        # run.json holds progress from its first write (epoch 0), then every rewrite (2 s).
+        assert table_row()["progress"] is not None
+        wait_for(lambda: (table_row()["progress"] or 0) > 0, process=trainer, timeout=120,
                  interval=0.05, what="progress in the table")
         row = table_row()
         assert row["status"] == "running" and 0 < row["progress"] < 1

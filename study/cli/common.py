@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from study.errors import FlowctlError
+from study.runs.display import printable
 from study.secrets import mask_text
 
 EXIT_USAGE = 2
@@ -26,7 +27,7 @@ def debug_enabled() -> bool:
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print `error: message` as one line on stderr (credentials masked); return the Exit."""
-    first_line = mask_text(" ".join(str(message).split()))
+    first_line = printable(mask_text(" ".join(str(message).split())))
     typer.echo(f"error: {first_line}", err=True)
     return typer.Exit(code)
 
@@ -44,7 +45,7 @@ def user_errors() -> Iterator[None]:
 
 def warn(message: str) -> None:
     """One line on stderr, for a value that wins over another or a degraded feature."""
-    print(f"warning: {mask_text(message)}", file=sys.stderr)
+    print(f"warning: {printable(mask_text(message))}", file=sys.stderr)
 
 
 def resolve_checkpoint(target: str, ckpt_dir: str | os.PathLike | None, *, last: bool = False):

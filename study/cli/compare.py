@@ -11,7 +11,10 @@ from pathlib import Path
 import typer
 
 from study.cli.common import CkptDir, fail, user_errors
+from study.runs.display import printable
 from study.sweep.results import METRICS, Comparison, format_mean_std
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what matplotlib's savefig writes by extension
 
 
 def compare(
@@ -20,7 +23,7 @@ def compare(
     metric: str = typer.Option("val_loss", "--metric", help=f"{' | '.join(METRICS)} (eval_*: from `flowctl eval`; eval_NAME: an --eval-fn metric)."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON rows (mean, std, min, max, n, per-run values)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (mean ± std), for a paper or a README."),
-    plot: Path | None = typer.Option(None, "--plot", help="Also write a PNG: a bar per row (mean ± std), a dot per run."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write a picture (.png, .pdf or .svg; replaced if it exists): a bar per row (mean ± std), a dot per run."),
     ckpt_dir: CkptDir = None,
 ) -> None:
     """Compare the finished runs of a group: one row per setting, mean ± std over seeds.
@@ -34,6 +37,10 @@ def compare(
         raise fail("choose one of --json and --markdown")
     keys = [key.strip() for key in by.split(",") if key.strip()] if by is not None else None
     with user_errors():
+        if plot is not None:  # before any work: a picture never replaces a run's own file
+            from study.runs.outputs import check_output
+
+            check_output(plot, suffixes=PLOT_SUFFIXES, force=True, flag="--plot")
         comparison = compare_group(checkpoint_root(ckpt_dir), group, metric=metric, by=keys)
     if json_output:
         typer.echo(json.dumps({"group": group, "metric": metric, "by": comparison.by,
@@ -53,16 +60,18 @@ def compare(
 def _print_table(comparison: Comparison) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{comparison.group}: {comparison.metric}", title_justify="left")
     for key in comparison.by:
         table.add_column(key)
     for column in ("n", "mean ± std", "min", "max"):
         table.add_column(column, justify="right")
-    for row in comparison.rows:
-        table.add_row(*(str(row.setting[key]) for key in comparison.by), str(len(row.runs)),
-                      format_mean_std(row), f"{min(row.values):.4g}", f"{max(row.values):.4g}")
+    for row in comparison.rows:  # settings come from run.json: Text (no markup), no escapes
+        table.add_row(*(Text(printable(str(row.setting[key]))) for key in comparison.by),
+                      str(len(row.runs)), format_mean_std(row), f"{min(row.values):.4g}",
+                      f"{max(row.values):.4g}")
     Console().print(table)
     if comparison.skipped:
         reasons = ", ".join(f"{name} ({why})" for name, why in comparison.skipped.items())
-        typer.echo(f"not in the table: {reasons}")
+        typer.echo(printable(f"not in the table: {reasons}"))

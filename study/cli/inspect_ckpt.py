@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from study.cli.common import Last, resolve_checkpoint, user_errors
+from study.runs.display import printable_tree
 
 
 def inspect_ckpt(
@@ -55,7 +56,7 @@ def inspect_ckpt(
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
         return
-    _render(summary)
+    _render(printable_tree(summary))  # text from the file: no terminal escapes
 
 
 def add_tensor_statistics(path: Path, tensors: list[dict[str, Any]]) -> None:

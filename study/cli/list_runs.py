@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from study.cli.common import fail, user_errors
-from study.runs.display import format_age, format_size
+from study.runs.display import format_age, format_size, printable
 from study.runs.paths import checkpoint_root
 from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, scan_runs
 from study.secrets import mask_text
@@ -206,7 +206,7 @@ class StyledLines:
             for text, style in pieces:
                 if style not in styles:
                     styles[style] = Style.parse(style)
-                yield Segment(text, styles[style])
+                yield Segment(printable(text), styles[style])  # file data: no escapes
             yield Segment.line()
 
 

@@ -21,6 +21,8 @@ from study.runs.retention import (
     RANK_BY,
     PrunePlan,
     PruneRules,
+    folder_key,
+    folder_label,
     parse_duration,
     parse_statuses,
     select_runs,
@@ -72,6 +74,9 @@ def prune(
         raise typer.Exit(EXIT_FAILED)
 
 
+LINK_NOTE = "a symlink to {target}; prune never follows links (remove the link itself with rm)"
+
+
 def folders(count: int) -> str:
     return f"{count} run folder" + ("" if count == 1 else "s")
 
@@ -79,25 +84,27 @@ def folders(count: int) -> str:
 def _delete(plan: PrunePlan) -> dict[str, Any]:
     from study.runs.removal import remove_run
 
-    return {selected.run.run_name: remove_run(selected.run) for selected in plan.remove}
+    return {folder_key(selected.run): remove_run(selected.run) for selected in plan.remove}
 
 
 def _print_report(plan: PrunePlan, root: Path, checked: int, outcomes: dict[str, Any], *,
                   deleted: bool, hint: bool = True) -> None:
     if not plan.remove:
         typer.echo(f"nothing to prune under {root} ({checked} runs checked)")
-    width = max((len(s.run.run_name) for s in plan.remove), default=0)
+    width = max((len(folder_label(s.run)) for s in plan.remove), default=0)
     for selected in plan.remove:
         run = selected.run
-        outcome = outcomes.get(run.run_name)
+        outcome = outcomes.get(folder_key(run))
         action = outcome.action if outcome else "would remove"
-        line = (f"{action:<12}  {run.run_name:<{width}}  {format_size(run.size_bytes):>8}  "
+        line = (f"{action:<12}  {folder_label(run):<{width}}  {format_size(run.size_bytes):>8}  "
                 f"{'; '.join(selected.reasons)}")
         if outcome is not None and outcome.note:
             line += f"  ({outcome.note})"
         typer.echo(line)
     for run in plan.unranked:
-        typer.echo(f"{'kept':<12}  {run.run_name}: no score to rank it by")
+        typer.echo(f"{'kept':<12}  {folder_label(run)}: no score to rank it by")
+    for run in plan.links:
+        typer.echo(f"{'kept':<12}  {folder_label(run)}: {LINK_NOTE.format(target=run.link)}")
     if not plan.remove:
         return
     if deleted:
@@ -116,13 +123,16 @@ def _json_report(plan: PrunePlan, root: Path, outcomes: dict[str, Any], *,
                  deleted: bool) -> dict[str, Any]:
     rows = []
     for selected in plan.remove:
-        run, outcome = selected.run, outcomes.get(selected.run.run_name)
-        rows.append({"run_name": run.run_name, "path": str(run.path), "status": run.display_status,
-                     "group": run.group, "size_bytes": run.size_bytes, "reasons": selected.reasons,
+        run, outcome = selected.run, outcomes.get(folder_key(selected.run))
+        rows.append({"run_name": run.run_name, "folder": run.path.name, "path": str(run.path),
+                     "status": run.display_status, "group": run.group,
+                     "size_bytes": run.size_bytes, "reasons": selected.reasons,
                      "action": outcome.action if outcome else "would_remove",
                      "freed_bytes": outcome.freed_bytes if outcome else 0,
                      "note": outcome.note if outcome else None})
     return {"root": str(root), "dry_run": not deleted, "runs": rows,
             "kept_unranked": [run.run_name for run in plan.unranked],
+            "kept_links": [{"folder": run.path.name, "path": str(run.path), "link": run.link}
+                           for run in plan.links],
             "would_free_bytes": sum(s.run.size_bytes for s in plan.remove),
             "freed_bytes": sum(row["freed_bytes"] for row in rows)}

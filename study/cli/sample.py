@@ -23,6 +23,7 @@ def sample(
     batch_size: int = typer.Option(4096, "--batch-size", help="Samples integrated at once."),
     out_format: str | None = typer.Option(None, "--format", help="pt | npy.  [default: from --out, else pt]"),
     out: Path | None = typer.Option(None, "--out", help="Output file.  [default: {run folder}/samples.pt]"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file (never a run's own files)."),
     ckpt_dir: CkptDir = None,
     last: Last = False,
     device: Device = "auto",
@@ -42,10 +43,23 @@ def sample(
             out_format = "npy" if out is not None and out.suffix.lower() == ".npy" else "pt"
         if out_format not in FORMATS:
             raise UsageError(f"unknown --format {out_format!r}; choose one of: {', '.join(FORMATS)}")
+        if out is not None:
+            check_out(out, out_format, force=force)
         path, shape, nfe = run_sample(target, n=n, solver=solver, steps=steps, seed=seed,
                                       batch_size=batch_size, out_format=out_format, out=out,
                                       ckpt_dir=ckpt_dir, last=last, device=device)
     typer.echo(f"wrote {path}  shape {'x'.join(map(str, shape))}  nfe {nfe}")
+
+
+def check_out(out: Path, out_format: str, *, force: bool) -> None:
+    """--out must name a new file (or --force), never a run's own, in the format written."""
+    from study.errors import UsageError
+    from study.runs.outputs import check_output
+
+    check_output(out, suffixes=tuple(f".{name}" for name in FORMATS), force=force)
+    if out.suffix.lower() != f".{out_format}":
+        raise UsageError(f"--format {out_format} but --out {out} names a {out.suffix} file; "
+                         "make them agree")
 
 
 def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch_size: int,
@@ -60,6 +74,11 @@ def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch
     loaded = load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)
     samples, info = generate(loaded, n, solver=solver, steps=steps, seed=seed,
                              batch_size=batch_size, device=torch_device)
+    if not bool(samples.isfinite().all()):  # never written: a file of NaNs looks like a result
+        from study.errors import UsageError
+
+        raise UsageError(f"the samples from {loaded.path} hold NaN or Inf (its weights are not "
+                         "finite, or the solver diverged: try more --steps); nothing written")
     path = out if out is not None else loaded.run_dir / f"samples.{out_format}"
     if out_format == "npy":
         import numpy as np

@@ -27,6 +27,7 @@ from study.cli.common import (
     warn,
 )
 from study.cli.torchrun import exit_code_recorded, worker_args
+from study.runs.display import printable
 
 # Flags that map one-to-one onto TrainingConfig fields (None: not given on the command line).
 CONFIG_FLAGS = ("arch", "network", "eval_fn", "flow", "dataset", "aug", "aug_std", "source", "teacher", "group",
@@ -283,7 +284,8 @@ class _CurrentStderr(logging.Handler):
     """Writes to whatever sys.stderr is at the time (a test runner may swap it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record), file=sys.stderr)
+        # Notes quote checkpoint and config values (stage names, paths): shown, never obeyed.
+        print(printable(self.format(record)), file=sys.stderr)
 
 
 def setup_logging() -> None:

@@ -62,7 +62,8 @@ def read_vectors(path: Path) -> VectorFile:
     else:
         sha256, bad_row, stats = file_sha256(path), first_nonfinite_row(x), None
     if bad_row is not None:
-        raise UsageError(f"{where}: contains NaN or Inf at row {bad_row}")
+        raise UsageError(f"{where}: row {bad_row} holds NaN, Inf or a number beyond float32's "
+                         "range (|x| > 3.4e38): every value must be a finite float32")
     return VectorFile(x, sha256, stats)
 
 
@@ -237,6 +238,9 @@ def _read_jsonl(path: Path, where: str) -> tuple[Tensor, None]:
             except json.JSONDecodeError as err:
                 raise UsageError(f"{where}: line {line_no} is not valid JSON ({err.msg} at "
                                  f"column {err.colno})") from None
+            except RecursionError:
+                raise UsageError(f"{where}: line {line_no} nests lists too deeply to be a "
+                                 "vector") from None
             if isinstance(item, dict):  # e.g. {"id": 3, "embedding": [0.1, 0.2]}
                 fields = [k for k, v in item.items() if isinstance(v, list) and _floats(v)]
                 if len(fields) != 1:

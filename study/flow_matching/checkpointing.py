@@ -6,7 +6,8 @@ Policy, with a budget of `interval_s` seconds (`--checkpoint-interval`, 0: every
 - every `save_every` steps, when a stop is requested, and when training ends: last.pt;
 - whenever last.pt is written, a pending best is written first as best.pt (so best.pt is
   never newer than last.pt: a crash between the two leaves last.pt older, and the resume
-  recomputes both). When the best is the current state, best.pt is a hard link of last.pt;
+  recomputes both). When the best is the current state, best.pt is a copy of last.pt's new
+  file (two files: one damaged in place leaves the other);
 - with `keep_snapshots` K, `epoch-NNNN.pt` at each epoch end written, the oldest beyond K
   removed.
 A SIGKILL therefore loses at most `interval_s` seconds of training (or `save_every` steps,
@@ -90,7 +91,7 @@ class Checkpointer:
         self._check(finite, step)
         self.last_write, self.written_step = self.clock(), step
         if self.pending_best_step == step:
-            best_now = True  # the pending best is this very state: one file, hard-linked
+            best_now = True  # the pending best is this very state: serialised once, copied
         if not self.recorder.enabled:  # only rank 0 writes
             self.pending_best, self.pending_best_step = None, -1
             return

@@ -15,6 +15,7 @@ from typing import Any
 
 from study.errors import UsageError
 from study.plugins import check_target, is_target
+from study.runs.paths import check_run_name
 
 # Names the trainer can build from a string. Kept here (not imported from the registries)
 # so that validating a config never imports torch; tests check the lists stay in sync.
@@ -162,10 +163,7 @@ class TrainingConfig:
                 _check_choice("flow", stage.flow, FLOW_NAMES)
             if stage.aug is not None:
                 _check_choice("aug", stage.aug, AUG_NAMES)
-        if self.run_name is not None and (not self.run_name.strip() or self.run_name in (".", "..")
-                                          or any(c in self.run_name for c in "/\\")):
-            raise UsageError(f"--run-name {self.run_name!r} must be a single folder name "
-                             "(no '/', '\\', '.' or '..')")
+        check_run_name(self.name, what="--run-name" if self.run_name else "the run name")
         _check_choice("scheduler", self.scheduler.type, SCHEDULER_NAMES)
         _check_choice("normalize", self.normalize, NORMALIZE_NAMES)
         _check_choice("precision", self.precision, PRECISION_NAMES)

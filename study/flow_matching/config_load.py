@@ -11,10 +11,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from study.errors import UsageError
 from study.flow_matching.config import SchedulerConfig, StageConfig, TrainingConfig
+from study.runs.safe_read import load_yaml_file
 
 # Keys added after the first checkpoints were written -> the behaviour those checkpoints had.
 LEGACY_DEFAULTS = {"ema_warmup": False, "normalize": "standard"}
@@ -160,16 +159,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise UsageError(f"cannot read config {path}: {err.strerror or err}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise UsageError(f"config {path} is not valid YAML{where}") from None
+        loaded = load_yaml_file(path, what="config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -222,9 +212,11 @@ def _read_value(text: str, cls: type | None, key: str) -> Any:
     declared = str(_FIELD_TYPES[cls][key]) if cls is not None else ""
     if declared.split("|")[0].strip() == "str":  # the text as written; `null` where None fits
         return None if text == "null" and "None" in declared else text
+    import yaml
+
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         raise UsageError(f"{key}={text} is not a valid value") from None
     if isinstance(value, str):  # YAML 1.1 reads 1e-3 as text
         for number in (int, float):

@@ -6,8 +6,8 @@ creates the parent folder, and returns the path it wrote.
 
 from __future__ import annotations
 
-import csv
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +15,7 @@ import numpy as np
 from torch import Tensor
 
 from study.errors import UsageError
+from study.runs.metrics_log import read_metrics_checked
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (must come after matplotlib.use)
@@ -36,27 +37,25 @@ def _save(fig: plt.Figure, out: Path) -> Path:
 
 
 def _read_metrics(metrics_csv: Path) -> dict[str, list[tuple[float, float]]]:
-    """Columns of metrics.csv as (step, value) pairs, skipping rows where the cell is empty."""
+    """Columns of metrics.csv as (step, value) pairs, skipping rows where the cell is empty
+    and damaged lines (study.runs.metrics_log.read_metrics_checked; one warning says how many)."""
     metrics_csv = Path(metrics_csv)
     if not metrics_csv.is_file():
         raise UsageError(f"no metrics file at {metrics_csv}")
-    with metrics_csv.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "step" not in reader.fieldnames:
-            raise UsageError(f"expected a 'step' column in {metrics_csv}, got {reader.fieldnames}")
-        columns: dict[str, list[tuple[float, float]]] = {name: [] for name in reader.fieldnames}
-        for row in reader:
-            if not row.get("step"):
-                continue
-            step = float(row["step"])
-            for name, cell in row.items():
-                if name is not None and cell not in (None, ""):
-                    try:
-                        columns[name].append((step, float(cell)))
-                    except ValueError as error:
-                        raise UsageError(
-                            f"non-numeric {name}={cell!r} at step {row['step']} in {metrics_csv}"
-                        ) from error
+    try:
+        header, rows, damaged = read_metrics_checked(metrics_csv)
+    except OSError as err:
+        raise UsageError(f"cannot read {metrics_csv}: {err.strerror or err}") from None
+    if "step" not in header:
+        raise UsageError(f"expected a 'step' column in {metrics_csv}, got {header[:12]}")
+    if damaged:
+        print(f"warning: {metrics_csv}: {damaged} damaged line(s) left out", file=sys.stderr)
+    columns: dict[str, list[tuple[float, float]]] = {name: [] for name in header}
+    for row in rows:
+        step = float(row["step"])
+        for name, cell in row.items():
+            if cell:
+                columns[name].append((step, float(cell)))
     return columns
 
 

@@ -9,6 +9,7 @@ checkpoint_interval) wins with one printed line. `--epochs` is always the total 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,15 @@ from typing import Any
 from study.errors import UsageError
 from study.flow_matching.config import TrainingConfig, assign_network
 from study.flow_matching.config_load import NESTED, config_from_checkpoint
-from study.runs.paths import BEST_NAME, LAST_FIRST, LAST_NAME, find_checkpoint, run_dir
+from study.runs.paths import (
+    BEST_NAME,
+    LAST_FIRST,
+    LAST_NAME,
+    check_run_name,
+    checkpoint_root,
+    find_checkpoint,
+    run_dir,
+)
 from study.secrets import mask_secrets
 
 HARMLESS_OVERRIDES = ("epochs", "patience", "log_every", "save_every", "group",
@@ -88,7 +97,35 @@ def plan_resume(target: str, overrides: dict[str, Any], ckpt_dir: str | None,
                 warn=print) -> tuple[TrainingConfig, ResumePoint]:
     """`--resume TARGET`: the checkpoint (last.pt first) and its config with the overrides."""
     point = read_resume_point(resume_file(target, ckpt_dir, warn=warn))
-    return config_for_resume(point.payload, point.path, overrides, warn=warn), point
+    config = config_for_resume(point.payload, point.path, overrides, warn=warn)
+    named = config.name
+    config = resume_in_place(config, point.path, ckpt_dir, warn=warn)
+    if config.name != named:  # a copy or a renamed folder: not the original's wandb run
+        point.payload["wandb_run_id"] = None
+    return config, point
+
+
+def resume_in_place(config: TrainingConfig, checkpoint: Path, ckpt_dir: str | None,
+                    warn=print) -> TrainingConfig:
+    """The folder resumed is the folder written: a checkpoint in a run folder under the root
+    continues *that* folder, whatever run name its config holds (a copy `cp -r exp exp-e1`,
+    a renamed `mv a b`): the run is renamed after its folder, with one line, and logs to a
+    wandb run of its own. A checkpoint anywhere else is refused (a resume would write into
+    another folder)."""
+    folder = Path(os.path.realpath(checkpoint)).parent
+    root = checkpoint_root(ckpt_dir)
+    if folder.parent != Path(os.path.realpath(root)):
+        raise UsageError(f"{checkpoint} is not in a run folder under the checkpoint root {root}, "
+                         "and a resume writes into the folder it continues; copy it into one "
+                         f"(mkdir {root}/NAME; cp {checkpoint} {root}/NAME/last.pt) or pass "
+                         f"--ckpt-dir {folder.parent}")
+    if folder.name != config.name:
+        check_run_name(folder.name, what="the run folder")
+        warn(f"resuming run folder {folder.name}: the run named {config.name} in its "
+             f"checkpoint is renamed {folder.name} (it writes only into {folder}, and logs "
+             "to a new wandb run)")
+        config.run_name = folder.name
+    return config
 
 
 def plan_auto_resume(wanted: TrainingConfig, ckpt_dir: str | None,

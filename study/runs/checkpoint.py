@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from study.errors import RunFailed, UsageError
+from study.runs.safe_read import check_structure
 
 # Bumped when the checkpoint dict changes incompatibly; a reader refuses newer ones.
 FORMAT_VERSION = 1
@@ -72,6 +73,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         holds = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else "a dict without model_state_dict"
         raise UsageError(f"{path} is not a flowctl checkpoint (it holds {holds})")
+    check_structure(ckpt, path)
     version = ckpt.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or isinstance(version, bool):
         raise UsageError(f"{path} is not a flowctl checkpoint (format_version {version!r})")
@@ -108,9 +110,10 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *,
     """Write `data` (bytes, or a function that writes into the open file) to `path` (and to
     each path in `also`, same folder) so that readers only ever see complete files.
 
-    The bytes are written and fsynced once; each extra name is a hard link to the new file
-    put in place with its own `os.replace` (a later rewrite of `path` replaces that name
-    only), then one fsync of the folder. An OSError (disk full, permission denied, folder
+    The bytes are serialised once; each extra name gets its own copy of the new file (never
+    a hard link: best.pt and last.pt are two files, so damaging one in place, a shell
+    redirect, cannot destroy the other), fsynced and put in place with its own
+    `os.replace`, then one fsync of the folder. An OSError (disk full, permission denied, folder
     deleted) removes the temp files, leaves the previous files untouched and is raised as
     RunFailed naming the file; any other error (from a writing function) removes them too.
     """
@@ -126,11 +129,8 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *,
         os.replace(temps[0], path)
         for current, temp in zip(also, temps[1:], strict=True):
             current = Path(current)
-            try:
-                os.link(path, temp)
-            except OSError:  # a filesystem without hard links: write a copy
-                shutil.copyfile(path, temp)
-                _fsync_file(temp)
+            shutil.copyfile(path, temp)
+            _fsync_file(temp)
             os.replace(temp, current)
         _fsync_dir(path.parent)
     except BaseException as err:

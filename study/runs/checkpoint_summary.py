@@ -41,15 +41,17 @@ _STATS_SHOWN = 8
 SHA256_CACHE_MIN_BYTES = 64 << 20
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, *, remember: bool = True) -> str:
     """SHA-256 hex digest of the file; for files of SHA256_CACHE_MIN_BYTES or more, taken from
-    the cache (`sha256_cache_dir()`) when device, inode, size and mtime all still match."""
+    the cache (`sha256_cache_dir()`) when device, inode, size and mtime all still match.
+    `remember=False` (the dashboard, which writes nothing): the cache is read, never written."""
     stat = os.stat(path)
     cache = None
     if stat.st_size >= SHA256_CACHE_MIN_BYTES:
         cache = sha256_cache_dir() / f"{stat.st_dev}-{stat.st_ino}.json"
         key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError, KeyError,
+                                 TypeError):
             remembered = json.loads(cache.read_text())
             if {k: remembered.get(k) for k in key} == key and len(remembered["sha256"]) == 64:
                 return remembered["sha256"]
@@ -57,7 +59,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-    if cache is not None:
+    if cache is not None and remember:
         with contextlib.suppress(RunFailed):  # a read-only home only costs the next hash
             write_atomic(cache, json.dumps({**key, "path": os.path.abspath(path),
                                             "sha256": digest.hexdigest()}).encode())
@@ -100,6 +102,7 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
     imported only when the restricted reader cannot describe the file (see module doc).
     Raises UsageError (one line) exactly as `read_checkpoint` does."""
     from study.runs.checkpoint import FORMAT_VERSION, read_checkpoint
+    from study.runs.safe_read import check_structure
 
     try:
         with open(path, "rb") as handle:
@@ -109,6 +112,7 @@ def load_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
             version = ckpt.get("format_version", FORMAT_VERSION) if isinstance(ckpt, dict) else None
             if (isinstance(version, int) and not isinstance(version, bool)
                     and version <= FORMAT_VERSION and "model_state_dict" in ckpt):
+                check_structure(ckpt, path)
                 return ckpt
     except (OSError, NotModelled):
         pass

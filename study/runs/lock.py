@@ -57,11 +57,23 @@ class RunLock:
 
     def acquire(self, warn=print) -> None:
         for _ in range(5):
+            if self.path.parent.exists() and not self.path.parent.is_dir():
+                raise UsageError(f"{self.path.parent} is a file, not a run folder; move it "
+                                 "away or choose another run name")
+            if self.path.parent.is_symlink():  # what takes the lock writes and deletes there
+                raise UsageError(f"{self.path.parent} is a symlink (to "
+                                 f"{os.readlink(self.path.parent)}); flowctl writes and deletes "
+                                 "only in real run folders: use the folder it points to")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a symlink: the pid would be written into its target
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except FileNotFoundError:  # the folder was removed as we opened: make it again
                 continue
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise
+                raise UsageError(f"{self.path} is a symlink, not a lock file; remove it "
+                                 f"(rm {self.path}) if no run uses it") from None
             try:
                 claimed = self._claim(fd, warn)
             except BaseException:
@@ -131,8 +143,12 @@ class RunLock:
             return None
 
     def release(self) -> None:
+        """Remove the lock file and drop the flock. A lock file that cannot be removed (the
+        folder became read-only, the disk went away) stays: without our flock the next run
+        on this host reclaims it, so it never hides the error that ended the run."""
         if self.held:
-            self.path.unlink(missing_ok=True)  # before the flock goes: see _is_current
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)  # before the flock goes: see _is_current
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -167,7 +183,7 @@ def _is_current(fd: int, path: Path) -> bool:
 def _parse_owner(text: str) -> dict[str, Any] | None:
     try:
         owner = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a lock file nested deep: unreadable, not a crash
         return None
     return owner if isinstance(owner, dict) and "pid" in owner else None
 

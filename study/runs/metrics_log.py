@@ -37,25 +37,24 @@ class MetricsLog:
         self._handle = None  # kept open while the run logs; each row is flushed
         self.columns: list[str] | None = None  # the header; None: not read yet
 
-    def truncate_after(self, step: int) -> int:
-        """Drop rows with step > `step` (logged before a crash, about to be recomputed).
+    def truncate_after(self, step: int) -> tuple[int, int]:
+        """Drop rows with step > `step` (logged before a crash, about to be recomputed) and
+        damaged lines (see read_metrics_checked).
 
         A file written by an older flowctl gets today's header (new columns empty).
-        Returns the largest step the file held before truncation (-1 if none).
+        Returns (the largest step the file held before truncation (-1 if none), the number
+        of damaged lines dropped).
         """
         self.close()
         if not self.path.exists():
-            return -1
-        with open(self.path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
+            return -1, 0
+        header, rows, damaged = read_metrics_checked(self.path)
         last_logged = max((int(row["step"]) for row in rows), default=-1)
         kept = [row for row in rows if int(row["step"]) <= step]
-        header = list(reader.fieldnames or ())
         self.columns = [*METRIC_COLUMNS, *(c for c in header if c not in METRIC_COLUMNS)]
-        if len(kept) != len(rows) or header != self.columns:
+        if len(kept) != len(rows) or damaged or list(header) != self.columns:
             self._rewrite(kept)
-        return last_logged
+        return last_logged, damaged
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         """Replace the file with `rows` under today's header, atomically."""
@@ -129,7 +128,52 @@ def read_header(path: Path) -> list[str]:
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    """metrics.csv's rows as {column: text}, damaged lines left out (read_metrics_checked)."""
+    return read_metrics_checked(path)[1]
 
 
+# A metrics row is a dozen numbers; a longer line is damage (csv refuses fields over 128 KiB).
+MAX_LINE_BYTES = 64 * 1024
+INTEGER_COLUMNS = ("step", "epoch", "stage_id")
+
+
+def read_metrics_checked(path: Path) -> tuple[list[str], list[dict[str, str]], int]:
+    """(header, rows, damaged lines) of a metrics.csv that may be damaged: a line that is not
+    UTF-8, longer than MAX_LINE_BYTES, refused by csv, without an integer `step`, or with a
+    cell that is not a number (integers for step, epoch, stage_id) is counted and left out;
+    every other row is kept. Never raises for the file's content (OSError for the file)."""
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    header = _cells(lines[0]) or []
+    rows, damaged = [], 0
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        cells = _cells(line)
+        row = dict(zip(header, cells, strict=False)) if cells is not None else None
+        if row is None or not _numeric(row):
+            damaged += 1
+            continue
+        rows.append({column: row.get(column, "") for column in header})
+    return header, rows, damaged
+
+
+def _cells(line: bytes) -> list[str] | None:
+    if len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        return next(csv.reader([line.decode("utf-8").rstrip("\r")]), [])
+    except (UnicodeDecodeError, csv.Error):
+        return None
+
+
+def _numeric(row: dict[str, str]) -> bool:
+    """Whether every cell is empty or a number of its column's kind, and step is given."""
+    try:
+        int(row.get("step") or "x")
+        for column, cell in row.items():
+            if cell:
+                int(cell) if column in INTEGER_COLUMNS else float(cell)
+    except ValueError:
+        return False
+    return True

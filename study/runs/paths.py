@@ -8,9 +8,11 @@ working directory, as in the original study). No torch import: the fast commands
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from study.errors import UsageError
+from study.runs.safe_read import confined_path, inside
 
 DEFAULT_CKPT_ROOT = Path("study/checkpoints")
 CKPT_ENV = "FLOWCTL_CKPT_DIR"
@@ -27,6 +29,37 @@ LAST_FIRST = (LAST_NAME, BEST_NAME)
 
 
 SNAPSHOT_GLOB = "epoch-*.pt"
+NAME_MAX_BYTES = 255  # NAME_MAX: the longest file name ext4, xfs, btrfs and tmpfs allow
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run folder's name (one phrase), or None if it can: it must be
+    one visible path component, a valid file name everywhere flowctl writes it (a folder, an
+    #SBATCH line, a terminal): no '/', '\\', NUL or other control characters, no line or
+    paragraph separators, no leading '.', at most NAME_MAX_BYTES bytes of UTF-8."""
+    if not name or not name.strip():
+        return "is empty"
+    if name.startswith("."):
+        return "starts with '.' (hidden, and '.'/'..' are not folders of their own)"
+    if "/" in name or "\\" in name:
+        return "holds a path separator ('/' or '\\')"
+    odd = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")), None)
+    if odd is not None:
+        return f"holds the control character {odd!r}"
+    size = len(name.encode("utf-8"))
+    if size > NAME_MAX_BYTES:
+        return f"is {size} bytes long, more than a file name may hold ({NAME_MAX_BYTES})"
+    return None
+
+
+def check_run_name(name: str, *, what: str = "--run-name") -> str:
+    """`name` if it can name a run folder (or any folder flowctl makes from a name, e.g. a
+    sweep's `.sweeps/{group}`); UsageError (one line, the fix) otherwise."""
+    problem = name_problem(name)
+    if problem is not None:
+        shown = repr(name) if len(name) <= 80 else repr(name[:60]) + "..."
+        raise UsageError(f"{what} {shown} {problem}; it must be a single folder name")
+    return name
 
 
 def snapshot_name(epoch: int) -> str:
@@ -61,11 +94,20 @@ def find_checkpoint(target: str | os.PathLike, ckpt_dir: str | os.PathLike | Non
         return path
     root = checkpoint_root(ckpt_dir)
     folder = path if path.is_dir() else root / str(target)
+    if folder != path and folder.is_symlink() and not inside(os.path.realpath(root), folder):
+        raise UsageError(f"{folder} is a symlink out of the checkpoint root; flowctl does not "
+                         "follow it (give the folder it points to)")
     if folder.is_dir():
         for name in prefer:
             if (folder / name).is_file():
+                if confined_path(folder / name) is None:  # nothing outside the run is read
+                    raise UsageError(f"{folder / name} is a symlink out of its run folder; "
+                                     "flowctl does not follow it (give the file itself)")
                 return folder / name
         raise UsageError(f"{folder} holds no checkpoint (no {' or '.join(prefer)}); "
+                         "see `flowctl list-runs`")
+    if folder.exists():
+        raise UsageError(f"{folder} is a file, not a run folder (nor a checkpoint); "
                          "see `flowctl list-runs`")
     if path.suffix == ".pt" or len(path.parts) > 1:
         raise UsageError(f"checkpoint {target} does not exist; see `flowctl list-runs`")

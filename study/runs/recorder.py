@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import study
+from study.errors import RunFailed
 from study.install import install_mode
 from study.runs.checkpoint import (
     prune_snapshots,
@@ -90,7 +91,10 @@ class RunRecorder:
         if resume_step is None:
             self.metrics.reset()
         else:
-            self.metrics.truncate_after(resume_step)
+            _, damaged = self.metrics.truncate_after(resume_step)
+            if damaged:
+                self.warn(f"{self.metrics.path}: dropped {damaged} damaged line(s) "
+                          "(not UTF-8, too long or not numbers); the other rows are kept")
             self._elapsed_before = float(previous.get("elapsed_s") or 0.0)
         config = mask_secrets(config)
         group = config.get("group", group)  # the masked value, everywhere it is shown
@@ -108,8 +112,19 @@ class RunRecorder:
             "pid": os.getpid(), "host": socket.gethostname(), **tracker_fields, "error": None,
             "checkpoints": previous.get("checkpoints", {}), "resumed_from_step": resume_step,
             "flowctl_version": study.__version__, "flowctl_install": install_mode(),
+            # Progress from the first write on (the first log row comes seconds later):
+            # completed epochs and steps, as the trainer reports them.
+            **self._starting_progress(previous, resume_step),
         }
         self.status.update()
+
+    @staticmethod
+    def _starting_progress(previous: dict[str, Any], resume_step: int | None) -> dict[str, Any]:
+        if resume_step is None:
+            return {"epoch": 0, "global_step": 0}
+        if previous.get("global_step") == resume_step and isinstance(previous.get("epoch"), int):
+            return {"epoch": previous["epoch"], "global_step": resume_step}
+        return {"global_step": resume_step}
 
     def elapsed_s(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._clock_start
@@ -131,7 +146,7 @@ class RunRecorder:
 
         Each payload must be a snapshot that nothing changes afterwards (the trainer passes
         `checkpoint.snapshot(...)`): serialisation, the temp file, fsync, os.replace and a
-        hard link per extra path all overlap the next training steps. One batch of writes is
+        copy per extra path all overlap the next training steps. One batch of writes is
         in flight at a time; a failed write is raised at the next save or at `flush()`. With
         `keep_snapshots`, older epoch-numbered snapshots beyond that many are then removed.
         """
@@ -190,9 +205,15 @@ class RunRecorder:
                 error_info = {"type": type(error).__name__, "message": message}
             self.trackers.finish(status=status, exit_code=exit_code, summary=summary,
                                  notes=error_info["message"] if error_info else None)
-            self.status.update(status=status, finished_at=utc_now(), error=error_info,
-                               exit_code=exit_code, elapsed_s=round(self.elapsed_s(), 3),
-                               **self.trackers.status_fields(), **(progress or {}))
+            try:
+                self.status.update(status=status, finished_at=utc_now(), error=error_info,
+                                   exit_code=exit_code, elapsed_s=round(self.elapsed_s(), 3),
+                                   **self.trackers.status_fields(), **(progress or {}))
+            except (OSError, RunFailed):
+                if error is None:
+                    raise
+                # The folder refuses writes (read-only, full): run.json cannot record the
+                # failure, and the error to report stays the one that ended the run.
         finally:
             self.finish()
 

@@ -30,7 +30,10 @@ class Removal:
 
 
 def remove_run(run: RunInfo) -> Removal:
-    """Delete `run`'s folder (as scanned) unless its trainer lives or it changed since."""
+    """Delete `run`'s folder (as scanned) unless its trainer lives or it changed since, or it
+    is (now) a symlink: nothing that deletes follows one."""
+    if os.path.islink(run.path) or run.link is not None:
+        return Removal("skipped", note=f"{run.path} is a symlink; prune never follows links")
     lock = RunLock(Path(run.path), run.run_name)
     try:
         lock.acquire(warn=lambda _message: None)  # a dead owner's lock is reclaimed silently
@@ -58,15 +61,21 @@ def remove_run(run: RunInfo) -> Removal:
 
 
 def _empty_folder(folder: Path) -> None:
-    """Remove everything in `folder` but the lock file (links are removed, not followed)."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name == LOCK_NAME:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+    """Remove everything in `folder` but the lock file. The folder is opened without following
+    a symlink (one put in its place since the check fails here with ELOOP/ENOTDIR), and
+    everything in it is removed relative to that open folder: links are removed, not followed."""
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        with os.scandir(folder_fd) as entries:
+            for entry in entries:
+                if entry.name == LOCK_NAME:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.name, dir_fd=folder_fd)
+                else:
+                    os.unlink(entry.name, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
 
 
 def _size(path: Path) -> int:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from study.errors import UsageError
 from study.runs.display import format_age
 from study.runs.paths import EVAL_JSON
-from study.runs.status import DISPLAY_STATUSES, RunInfo, read_json_object
+from study.runs.safe_read import read_json_object
+from study.runs.status import DISPLAY_STATUSES, RunInfo
 
 RANK_BY = {"val_loss": "best val loss", "eval_w2": "eval W2"}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -84,6 +85,19 @@ class Selected:
 class PrunePlan:
     remove: list[Selected]
     unranked: list[RunInfo]  # --keep-best: runs of the group without a score (kept)
+    links: list[RunInfo] = field(default_factory=list)  # symlinks the rules matched (kept)
+
+
+def folder_key(run: RunInfo) -> str:
+    """What prune ranks, deletes and reports by: the folder, never the run name (a backup
+    copy of a run folder holds the same run name)."""
+    return str(run.path)
+
+
+def folder_label(run: RunInfo) -> str:
+    """The folder's name, and the run name inside it when that differs."""
+    name = os.path.basename(run.path)
+    return name if run.run_name == name else f"{name} (run {run.run_name})"
 
 
 def is_rank_key(by: str) -> bool:
@@ -106,26 +120,32 @@ def run_score(run: RunInfo, by: str) -> float | None:
 
 def select_runs(runs: list[RunInfo], rules: PruneRules, *, now: float,
                 scores: dict[str, float | None] | None = None) -> PrunePlan:
-    """The runs `rules` remove, in the order given. `scores`: run name -> run_score (needed
-    with keep_best; computed here from `runs` when not given)."""
+    """The run folders `rules` remove, in the order given. `scores`: folder_key -> run_score
+    (needed with keep_best; computed here from `runs` when not given).
+
+    A folder that is a symlink is never removed nor ranked (the folder it names is, under
+    its own name); when the rules match it, it is listed in `links`."""
     rank_note: dict[str, str] = {}
     unranked: list[RunInfo] = []
     if rules.keep_best is not None:
-        group = [run for run in runs if run.group == rules.group and run.display_status != "unknown"]
+        group = [run for run in runs if run.group == rules.group
+                 and run.display_status != "unknown" and run.link is None]
         if scores is None:
-            scores = {run.run_name: run_score(run, rules.by) for run in group}
-        ranked = sorted((run for run in group if scores.get(run.run_name) is not None),
-                        key=lambda run: (scores[run.run_name], run.run_name))
-        unranked = [run for run in group if scores.get(run.run_name) is None]
+            scores = {folder_key(run): run_score(run, rules.by) for run in group}
+        ranked = sorted((run for run in group if scores.get(folder_key(run)) is not None),
+                        key=lambda run: (scores[folder_key(run)], run.run_name, folder_key(run)))
+        unranked = [run for run in group if scores.get(folder_key(run)) is None]
         for rank, run in enumerate(ranked[rules.keep_best:], start=rules.keep_best + 1):
-            rank_note[run.run_name] = (f"{RANK_BY.get(rules.by, rules.by)} {scores[run.run_name]:.4g} ranks "
-                                       f"{rank} of {len(ranked)} in group {rules.group}")
-    remove = []
+            rank_note[folder_key(run)] = (f"{RANK_BY.get(rules.by, rules.by)} {scores[folder_key(run)]:.4g} "
+                                          f"ranks {rank} of {len(ranked)} in group {rules.group}")
+    remove, links = [], []
     for run in runs:
         reasons = _reasons(run, rules, now, rank_note)
-        if reasons is not None:
+        if reasons is not None and run.link is not None:
+            links.append(run)
+        elif reasons is not None:
             remove.append(Selected(run, reasons))
-    return PrunePlan(remove, unranked)
+    return PrunePlan(remove, unranked, links)
 
 
 def _reasons(run: RunInfo, rules: PruneRules, now: float, rank_note: dict[str, str]) -> list[str] | None:
@@ -144,8 +164,8 @@ def _reasons(run: RunInfo, rules: PruneRules, now: float, rank_note: dict[str, s
         if age <= rules.older_than_s:
             return None
         reasons.append(f"updated {format_age(age)} ago")
-    if rules.keep_best is not None:
-        if run.run_name not in rank_note:
+    if rules.keep_best is not None and run.link is None:
+        if folder_key(run) not in rank_note:
             return None
-        reasons.append(rank_note[run.run_name])
+        reasons.append(rank_note[folder_key(run)])
     return reasons

@@ -28,6 +28,7 @@ from study.runs.checkpoint import write_atomic
 from study.runs.display import format_age
 from study.runs.lock import pid_alive, utc_now
 from study.runs.paths import BEST_NAME, LAST_NAME, RUN_JSON
+from study.runs.safe_read import inside, load_json_object
 from study.secrets import mask_secrets
 
 CHECKPOINT_NAMES = (BEST_NAME, LAST_NAME)
@@ -84,6 +85,9 @@ class RunInfo:
     size_bytes: int = 0
     # Seconds since the epoch used for sorting: updated_at, else the folder's mtime.
     sort_time: float = 0.0
+    # The folder is a symlink to this target: another name for a folder (nothing deletes
+    # through it); a target outside the root is not even read.
+    link: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The stable `list-runs --json` object; `status` is the display status."""
@@ -160,19 +164,10 @@ class RunStatusFile:
         self._last_write = now
 
 
-def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A JSON file holding an object, as a dict; None when it is missing, unreadable, not
-    JSON or not an object (for the advisory files: eval.json, a sweep's sweep.json)."""
-    try:
-        with open(path, "rb") as handle:
-            value = json.loads(handle.read())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON so that readers only ever see a complete file (write_atomic)."""
+    """Write `data` as JSON so that readers only ever see a complete file: the one atomic
+    writer (study.runs.checkpoint.write_atomic: temp file, fsync, rename; a failed write
+    leaves no temp file and raises RunFailed naming the file)."""
     write_atomic(path, json.dumps(data, indent=1, default=str).encode())
 
 
@@ -181,9 +176,10 @@ def scan_runs(root: str | os.PathLike, *, now: float | None = None,
     """Every sub-folder of `root` as a RunInfo, newest update first. [] if root is missing;
     UsageError if it cannot be read.
 
-    Folders whose name starts with "." are skipped (editor and sync tool litter).
-    `reader(folder, now=, hostname=)` reads one folder: read_run unless given (`flowctl ui`
-    passes one that remembers unchanged folders between its polls).
+    Folders whose name starts with "." are skipped (editor and sync tool litter). A symlink
+    to a folder outside the root is listed as `unknown` and not read: nothing outside the
+    root is read. `reader(folder, now=, hostname=)` reads one folder: read_run unless given
+    (`flowctl ui` passes one that remembers unchanged folders between its polls).
     """
     reader = reader or read_run
     now = time.time() if now is None else now
@@ -195,7 +191,9 @@ def scan_runs(root: str | os.PathLike, *, now: float | None = None,
         return []
     except OSError as err:
         raise UsageError(f"cannot read checkpoint root {root}: {err.strerror or err}") from None
-    runs = [reader(folder, now=now, hostname=hostname) for folder in folders]
+    root_real = os.path.realpath(root)
+    runs = [reader(folder, now=now, hostname=hostname) if inside(root_real, folder)
+            else _outside_link(folder) for folder in folders]
     runs.sort(key=lambda run: (run.sort_time, run.run_name), reverse=True)
     return runs
 
@@ -211,7 +209,8 @@ def read_run(run_dir: str | os.PathLike, *, now: float | None = None,
     except OSError:
         folder_mtime = 0.0
     info = RunInfo(run_name=os.path.basename(run_dir), path=Path(run_dir),
-                   display_status="unknown", size_bytes=size_bytes, sort_time=folder_mtime)
+                   display_status="unknown", size_bytes=size_bytes, sort_time=folder_mtime,
+                   link=_link_target(run_dir))
 
     raw, problem = _load_run_json(os.path.join(run_dir, RUN_JSON), has_checkpoint)
     if raw is None:
@@ -237,21 +236,24 @@ def read_run(run_dir: str | os.PathLike, *, now: float | None = None,
 
 
 def _load_run_json(path: str, has_checkpoint: bool) -> tuple[dict[str, Any] | None, str]:
+    raw, problem = load_json_object(path)
+    if raw is None and problem == f"{RUN_JSON} missing" and has_checkpoint:
+        problem += " (checkpoints present)"
+    return raw, problem
+
+
+def _link_target(folder: str) -> str | None:
     try:
-        with open(path, "rb") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        suffix = " (checkpoints present)" if has_checkpoint else ""
-        return None, f"run.json missing{suffix}"
-    except OSError as err:
-        return None, f"run.json unreadable: {err.strerror or err}"
-    try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return None, "run.json is not valid JSON"
-    if not isinstance(raw, dict):
-        return None, f"run.json holds a {type(raw).__name__}, not an object"
-    return raw, ""
+        return os.readlink(folder)
+    except OSError:  # not a symlink
+        return None
+
+
+def _outside_link(folder: str) -> RunInfo:
+    """A root entry that is a symlink to a folder outside the root: listed, never read."""
+    return RunInfo(run_name=os.path.basename(folder), path=Path(folder), display_status="unknown",
+                   link=_link_target(folder),
+                   reason="a symlink to a folder outside the checkpoint root (not read)")
 
 
 def _crash_reason(info: RunInfo, updated: float | None, now: float, hostname: str) -> str | None:

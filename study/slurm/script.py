@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,20 @@ SCRIPT_ENV = "FLOWCTL_SBATCH_SCRIPT"  # the script itself: the command that cont
 RDZV_PORT = 29500
 SIGNAL_SPEC = re.compile(r"^(?:SIG)?([A-Z0-9]+)(?:@(\d+))?$")
 TIME_SPEC = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^\d+-\d+$")
+
+
+PARTITION_SPEC = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
+
+
+def check_script_value(flag: str, value: str) -> str:
+    """A value written into an #SBATCH line or a comment of a script cannot be shell-quoted
+    (sbatch reads those lines itself), so it must hold no control character: a newline would
+    end the directive and start a shell line. UsageError otherwise."""
+    odd = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if odd is not None:
+        raise UsageError(f"{flag} {value!r} holds the control character {odd!r}, which would "
+                         "break the sbatch script; remove it")
+    return value
 
 
 @dataclass
@@ -54,6 +69,11 @@ class SlurmOptions:
             raise UsageError(f"--time {self.time!r} is not a Slurm time; use e.g. 30, 4:00:00 "
                              "or 1-12:00:00")
         signal_name(self.signal)
+        if self.partition is not None and not PARTITION_SPEC.match(self.partition):
+            raise UsageError(f"--partition {self.partition!r} is not a Slurm partition list; use "
+                             "letters, digits, '_', '-', '.' (several: comma-separated)")
+        for flag, value in (("--job-name", self.job_name), ("the log path", self.output)):
+            check_script_value(flag, value)
         return self
 
     @property

@@ -10,32 +10,43 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from study.runs.display import format_age
+from study.runs.display import eta_seconds as estimate_eta
+from study.runs.display import format_age, printable
 from study.sweep.state import PointState
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 STATE_STYLES = {"running": "blue", "finished": "green", "early_stopped": "cyan",
-                "failed": "red", "preempted": "yellow", "crashed": "magenta", "pending": "dim"}
+                "failed": "red", "preempted": "yellow", "crashed": "magenta", "pending": "dim",
+                "conflict": "bold red"}
 MAX_TABLE_ROWS = 30  # above this, the live table shows the active and failed points only
 
 
 def eta_seconds(state: PointState) -> float | None:
-    """Time left from run.json: seconds per epoch so far times the epochs left."""
+    """Time left from run.json: seconds per completed epoch times the epochs left."""
     run = state.run
-    if state.state != "running" or run is None or not run.epoch or not run.elapsed_s:
+    if state.state != "running" or run is None:
         return None
-    total = run.total_epochs or state.point.config.epochs
-    return run.elapsed_s / run.epoch * max(0, total - run.epoch)
+    return estimate_eta(epochs_done=run.epoch, elapsed_s=run.elapsed_s,
+                        total_epochs=run.total_epochs or state.point.config.epochs)
 
 
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
+def shown_text(value: str):
+    """A cell holding data from files: a rich Text (never parsed as markup), controls shown
+    as `?` (study.runs.display.printable)."""
+    from rich.text import Text
+
+    return Text(printable(str(value)))
+
+
 def render_table(states: list[PointState], title: str) -> Table:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left")
     for column in ("point", "state", "epoch", "loss", "best val", "ETA"):
@@ -48,7 +59,7 @@ def render_table(states: list[PointState], title: str) -> Table:
         epoch = f"{run.epoch or 0}/{run.total_epochs or state.point.config.epochs}" if run else ""
         eta = eta_seconds(state)
         style = STATE_STYLES.get(state.state, "")
-        table.add_row(state.point.name, f"[{style}]{state.state}[/]" if style else state.state,
+        table.add_row(shown_text(state.point.name), Text(state.state, style=style),
                       epoch, _number(run.train_loss if run else None),
                       _number(run.best_val_loss if run else None),
                       format_age(eta) if eta is not None else "")
@@ -75,9 +86,9 @@ class SweepDisplay:
             from rich.text import Text
 
             # A Text, not markup=False: print's options would also reach the live table.
-            self._live.console.print(Text(text))
+            self._live.console.print(Text(printable(text)))
         else:
-            print(text, flush=True)
+            print(printable(text), flush=True)
 
     def refresh(self, states: list[PointState], summary: str) -> None:
         if self._live is not None:
@@ -101,9 +112,9 @@ def status_lines(states: list[PointState], title: str) -> list[str]:
     for state in states:
         run, evaluation = state.run, state.eval or {}
         epoch = f"{run.epoch or 0}/{run.total_epochs or state.point.config.epochs}" if run else ""
-        rows.append((state.point.name, state.state, epoch,
+        rows.append((printable(state.point.name), state.state, epoch,
                      _number(run.best_val_loss if run else None), _number(evaluation.get("w2")),
-                     _number(evaluation.get("mmd")), state.error or state.detail or ""))
+                     _number(evaluation.get("mmd")), printable(state.error or state.detail or "")))
     widths = [max(len(header), *(len(row[i]) for row in rows)) if rows else len(header)
               for i, header in enumerate(STATUS_COLUMNS)]
 

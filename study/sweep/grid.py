@@ -16,15 +16,15 @@ adding a seed later adds points instead of renaming the existing ones. No torch.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from study.errors import UsageError
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.config_load import PLUGIN_KEYS, config_from_dict
+from study.runs.safe_read import load_yaml_file
 from study.sweep.identity import config_hash
 
 GRID_KEYS = ("name", "group", "base", "grid", "include", "exclude")
@@ -34,6 +34,9 @@ NAME_PREFIXES = {"seed": "s", "width": "w", "depth": "d", "batch_size": "bs", "e
 NAMED_KEYS = ("arch", "flow", "dataset", "aug")
 # A sweep sets these itself.
 RESERVED_KEYS = ("run_name", "group")
+# More points than any one sweep should hold (sweep status answers 10,000 in under a second);
+# checked before a single point is built.
+MAX_POINTS = 100_000
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Grid:
 def load_grid(path: str | Path) -> Grid:
     """Read and expand a grid file; UsageError (one line, naming the key) on bad input."""
     path = Path(path)
-    raw = _read_yaml(path, what="grid")
+    raw = load_yaml_file(path, what="grid")
     if not isinstance(raw, dict):
         raise UsageError(f"grid {path} must be a mapping with `base:` and `grid:`, "
                          f"got {type(raw).__name__}")
@@ -84,6 +87,10 @@ def load_grid(path: str | Path) -> Grid:
     includes = _point_list(raw.get("include"), path, "include")
     excludes = _point_list(raw.get("exclude"), path, "exclude")
     varied = list(grid)
+    count = math.prod(len(values) for values in grid.values()) + len(includes)
+    if count > MAX_POINTS:  # refuse before building a single point
+        raise UsageError(f"grid {path} expands to {count:,} points, more than {MAX_POINTS:,}; "
+                         "split it into several grids")
     combos = [dict(zip(varied, values, strict=True)) for values in itertools.product(*grid.values())]
     combos = [c for c in combos if not any(_matches(c, ex) for ex in excludes)]
     combos += includes
@@ -94,25 +101,12 @@ def load_grid(path: str | Path) -> Grid:
     return Grid(path=path, group=group, varied=varied, points=_unique(points, path))
 
 
-def _read_yaml(path: Path, *, what: str) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UsageError(f"cannot read {what} {path}: {err.strerror or err}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{what} {path} is not valid YAML{where}") from None
-
-
 def _base_config(base: Any, grid_path: Path) -> dict[str, Any]:
     if base is None:
         return {}
     if isinstance(base, str):  # a config file, relative to the grid file
         base_path = Path(base) if Path(base).is_absolute() else grid_path.parent / base
-        base = _read_yaml(base_path, what="base config") or {}
+        base = load_yaml_file(base_path, what="base config") or {}
         if not isinstance(base, dict):
             raise UsageError(f"base config {base_path} must be a mapping of TrainingConfig keys")
     if not isinstance(base, dict):

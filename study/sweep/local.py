@@ -138,6 +138,9 @@ class LocalLauncher:
             if state.done or (state.state == "failed" and not self.retry_failed):
                 self.display.event(f"{state.state} {point.name} (elsewhere, meanwhile)")
                 continue
+            if state.state == "conflict":  # another config was trained there meanwhile
+                self.display.event(f"conflict {point.name}: {state.detail}")
+                continue
             if _trained_elsewhere(state):
                 self._wait_elsewhere(point, state.detail)
                 continue

@@ -20,7 +20,8 @@ import yaml
 from study.runs.checkpoint import write_atomic
 from study.runs.lock import utc_now
 from study.runs.paths import RUN_JSON
-from study.runs.status import read_json_object, write_json_atomic
+from study.runs.safe_read import read_json_object
+from study.runs.status import write_json_atomic
 from study.sweep.grid import Point
 
 POINT_CONFIG = "sweep.yaml"

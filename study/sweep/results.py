@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UsageError
+from study.runs.display import printable
 from study.runs.retention import is_rank_key, run_score
-from study.runs.status import scan_runs
-from study.sweep.identity import NOT_IDENTITY
+from study.runs.status import RunInfo, scan_runs
+from study.sweep.grid import load_grid
+from study.sweep.identity import NOT_IDENTITY, identity_diff
+from study.sweep.point_files import read_record
 from study.sweep.state import DONE_STATES
 
 # `val_loss` is run.json's best_val_loss; `eval_X` is key X of eval.json.
@@ -82,10 +85,12 @@ def compare_group(root: str | Path, group: str, *, metric: str = "val_loss",
     runs = [run for run in scan_runs(root) if run.group == group]
     if not runs:
         raise UsageError(f"no runs of group {group!r} under {root}; see `flowctl list-runs`")
-    skipped: dict[str, str] = {}
+    skipped: dict[str, str] = stale_sweep_points(runs)
     results: list[RunResult] = []
     for run in sorted(runs, key=lambda r: r.run_name):
         value = run_score(run, metric)
+        if run.path.name in skipped:
+            continue
         if run.display_status not in DONE_STATES:
             skipped[run.run_name] = run.display_status
         elif value is None:
@@ -112,6 +117,33 @@ def compare_group(root: str | Path, group: str, *, metric: str = "val_loss",
     return Comparison(group=group, metric=metric, by=by, rows=ordered, skipped=skipped)
 
 
+def stale_sweep_points(runs: list[RunInfo]) -> dict[str, str]:
+    """{run folder name: why} for the runs a sweep made whose grid (the file its sweep.json
+    names) no longer asks for their config: they are not that grid's result (`sweep status`
+    shows such a point as `conflict`). A grid that cannot be read tells nothing: kept."""
+    grids: dict[str, dict[str, Any] | None] = {}
+    stale = {}
+    for run in runs:
+        grid_path = read_record(run.path).get("grid")
+        if not isinstance(grid_path, str):
+            continue
+        if grid_path not in grids:
+            try:
+                grids[grid_path] = {point.name: point for point in load_grid(grid_path).points}
+            except UsageError:
+                grids[grid_path] = None
+        points = grids[grid_path]
+        if points is None:
+            continue
+        point = points.get(run.path.name)
+        if point is None:
+            stale[run.path.name] = f"no longer a point of its grid {grid_path}"
+        elif run.config and (differences := identity_diff(run.config, point.config.to_dict())):
+            stale[run.path.name] = (f"its grid {grid_path} now asks for another config "
+                                    f"({'; '.join(differences)})")
+    return stale
+
+
 def format_mean_std(row: ResultRow) -> str:
     """`0.1234 ± 0.0056` (`0.1234` for one run), the form a paper's table uses."""
     return f"{row.mean:.4g}" + (f" ± {row.std:.2g}" if row.std is not None else "")
@@ -121,6 +153,6 @@ def markdown_table(comparison: Comparison) -> str:
     header = [*comparison.by, "n", f"{comparison.metric} (mean ± std)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in comparison.rows:
-        cells = [str(row.setting[key]) for key in comparison.by]
+        cells = [printable(str(row.setting[key])) for key in comparison.by]  # from run.json
         lines.append("| " + " | ".join([*cells, str(len(row.runs)), format_mean_std(row)]) + " |")
     return "\n".join(lines)

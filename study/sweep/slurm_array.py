@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from study.runs.lock import utc_now
-from study.runs.paths import checkpoint_root
+from study.runs.paths import check_run_name, checkpoint_root
 from study.slurm.script import SlurmOptions, render_array_script, signal_name
 from study.slurm.submit import submit, write_script
 from study.sweep.commands import TrainFlags, point_config_path
@@ -23,6 +23,8 @@ SWEEPS_FOLDER = ".sweeps"
 
 
 def sweep_folder(grid: Grid, ckpt_dir: str | None) -> Path:
+    """{root}/.sweeps/{group}: the group must be one folder name (`../x` would leave the root)."""
+    check_run_name(grid.group, what=f"the group of {grid.path}")
     return checkpoint_root(ckpt_dir).absolute() / SWEEPS_FOLDER / grid.group
 
 

@@ -7,8 +7,9 @@ States, and what `flowctl sweep` does with each:
     preempted      stopped by a signal, last.pt written: resume it
     crashed        run.json says running but its process is gone: resume it
     failed         its last attempt failed: only with --retry-failed
-A run folder whose trained config differs from the point's (same name, another identity)
-is a conflict: the sweep refuses it rather than mix two experiments in one folder.
+    conflict       the point's run folder holds a run of another config (same name, another
+                   identity): never this point's result, whatever that run's status; the
+                   sweep refuses it rather than mix two experiments in one folder
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ from study.runs.paths import (
     LAST_NAME,
     LOCK_NAME,
     RUN_JSON,
+    checkpoint_root,
     run_dir,
 )
-from study.runs.status import RunInfo, json_number, parse_time, read_json_object, read_run
+from study.runs.safe_read import inside, read_json_object
+from study.runs.status import RunInfo, json_number, parse_time, read_run
 from study.sweep.grid import Point
 from study.sweep.identity import identity_diff
 from study.sweep.point_files import read_record
 
 DONE_STATES = ("finished", "early_stopped")
 RESUMABLE_STATES = ("pending", "preempted", "crashed")
-STATE_ORDER = ("finished", "early_stopped", "running", "pending", "preempted", "crashed", "failed")
+STATE_ORDER = ("finished", "early_stopped", "running", "pending", "preempted", "crashed", "failed",
+               "conflict")
 
 
 @dataclass
@@ -73,6 +77,9 @@ class PointState:
 def read_point_state(point: Point, root: str | Path | None = None) -> PointState:
     """What is on disk for `point`, as one of the states above."""
     folder = run_dir(point.name, root)
+    if folder.is_symlink() and not inside(os.path.realpath(checkpoint_root(root)), str(folder)):
+        why = "its run folder is a symlink out of the checkpoint root (not read)"
+        return PointState(point=point, state="conflict", folder=folder, conflict=why, detail=why)
     if not os.path.isdir(folder):  # never started, as most points of a new grid: one stat
         return PointState(point=point, state="pending", folder=folder)
     run = read_run(folder) if (folder / RUN_JSON).is_file() else None
@@ -83,6 +90,10 @@ def read_point_state(point: Point, root: str | Path | None = None) -> PointState
         differences = identity_diff(run.config, point.config.to_dict())
         if differences:
             state.conflict = "; ".join(differences)
+            state.state = "conflict"
+            state.detail = (f"its run folder holds another config ({state.conflict}); a "
+                            f"{run.display_status} run, not this point's")
+            return state
     record = read_record(folder)
     failure = _current_failure(record, run)
     if run is None or run.display_status == "unknown":
@@ -134,7 +145,7 @@ def lock_is_live(folder: Path) -> bool:
         owner = json.loads((folder / LOCK_NAME).read_text())
         pid, host = int(owner["pid"]), owner.get("host")
         stat = os.stat(folder / LOCK_NAME)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False
     if host != socket.gethostname():
         return True

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from study.runs.display import eta_seconds as estimate_eta
 from study.runs.paths import (
     DEFAULT_CKPT_ROOT,
     EVAL_JSON,
     METRICS_CSV,
     RUN_JSON,
 )
+from study.runs.safe_read import load_json_object
 from study.runs.status import DISPLAY_STATUSES, RunInfo, parse_time, read_run, scan_runs
 from study.ui.checkpoint_view import CheckpointSummaries
 from study.ui.metrics_feed import MetricsFeed
@@ -166,16 +168,12 @@ def table_row(info: RunInfo, now: float, folder: str | None = None) -> dict[str,
 
 
 def eta_seconds(info: RunInfo, age_s: float | None) -> float | None:
-    """Time left for a running run at its mean pace per completed epoch; None if unknown.
-
-    run.json's `epoch` is the epoch in progress (1-based), so `epoch - 1` are complete.
-    """
-    if info.display_status != "running" or not info.elapsed_s or not info.total_epochs \
-            or not info.epoch or info.epoch < 2:
+    """Time left for a running run (study.runs.display.eta_seconds: run.json's `epoch` counts
+    completed epochs); None if it is not running or no epoch is complete yet."""
+    if info.display_status != "running":
         return None
-    completed = info.epoch - 1
-    left = info.elapsed_s / completed * (info.total_epochs - completed) - (age_s or 0.0)
-    return max(0.0, left)
+    return estimate_eta(epochs_done=info.epoch, total_epochs=info.total_epochs,
+                        elapsed_s=info.elapsed_s, age_s=age_s or 0.0)
 
 
 def read_json(folder: str, filename: str) -> tuple[Any, str | None]:
@@ -183,16 +181,8 @@ def read_json(folder: str, filename: str) -> tuple[Any, str | None]:
     path = file_in_run(folder, filename)
     if path is None:
         return None, f"no {filename}"
-    try:
-        with open(path, "rb") as handle:
-            value = json.loads(handle.read())
-    except OSError as err:
-        return None, f"{filename} unreadable: {err.strerror or err}"
-    except (ValueError, UnicodeDecodeError):
-        return None, f"{filename} is not valid JSON"
-    if not isinstance(value, dict):
-        return None, f"{filename} holds a {type(value).__name__}, not an object"
-    return value, None
+    value, problem = load_json_object(path)
+    return value, problem or None
 
 
 def pictures(folder: str, name: str) -> list[dict[str, Any]]:

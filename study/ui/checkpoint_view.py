@@ -46,10 +46,15 @@ class CheckpointSummaries:
 def load_summary(path: str) -> dict[str, Any]:
     """summarize_checkpoint of the file, tensors cut to TENSORS_SHOWN; {"error": one line}."""
     from study.errors import FlowctlError
-    from study.runs.checkpoint_summary import load_checkpoint_info, summarize_checkpoint
+    from study.runs.checkpoint_summary import (
+        load_checkpoint_info,
+        sha256_file,
+        summarize_checkpoint,
+    )
 
-    try:
-        summary = summarize_checkpoint(path, load_checkpoint_info(path))
+    try:  # the dashboard writes nothing: it reads inspect-ckpt's sha256 cache, never fills it
+        summary = summarize_checkpoint(path, load_checkpoint_info(path),
+                                       sha256=sha256_file(path, remember=False))
     except FlowctlError as err:
         return {"error": str(err)}
     except OSError as err:  # replaced or removed while being read

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import csv
-import io
 import json
 import math
 import os
@@ -24,6 +23,8 @@ from typing import Any
 INTEGER_COLUMNS = ("step", "epoch", "stage_id")
 # Bytes compared at every read to notice a file rewritten in place under the same inode.
 PREFIX_BYTES = 256
+# A metrics row is a few dozen numbers; a longer line is damage (csv refuses fields over 128 KiB).
+MAX_LINE = 64 * 1024
 
 
 @dataclass
@@ -96,15 +97,27 @@ class MetricsFeed:
         parsed.offset += end + 1
         lines = complete.decode("utf-8", errors="replace").splitlines()
         if not parsed.columns and lines:
-            parsed.columns = next(csv.reader([lines.pop(0)]), [])
-        for cells in csv.reader(io.StringIO("\n".join(lines))):
-            row = parse_row(parsed.columns, cells)
-            if row is None:
+            parsed.columns = split_line(lines.pop(0)) or []
+        for line in lines:
+            cells = split_line(line)
+            row = parse_row(parsed.columns, cells) if cells is not None else None
+            if row is None:  # a damaged line costs itself, never the rows after it
                 continue
             if parsed.steps and row["step"] < parsed.steps[-1]:
                 continue  # out of order: keep the steps sorted for bisect
             parsed.rows.append(json.dumps(row, separators=(",", ":")).encode())
             parsed.steps.append(row["step"])
+
+
+def split_line(line: str) -> list[str] | None:
+    """One metrics.csv line -> its cells; None for a line no metrics row can be (longer than
+    MAX_LINE characters: csv's own field limit would raise on it) or that csv refuses."""
+    if len(line) > MAX_LINE:
+        return None
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return None
 
 
 def parse_row(columns: list[str], cells: list[str]) -> dict[str, Any] | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from study.runs.safe_read import inside
+
 FORBIDDEN_CHARACTERS = ("/", "\\", "\0")
 
 
@@ -17,12 +19,6 @@ def plain_name(name: str) -> bool:
     """Whether `name` is a single, visible path component (no separators, not . or ..)."""
     return bool(name) and not name.startswith(".") and not any(
         character in name for character in FORBIDDEN_CHARACTERS)
-
-
-def inside(parent_real: str, path: str) -> bool:
-    """Whether `path`, with symlinks resolved, lies strictly inside `parent_real` (a realpath)."""
-    real = os.path.realpath(path)
-    return real != parent_real and os.path.commonpath([parent_real, real]) == parent_real
 
 
 def run_folder(root: str | os.PathLike, name: str) -> str | None:

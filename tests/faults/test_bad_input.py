@@ -16,9 +16,11 @@ from tests.helpers import TINY, CreatesMarker, cli, error_line, load, vectors_fi
 
 COMMANDS = {
     "inspect-ckpt": lambda path: ["inspect-ckpt", path],
-    "resume": lambda path: ["resume", path, "--epochs", "2", "--wandb-mode", "disabled"],
+    # A resume writes into the folder that holds its checkpoint, which must be under the root.
+    "resume": lambda path: ["resume", path, "--epochs", "2", "--wandb-mode", "disabled",
+                            "--ckpt-dir", Path(path).parent.parent],
     "train --resume": lambda path: ["train", "--resume", path, "--epochs", "2",
-                                      "--wandb-mode", "disabled"],
+                                      "--wandb-mode", "disabled", "--ckpt-dir", Path(path).parent.parent],
     "sample": lambda path: ["sample", path, "--n", "10", "--out", Path(path).with_suffix(".out.pt")],
     "eval": lambda path: ["eval", path, "--n", "10", "--steps", "2"],
 }
@@ -197,14 +199,14 @@ def write_data(kind: str, folder: Path) -> tuple[Path, str]:
     x = torch.randn(640, 2, generator=generator)
     if kind == "nan-pt":
         x[17, 1] = float("nan")
-        path, fragment = folder / "nan.pt", "contains NaN or Inf at row 17"
+        path, fragment = folder / "nan.pt", "row 17 holds NaN, Inf or a number beyond float32"
         torch.save(x, path)
     elif kind == "inf-npy":
         x[3, 0] = float("inf")
-        path, fragment = folder / "inf.npy", "contains NaN or Inf at row 3"
+        path, fragment = folder / "inf.npy", "row 3 holds NaN, Inf or a number beyond float32"
         np.save(path, x.numpy())
     elif kind == "inf-csv":
-        path, fragment = folder / "inf.csv", "contains NaN or Inf at row 1"
+        path, fragment = folder / "inf.csv", "row 1 holds NaN, Inf or a number beyond float32"
         path.write_text("a,b\n1.0,2.0\n3.0,inf\n" + "1.0,1.0\n" * 638)
     elif kind == "empty-csv":
         path, fragment = folder / "empty.csv", "file is empty"

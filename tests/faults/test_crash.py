@@ -102,7 +102,7 @@ def kill_self_at(call: str, nth: int, before: bool = False) -> None:
 
 
 # val/loss improves every epoch here, so each epoch end writes both files: temp, fsync,
-# os.replace onto the first name, os.link of it to the second name's temp, os.replace onto
+# os.replace onto the first name, a copy of it into the second name's temp, os.replace onto
 # the second name, fsync of the folder. Crash points count those calls from the start.
 EPOCHS = 4
 FINAL_REPLACES = 2 * EPOCHS  # replace calls up to the end of the final epoch's save
@@ -112,7 +112,7 @@ FINAL_REPLACES = 2 * EPOCHS  # replace calls up to the end of the final epoch's 
     pytest.param("replace", FINAL_REPLACES - 1, True, id="temp-written-nothing-in-place"),
     pytest.param("replace", 3, False, id="first-in-place-second-old-mid-run"),
     pytest.param("replace", FINAL_REPLACES - 1, False, id="first-in-place-second-old-final"),
-    pytest.param("link", EPOCHS, False, id="second-temp-linked-final"),
+    pytest.param("replace", FINAL_REPLACES, True, id="second-temp-copied-final"),
     pytest.param("replace", FINAL_REPLACES, False, id="both-in-place-folder-not-synced"),
 ])
 def test_sigkill_at_each_point_of_a_checkpoint_write(tmp_path, isolated_run_root, flowctl,

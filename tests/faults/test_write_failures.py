@@ -141,3 +141,64 @@ def _made(folder: Path) -> bool:
     except FileExistsError:  # the process is writing that temp file right now: try again
         return False
     return True
+
+
+def test_a_run_folder_turned_read_only_mid_run_reports_the_write_that_failed(
+        tmp_path, isolated_run_root):
+    """The folder refuses every new file, rename and removal from the third save on (as a
+    read-only remount does; open files still take appends): the error is the checkpoint write
+    that failed, never the lock file that could not be removed afterwards, and no temp file
+    is left."""
+    run = isolated_run_root / "ro"
+    real_open, real_replace, real_unlink = open, os.replace, os.unlink
+
+    def refused(path) -> bool:
+        return Path(os.fspath(path)).resolve().parent == run.resolve()
+
+    def ro_open(path, mode="r", *args, **kwargs):
+        if refused(path) and any(flag in mode for flag in "wax+"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    def ro_replace(src, dst, *args, **kwargs):
+        if refused(dst):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    def ro_unlink(path, *args, **kwargs):
+        if refused(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    def read_only(monkeypatch):
+        monkeypatch.setattr(checkpoint, "open", ro_open, raising=False)
+        monkeypatch.setattr(os, "replace", ro_replace)
+        monkeypatch.setattr(os, "unlink", ro_unlink)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        before = fail_at_third_save(monkeypatch, run, lambda: read_only(monkeypatch))
+        result = cli("train", "--run-name", "ro", *run_flags(vectors_file(tmp_path), epochs=3))
+    line = error_line(result.stderr)
+    assert result.exit_code == 1
+    assert re.search(r"read-only file system while writing (best|last)\.pt", line), line
+    assert "run.lock" not in line
+    assert snapshot(run) == before and list(run.glob(".*.tmp-*")) == []
+
+
+def test_a_full_disk_at_the_first_run_json_leaves_no_temp_file(tmp_path, isolated_run_root):
+    """A real ENOSPC (run.json's temp file is /dev/full) at the very first write of run.json."""
+    run = isolated_run_root / "full"
+    real_write = checkpoint.write_atomic
+
+    def write_atomic(path, data, **kwargs):
+        if Path(path).name == "run.json":  # after the start removed stale temp files
+            Path(path).with_name(f".run.json.tmp-{os.getpid()}").symlink_to("/dev/full")
+        return real_write(path, data, **kwargs)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(checkpoint, "write_atomic", write_atomic)
+        result = cli("train", "--run-name", "full", *run_flags(vectors_file(tmp_path), epochs=1))
+    line = error_line(result.stderr)
+    assert result.exit_code == 1 and "no space left on device while writing run.json" in line
+    assert list(run.glob(".*.tmp-*")) == [] and not (run / "run.lock").exists()
+    assert not (run / "run.json").exists()
