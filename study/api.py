@@ -101,7 +101,7 @@ def load_run(name_or_path: str | os.PathLike, *, model=None, checkpoint: str = "
     """
     from study.errors import UsageError
     from study.runs.checkpoint import read_checkpoint
-    from study.runs.status import read_json_object
+    from study.runs.safe_read import read_json_object
 
     if checkpoint not in ("best", "last"):
         raise UsageError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scripts.fault_soak import checkpoint_problems
-from study.runs import checkpoint, recorder
+from study.runs import checkpoint, recorder, status
 from tests.helpers import (
     assert_same_state,
     cli,
@@ -196,7 +196,7 @@ def test_a_full_disk_at_the_first_run_json_leaves_no_temp_file(tmp_path, isolate
         return real_write(path, data, **kwargs)
 
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(checkpoint, "write_atomic", write_atomic)
+        monkeypatch.setattr(status, "write_atomic", write_atomic)  # run.json's writer
         result = cli("train", "--run-name", "full", *run_flags(vectors_file(tmp_path), epochs=1))
     line = error_line(result.stderr)
     assert result.exit_code == 1 and "no space left on device while writing run.json" in line
