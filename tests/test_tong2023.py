@@ -135,3 +135,40 @@ def test_a_point_of_each_grid_trains_and_evaluates_at_a_small_budget(grid_name, 
     assert record["solver"] == "euler" and record["steps"] == 100 and record["n"] == 300
     assert math.isfinite(record["w2"]) and record["npe"] is not None and record["npe"] >= 0
     assert "tong-" in record["data"] and "10000 rows" in record["data"]
+
+
+@pytest.mark.slow
+def test_the_reproduction_script_trains_scores_tabulates_and_skips_what_is_done(tmp_path,
+                                                                                isolated_run_root):
+    """scripts/reproduce_tong2023.sh on a 2-point grid of the published protocol (1 epoch)."""
+    import os
+    import subprocess
+    import sys
+
+    spec = yaml.safe_load((REPO_ROOT / "examples" / "tong2023_2d.yaml").read_text())
+    spec.update(group="tong-tiny", base={**spec["base"], "epochs": 1}, exclude=spec["exclude"],
+                grid={**spec["grid"], "flow": ["icfm"], "sigma": [0.1], "seed": [42, 43],
+                      "dataset": ["tong-pair-8gaussians"], "source": ["tong-pair-moons"]})
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "SIZES": "64 128", "PARALLEL": "1", "EVAL_PARALLEL": "2",
+           "FLOWCTL": f"{sys.executable} -m study.cli.app"}
+
+    def reproduce() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", REPO_ROOT / "scripts" / "reproduce_tong2023.sh", grid],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    first = reproduce()
+    assert first.returncode == 0, first.stderr
+    saved = sorted(p.name for p in (out / "evals").iterdir())
+    assert saved == [f"icfm-tong-pair-moons-to-tong-pair-8gaussians-s{s}-n{n}.json"
+                     for s in (42, 43) for n in (128, 64)]
+    assert json.loads((out / "evals" / saved[0]).read_text())["n"] == 128
+    for table in ("w2-n64.md", "npe-n64.md", "w2-n128.md", "npe-n128.md"):
+        text = (out / table).read_text()
+        assert "icfm" in text and "tong-pair-8gaussians" in text and "±" in text, text
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    second = reproduce()
+    assert second.returncode == 0, second.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
