@@ -17,7 +17,7 @@ import yaml
 from study.data import tong2023
 from study.data.toy import TOY_DATASETS, sample_source
 from study.sweep.grid import load_grid
-from tests.helpers import REPO_ROOT, cli, load
+from tests.helpers import REPO_ROOT, assert_same_state, cli, load
 
 N = 40_000
 TASKS = {("gaussian", "tong-8gaussians"), ("tong-pair-moons", "tong-pair-8gaussians"),
@@ -135,6 +135,23 @@ def test_a_point_of_each_grid_trains_and_evaluates_at_a_small_budget(grid_name, 
     assert record["solver"] == "euler" and record["steps"] == 100 and record["n"] == 300
     assert math.isfinite(record["w2"]) and record["npe"] is not None and record["npe"] >= 0
     assert "tong-" in record["data"] and "10000 rows" in record["data"]
+
+
+def test_a_run_with_the_pair_source_resumes_bitwise(tmp_path, isolated_run_root):
+    """The moons source is drawn from its own generator, saved in the checkpoint: 1 epoch +
+    a resume to 2 trains exactly what 2 epochs in one go do."""
+    config = _grid("tong2023_2d").point("icfm-tong-pair-moons-to-tong-pair-8gaussians-s42").config
+    config_file = tmp_path / "point.yaml"
+    config_file.write_text(yaml.safe_dump({**config.to_dict(), "run_name": None, "epochs": 2,
+                                           "batch_size": 1000, "checkpoint_interval": 0}))
+    flags = ("--config", config_file, "--wandb-mode", "disabled", "--plain")
+    assert cli("train", *flags, "--run-name", "whole").exit_code == 0
+    assert cli("train", *flags, "--run-name", "split", "--epochs", "1").exit_code == 0
+    resumed = cli("resume", "split", "--epochs", "2", "--wandb-mode", "disabled", "--plain")
+    assert resumed.exit_code == 0, resumed.stderr
+    whole, split = load(isolated_run_root / "whole" / "last.pt"), load(isolated_run_root / "split" / "last.pt")
+    assert split["config"]["source"] == "tong-pair-moons" and split["global_step"] == 20
+    assert_same_state(whole, split)
 
 
 @pytest.mark.slow
