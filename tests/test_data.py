@@ -47,8 +47,11 @@ def _usage_error(call) -> str:
 @pytest.mark.parametrize("name", list(toy.TOY_DATASETS))
 def test_builtin_has_fixed_split_sizes_and_checksum(name):
     splits = _splits(0, name)
-    assert splits.train.shape == (20_000, 2) and splits.train.dtype == torch.float32
-    assert splits.val.shape == (2_000, 2) and splits.test.shape == (2_000, 2)
+    sizes = toy.split_sizes(name)
+    assert sizes == ({"train": 10_000, "val": 1_000, "test": 10_000} if name.startswith("tong-")
+                     else {"train": 20_000, "val": 2_000, "test": 2_000})
+    assert splits.train.shape == (sizes["train"], 2) and splits.train.dtype == torch.float32
+    assert splits.val.shape == (sizes["val"], 2) and splits.test.shape == (sizes["test"], 2)
     assert torch.isfinite(splits.train).all()
     assert splits.dim == 2 and splits.source == f"built-in {name} (seed 0)"
     assert splits.checksum == hashlib.sha256(f"builtin:{name}:seed=0:v1".encode()).hexdigest()
@@ -321,7 +324,9 @@ def test_unknown_dataset_lists_what_was_tried(tmp_path):
     message = _usage_error(lambda: resolve_dataset("foo", seed=0, val_fraction=0.1,
                                                    splits_root=tmp_path))
     assert message == (f"unknown dataset 'foo': not a built-in (moons, 8gaussians, checkerboard, "
-                       f"scurve), no split folder {tmp_path / 'foo'}/, no such file or folder")
+                       "scurve, tong-moons, tong-scurve, tong-8gaussians, tong-pair-moons, "
+                       f"tong-pair-8gaussians), no split folder {tmp_path / 'foo'}/, no such file "
+                       "or folder")
 
 
 def test_train_and_val_must_have_the_same_dim(tmp_path):

@@ -10,8 +10,10 @@ follow the 2-D benchmarks of Tong et al. 2023 (torchcfm) where they have one:
 - `scurve`: the 2-D S curve (sklearn's `make_s_curve` seen from the side), scaled by 1.5.
 - `gmm`: a Gaussian mixture in any dimension (`gaussian_mixture`), for `make_splits`.
 
-Built-in datasets have fixed split sizes (`SPLIT_SIZES`); each split comes from its own
-generator (`split_generator`), so the test split depends only on the seed.
+The runner's own scalings of Tong et al.'s benchmark are built-ins too, under `tong-*`
+names (tong2023.py). Built-in datasets have fixed split sizes (`split_sizes`: SPLIT_SIZES,
+the `tong-*` ones tong2023.SPLIT_SIZES); each split comes from its own generator
+(`split_generator`), so the test split depends only on the seed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from study.data import tong2023
 from study.errors import UsageError
 
 SPLIT_SIZES = {"train": 20_000, "val": 2_000, "test": 2_000}
@@ -95,6 +98,7 @@ TOY_DATASETS: dict[str, Callable[[int, torch.Generator], Tensor]] = {
     "8gaussians": eight_gaussians,
     "checkerboard": checkerboard,
     "scurve": scurve,
+    **tong2023.DATASETS,
 }
 # Generators that `make_splits --generator` accepts: the 2-D ones plus `gmm` (any dimension).
 GENERATOR_NAMES = (*TOY_DATASETS, "gmm")
@@ -122,12 +126,17 @@ def split_generator(name: str, seed: int, split: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(digest[:15], 16))
 
 
+def split_sizes(name: str) -> dict[str, int]:
+    """{split: rows} of a built-in dataset."""
+    return tong2023.SPLIT_SIZES if name in tong2023.DATASETS else SPLIT_SIZES
+
+
 def builtin_splits(name: str, seed: int) -> dict[str, Tensor]:
     """The fixed-size train/val/test splits of a built-in 2-D dataset: {split: [N, 2]}."""
     if name not in TOY_DATASETS:
         raise UsageError(f"unknown built-in dataset {name!r}; choose one of: {', '.join(TOY_DATASETS)}")
     return {split: TOY_DATASETS[name](size, split_generator(name, seed, split))
-            for split, size in SPLIT_SIZES.items()}
+            for split, size in split_sizes(name).items()}
 
 
 def sample_source(name: str, n: int, dim: int, generator: torch.Generator) -> Tensor:
