@@ -1,5 +1,6 @@
 """Shared fixtures: every test gets its own checkpoint root and offline wandb folder; tests
-that need a real service (browser, Slurm) follow tests/real_services.py."""
+that need a real service (browser, Slurm) follow tests/support/real_services.py; tests that
+only read a finished run take `trained_run` (tests/support/trained_run.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# `@pytest.mark.real_service(...)`: skipped where the service is missing, an error in CI.
-pytest_plugins = ["tests.real_services"]
+# `@pytest.mark.real_service(...)`: skipped where the service is missing, an error in CI;
+# `trained_run`: one finished tiny run per test session, for the tests that only read a run.
+pytest_plugins = ["tests.support.real_services", "tests.support.trained_run"]
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,7 @@ import sys
 import pytest
 
 from study.cli.app import COMMANDS
-from tests.conftest import REPO_ROOT
-from tests.helpers import cli
+from tests.support.helpers import REPO_ROOT, cli
 
 HEAVY = ("torch", "wandb", "numpy", "pydantic", "rich")
 

@@ -6,7 +6,7 @@ import pytest
 
 from study.errors import UsageError
 from study.flow_matching.config_load import assignments_to_overrides, load_config
-from tests.helpers import TINY, cli, error_line, load
+from tests.support.helpers import TINY, cli, error_line, load
 
 
 def config_of(*words: str, **flags):
@@ -76,7 +76,7 @@ def test_a_flag_and_a_word_for_different_keys_of_one_mapping_combine():
 @pytest.mark.slow
 def test_torchrun_workers_get_the_words_too(isolated_run_root):
     """--nproc re-runs the command in each worker: the words must reach them as flags do."""
-    from tests.helpers import spawn
+    from tests.support.helpers import spawn
 
     process = spawn("train", "epochs=1", "ema_decay=0.99", "--dataset", "moons", "--nproc", "2",
                     "--run-name", "kv", *TINY)

@@ -32,7 +32,7 @@ from study.runs.checkpoint import (
     serialize_into,
     write_atomic,
 )
-from tests.helpers import CreatesMarker
+from tests.support.helpers import CreatesMarker
 
 STATS = {"mean": torch.tensor([0.5, -1.0]), "std": torch.tensor([1.0, 2.0])}
 

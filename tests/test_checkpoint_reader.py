@@ -6,7 +6,6 @@ tensor (shape, dtype, numel, size, first values) is what the loaded tensor says.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -28,9 +27,8 @@ from study.runs.checkpoint_summary import (
     sha256_file,
     summarize_checkpoint,
 )
-from tests.conftest import REPO_ROOT
-from tests.helpers import CreatesMarker
-from tests.test_inspect_ckpt import build_checkpoint
+from tests.support.checkpoints import RunsShell, build_checkpoint, hostile_files
+from tests.support.helpers import REPO_ROOT
 
 STORAGE = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 7
 TENSORS = {
@@ -123,41 +121,6 @@ def test_legacy_format_falls_back_to_torch(tmp_path: Path) -> None:
 
 
 # -- hostile files: refused by the reader before anything is built --------------------------
-
-class RunsShell:
-    """Unpickling this calls os.system: code outside every allow-list."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def zip_with_pickle(path: Path, payload: bytes) -> Path:
-    """A zip laid out like torch.save's, holding `payload` as its data.pkl."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("evil/data.pkl", payload)
-        archive.writestr("evil/byteorder", "little")
-        archive.writestr("evil/version", "3\n")
-    return path
-
-
-def hostile_files(folder: Path) -> dict[str, Path]:
-    marker = folder / "marker"
-    buffer = io.BytesIO()
-    torch.save({"model_state_dict": {}, "epoch": CreatesMarker(marker)}, buffer)
-    (folder / "torch-save.pt").write_bytes(buffer.getvalue())
-    return {
-        "torch-save": folder / "torch-save.pt",
-        "os-system": zip_with_pickle(folder / "os-system.pt", pickle.dumps(
-            {"model_state_dict": {}, "x": RunsShell(marker)}, protocol=2)),
-        "eval": zip_with_pickle(folder / "eval.pt", b"cbuiltins\neval\n(Vopen('"
-                                + str(marker).encode() + b"', 'w')\ntR."),
-        "codecs": zip_with_pickle(folder / "codecs.pt", b"c_codecs\nencode\n(Vx\nVrot13\ntR."),
-        "persistent-id": zip_with_pickle(folder / "pid.pt", b"(Vstorage\nVx\ntQ."),
-    }
-
 
 @pytest.mark.parametrize("kind", ["torch-save", "os-system", "eval", "codecs", "persistent-id"])
 def test_hostile_pickles_are_not_modelled_and_run_nothing(tmp_path: Path, kind: str) -> None:

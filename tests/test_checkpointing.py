@@ -9,7 +9,7 @@ import torch
 
 from study.flow_matching.checkpointing import Checkpointer
 from study.flow_matching.config import TrainingConfig
-from tests.helpers import load, metrics_rows
+from tests.support.helpers import load, metrics_rows
 
 
 class FakeRecorder:
@@ -104,7 +104,7 @@ def test_budget_zero_writes_every_epoch_as_before():
 
 
 def test_a_real_run_within_the_budget_writes_best_and_last_once_at_the_end(isolated_run_root):
-    from tests.test_training_loop import trainer
+    from tests.support.trainers import trainer
 
     config = TrainingConfig(epochs=4, batch_size=64, width=16, depth=2, warmup_steps=5,
                             patience=0, run_name="budget", lr=3e-3,
@@ -118,7 +118,7 @@ def test_a_real_run_within_the_budget_writes_best_and_last_once_at_the_end(isola
 
 
 def test_a_real_run_whose_last_epoch_is_best_copies_best_from_last(isolated_run_root):
-    from tests.test_training_loop import trainer
+    from tests.support.trainers import trainer
 
     config = TrainingConfig(epochs=2, batch_size=64, width=16, depth=2, warmup_steps=0,
                             patience=0, run_name="linked", lr=3e-3,

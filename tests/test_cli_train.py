@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     TINY,
     cli,
@@ -120,10 +120,11 @@ def test_write_failure_is_exit_1_and_marks_the_run_failed(tmp_path, isolated_run
 @pytest.mark.slow
 def test_module_entry_point_runs_as_a_real_process(tmp_path, isolated_run_root):
     """`python -m study.flow_matching.train` with the original study's flags and a split name."""
-    from scripts.make_splits import main as make_splits
-
     splits = tmp_path / "study" / "datasets" / "splits"
-    assert make_splits(["--generator", "moons", "--out", str(splits), "--sizes", "1k"]) == 0
+    made = subprocess.run([sys.executable, REPO_ROOT / "scripts" / "make_splits.py", "--generator",
+                           "moons", "--out", splits, "--sizes", "1k"],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
     process = subprocess.run(
         [sys.executable, "-m", "study.flow_matching.train", "--arch", "mlp", "--flow", "icfm",
          "--dataset", "1k", "--group", "test", "--epochs", "2", "--batch-size", "64",

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, cli, get_json, spawn, start_ui, stop
-from tests.test_list_runs import APP_MAIN, _run_python, write_run
+from tests.support.fake_runs import write_run
+from tests.support.helpers import REPO_ROOT, cli, get_json, spawn, start_ui, stop
+from tests.support.import_check import APP_MAIN, run_python
 
 
 def test_help_has_example_and_options():
@@ -26,7 +27,7 @@ def test_help_has_example_and_options():
 
 
 def test_help_imports_neither_torch_nor_wandb():
-    done = _run_python(APP_MAIN, "ui", "--help")
+    done = run_python(APP_MAIN, "ui", "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("ok")
 

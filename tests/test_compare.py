@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from tests.helpers import TINY, cli, run_json, vectors_file
+from tests.support.helpers import TINY, cli, run_json, vectors_file
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     TINY,
     assert_same_state,
@@ -249,8 +249,8 @@ def test_stage_losses_and_a_user_metric_reach_every_tracker_across_a_resume(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from study.runs.metrics_log import read_metrics
-    from tests.helpers import cli, wandb_files, wandb_history
-    from tests.test_mlflow import history, mlflow_run
+    from tests.support.helpers import cli, wandb_files, wandb_history
+    from tests.support.trackers import history, mlflow_run
 
     monkeypatch.syspath_prepend(str(EXAMPLE))
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")

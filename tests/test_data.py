@@ -15,7 +15,7 @@ from study.data.augment import AUGMENTATIONS, augment
 from study.data.dataset import FlowDataset, resolve_dataset
 from study.errors import UsageError
 from study.flow_matching.config import AUG_NAMES
-from tests.helpers import CreatesMarker
+from tests.support.helpers import CreatesMarker
 
 MATRIX = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.5, -6.0], [0.0, 0.25, 1e3], [7.0, 8.0, 9.0]])
 

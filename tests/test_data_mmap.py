@@ -22,7 +22,7 @@ import torch
 from study.data import matrix
 from study.data.dataset import FlowDataset, column_stats, gather_rows, resolve_dataset
 from study.errors import UsageError
-from tests.conftest import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     assert_same_state,
     load,
@@ -25,7 +25,7 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-HOOKS = REPO_ROOT / "tests" / "hooks"  # sitecustomize.py: the row ids each rank trains
+HOOKS = REPO_ROOT / "tests" / "support" / "hooks"  # sitecustomize.py: the row ids each rank trains
 EPOCHS = 30  # 9 steps of 64 rows per epoch: 270 steps, ~2 s, time for a signal to land
 RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "run.json"}
 

@@ -16,7 +16,14 @@ import pytest
 import torch
 
 from study.flow_matching.models import build_model
-from tests.helpers import CreatesMarker, cli, error_line, vectors_file, wandb_files, wandb_records
+from tests.support.helpers import (
+    CreatesMarker,
+    cli,
+    error_line,
+    vectors_file,
+    wandb_files,
+    wandb_records,
+)
 
 KEYS = {"w2", "mmd", "nfe", "path_energy", "npe", "straightness", "w2_floor", "mmd_floor", "n",
         "solver", "steps"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO_ROOT, cli, load
+from tests.support.helpers import REPO_ROOT, cli, load
 
 CONFIGS = sorted(path for path in (REPO_ROOT / "examples").glob("*.yaml")
                  if "grid" not in (yaml.safe_load(path.read_text()) or {}))

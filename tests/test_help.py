@@ -6,7 +6,7 @@ import pytest
 import typer
 
 from study.cli.app import app
-from tests.helpers import cli
+from tests.support.helpers import cli
 
 
 def command_paths(command=None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-from torch import nn
 from typer.testing import CliRunner
 
 from study.cli.inspect_ckpt import inspect_ckpt
-from study.flow_matching.config import TrainingConfig
 from study.runs.checkpoint import FORMAT_VERSION
-from tests.helpers import CreatesMarker
+from tests.support.checkpoints import build_checkpoint
+from tests.support.helpers import CreatesMarker
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "200"}
@@ -35,47 +34,6 @@ def invoke(*args: str):
     return runner.invoke(make_app(), ["inspect-ckpt", *args], env=WIDE)
 
 
-def build_checkpoint(*, epoch: int = 2, original: bool = False) -> tuple[dict, dict]:
-    """A checkpoint as the trainer writes it: nn.Linear + AdamW after one step + LambdaLR.
-
-    Returns (checkpoint, expected values). `original=True` keeps only the original study's keys.
-    """
-    torch.manual_seed(0)
-    model = nn.Linear(2, 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
-    loss = model(torch.randn(4, 2)).pow(2).mean()
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    scheduler_state = scheduler.state_dict()
-    scheduler_state.pop("lr_lambdas")
-    config = TrainingConfig(epochs=20).to_dict()
-    ckpt = {
-        "epoch": epoch,
-        "model_state_dict": model.state_dict(),
-        "ema_shadow": {name: value.clone() for name, value in model.state_dict().items()},
-        "optimizer_state_dict": optimizer.state_dict(),
-        "scheduler_state_dict": scheduler_state,
-        "best_loss": 0.125,
-        "config": config,
-        "normalization_stats": {"mean": torch.arange(10.0), "std": torch.ones(10)},
-    }
-    if not original:
-        generator = torch.Generator().manual_seed(1)
-        ckpt.update({
-            "format_version": FORMAT_VERSION, "global_step": 80, "batch_in_epoch": 0,
-            "optimizer_type": "AdamW", "epochs_without_improvement": 1,
-            "dataset_checksum": "sha256:abc", "data_rng_state": generator.get_state(),
-            "rng_states": {name: generator.get_state() for name in ("data", "t", "noise", "ot")},
-            "stage": {"current_stage": 0, "stage_name": "main", "stage_step": 80,
-                      "schedule": [{"name": "main", "epochs": 20}]},
-            "log_window": {"loss_sum": 1.5, "count": 3}, "wandb_run_id": "abc123",
-            "wandb_project": "flowctl", "torch_version": str(torch.__version__),
-            "flowctl_version": "0.1.0", "saved_at": "2026-11-26T08:15:05.123456+00:00",
-        })
-    expected = {"lr": optimizer.param_groups[0]["lr"], "config": config}
-    return ckpt, expected
 
 
 def save(ckpt, path: Path) -> Path:
@@ -289,7 +247,7 @@ def imported_modules(*args: str) -> tuple[set[str], str]:
     import subprocess
     import sys
 
-    from tests.conftest import REPO_ROOT
+    from tests.support.helpers import REPO_ROOT
 
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "study.cli.app",
                              "inspect-ckpt", *args], cwd=REPO_ROOT, capture_output=True,
@@ -309,7 +267,7 @@ def test_inspect_never_imports_torch(tmp_path: Path, output: str):
     assert "AdamW" in stdout and "weight" in stdout
 
 
-def test_a_trained_checkpoint_is_read_without_torch(tmp_path: Path, isolated_run_root: Path,
+def test_a_trained_checkpoint_is_read_without_torch(trained_run: Path,
                                                     monkeypatch: pytest.MonkeyPatch):
     """A checkpoint the trainer really wrote: every object in it is one the reader models
     (nothing falls back to torch), and the summary equals the one through torch."""
@@ -319,12 +277,8 @@ def test_a_trained_checkpoint_is_read_without_torch(tmp_path: Path, isolated_run
         load_checkpoint_info,
         summarize_checkpoint,
     )
-    from tests.helpers import TINY, cli, vectors_file
 
-    result = cli("train", "--run-name", "real", "--dataset", vectors_file(tmp_path),
-                 "--epochs", "1", *TINY)
-    assert result.exit_code == 0, result.stderr
-    path = isolated_run_root / "real" / "last.pt"
+    path = trained_run / "last.pt"
     through_torch = summarize_checkpoint(path, describe_loaded(checkpoint.read_checkpoint(path)))
 
     def no_fallback(path):
@@ -337,7 +291,7 @@ def test_a_trained_checkpoint_is_read_without_torch(tmp_path: Path, isolated_run
 
 
 def test_code_in_a_hand_made_zip_never_runs(tmp_path: Path):
-    from tests.test_checkpoint_reader import hostile_files
+    from tests.support.checkpoints import hostile_files
 
     for kind, path in hostile_files(tmp_path).items():
         result = invoke(str(path), "--json")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import study
-from tests.helpers import REPO_ROOT, http_get
+from tests.support.helpers import REPO_ROOT, http_get
 
 pytestmark = [pytest.mark.slow, pytest.mark.install]
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,8 @@ from typer.testing import CliRunner
 from study.cli.list_runs import list_runs
 from study.runs.display import format_age, format_size
 from study.runs.status import DISPLAY_STATUSES, JSON_KEYS, scan_runs
+from tests.support.fake_runs import iso_ago, write_run
+from tests.support.import_check import APP_MAIN, LIST_RUNS_MAIN, run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -38,28 +39,6 @@ def make_app() -> typer.Typer:
 
 def invoke(*args: str):
     return runner.invoke(make_app(), ["list-runs", *args], env=WIDE)
-
-
-def iso_ago(seconds: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat()
-
-
-def write_run(root: Path, name: str, *, age_s: float = 10.0, **fields) -> dict:
-    """A run.json as the trainer writes it, last updated `age_s` seconds ago."""
-    record = {
-        "run_name": name, "group": "default", "status": "finished",
-        "config": {"arch": "mlp", "flow": "icfm", "epochs": 20}, "epoch": 20, "total_epochs": 20,
-        "global_step": 1600, "stage": "main", "train_loss": 0.5, "best_val_loss": 0.25,
-        "started_at": iso_ago(age_s + 60), "updated_at": iso_ago(age_s),
-        "finished_at": None, "elapsed_s": 60.0, "pid": 1, "host": "elsewhere",
-        "wandb_run_id": f"id-{name}", "wandb_mode": "offline", "wandb": "ok", "error": None,
-        "checkpoints": {},
-    }
-    record.update(fields)
-    run_dir = root / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(record))
-    return record
 
 
 def json_rows(result) -> list[dict]:
@@ -339,45 +318,11 @@ def test_scans_a_thousand_runs_quickly(isolated_run_root: Path):
     assert elapsed < 1.0, f"expected < 1 s to scan 1,000 runs, got {elapsed:.2f}s"  # ~50 ms idle
 
 
-LIST_RUNS_MAIN = """
-import sys, typer
-from study.cli.list_runs import list_runs
-app = typer.Typer()
-app.callback()(lambda: None)
-app.command("list-runs")(list_runs)
-try:
-    app(args=sys.argv[1:])
-except SystemExit as exit:
-    assert not exit.code, exit.code
-heavy = [name for name in ("torch", "wandb") if name in sys.modules]
-assert not heavy, f"expected no torch/wandb import, got {heavy}"
-print("ok")
-"""
-
-APP_MAIN = """
-import sys
-from study.cli.app import app
-try:
-    app(args=sys.argv[1:])
-except SystemExit as exit:
-    assert not exit.code, exit.code
-heavy = [name for name in ("torch", "wandb") if name in sys.modules]
-assert not heavy, f"expected no torch/wandb import, got {heavy}"
-print("ok")
-"""
-
-
-def _run_python(code: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env=env, timeout=60)
-
-
 @pytest.mark.parametrize("args", [["list-runs"], ["list-runs", "--json"], ["list-runs", "--help"]])
 def test_list_runs_imports_neither_torch_nor_wandb(isolated_run_root: Path, args: list[str]):
     write_run(isolated_run_root, "one")
     (isolated_run_root / "broken").mkdir()
-    done = _run_python(LIST_RUNS_MAIN, *args)
+    done = run_python(LIST_RUNS_MAIN, *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("ok")
 
@@ -388,7 +333,7 @@ def test_flowctl_app_imports_neither_torch_nor_wandb(isolated_run_root: Path, ar
     if missing:
         pytest.skip(f"study/cli/{missing[0]} is not written yet")
     write_run(isolated_run_root, "one")
-    done = _run_python(APP_MAIN, *args)
+    done = run_python(APP_MAIN, *args)
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("ok")
 

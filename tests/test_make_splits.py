@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from study.data.dataset import resolve_dataset
-from tests.helpers import error_line
+from tests.support.helpers import error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "make_splits.py"

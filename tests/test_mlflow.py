@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from study.runs.metrics_log import METRIC_COLUMNS, WALL_CLOCK_COLUMNS, read_metrics
-from study.runs.mlflow_store import flatten_params, local_uri
-from tests.helpers import (
+from study.runs.mlflow_store import flatten_params
+from tests.support.helpers import (
     REPO_ROOT,
     cli,
     error_line,
@@ -25,6 +25,7 @@ from tests.helpers import (
     vectors_file,
     wait_for,
 )
+from tests.support.trackers import history, mlflow_run
 
 MLFLOW = ["--tracker", "mlflow"]
 # Every metrics.csv column a tracker gets (the step is the row's coordinate, elapsed_s local).
@@ -36,21 +37,6 @@ def quiet_mlflow(monkeypatch):
     """No telemetry thread, no shared tracking URI from the environment."""
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-def mlflow_run(run_dir):
-    """(client, run) of the MLflow run that run.json names, in the store it names."""
-    from mlflow.tracking import MlflowClient
-
-    status = run_json(run_dir)
-    client = MlflowClient(tracking_uri=status.get("mlflow_tracking_uri") or local_uri(run_dir))
-    return client, client.get_run(status["mlflow_run_id"])
-
-
-def history(client, run, key: str) -> list[tuple[int, float]]:
-    """(step, value) of `key` in the order MLflow stored them (timestamp, then step)."""
-    metrics = client.get_metric_history(run.info.run_id, key)
-    return [(m.step, m.value) for m in sorted(metrics, key=lambda m: (m.timestamp, m.step))]
 
 
 def assert_history_matches_metrics_csv(run_dir) -> None:
@@ -241,7 +227,7 @@ def test_mlflow_is_imported_only_when_chosen(tmp_path):
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from tests.helpers import cli, run_flags, vectors_file\n"
+        "from tests.support.helpers import cli, run_flags, vectors_file\n"
         f"data = vectors_file(Path({str(tmp_path)!r}))\n"
         "for extra in ([], ['--tracker', 'none'], ['--tracker', 'mlflow']):\n"
         "    flags = run_flags(data, '--overwrite', *extra, epochs=1)\n"

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     assert_same_state,
     load,

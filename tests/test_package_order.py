@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 STUDY = REPO_ROOT / "study"
 # Top to bottom; a package may import its own layer's packages (without a circle) and lower ones.

@@ -1,6 +1,6 @@
 """`flowctl plot`: PNGs in the run folder (loss, 2-D samples or marginals) and bad input.
 
-Two tiny runs are trained per module (2-D and 3-D vectors, a couple of seconds each).
+The 2-D run is a copy of the session's trained run; a 3-D one is trained per module.
 """
 
 from __future__ import annotations
@@ -11,22 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import TINY, CreatesMarker, cli, error_line, vectors_file
+from tests.support.helpers import TINY, CreatesMarker, cli, error_line, vectors_file
+from tests.support.trained_run import copy_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[int, Path]:
-    """{dim: finished run folder} for 2-D and 3-D vectors."""
+def runs(trained_run, tmp_path_factory) -> dict[int, Path]:
+    """{dim: finished run folder} for 2-D and 3-D vectors: the 2-D one a copy of the session's
+    trained run (plot writes its PNGs into the run folder), the 3-D one trained here."""
     root = tmp_path_factory.mktemp("plot")
-    folders = {}
-    for dim in (2, 3):
-        data = vectors_file(root, rows=640, dim=dim)
-        result = cli("train", "--dataset", data, "--epochs", "2", "--run-name", f"d{dim}",
-                     "--ckpt-dir", root / "checkpoints", *TINY)
-        assert result.exit_code == 0, result.stderr
-        folders[dim] = root / "checkpoints" / f"d{dim}"
+    folders = {2: copy_run(trained_run, root / "checkpoints")}
+    data = vectors_file(root, rows=640, dim=3)
+    result = cli("train", "--dataset", data, "--epochs", "2", "--run-name", "d3",
+                 "--ckpt-dir", root / "checkpoints", *TINY)
+    assert result.exit_code == 0, result.stderr
+    folders[3] = root / "checkpoints" / "d3"
     return folders
 
 

@@ -18,7 +18,7 @@ from study.errors import UsageError
 from study.runs.removal import remove_run
 from study.runs.retention import PruneRules, parse_duration, parse_statuses, select_runs
 from study.runs.status import read_run, scan_runs
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     cli,
     error_line,

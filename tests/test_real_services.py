@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, stand_in
-from tests.real_services import browser_missing, slurm_missing
+from tests.support.helpers import REPO_ROOT, stand_in
+from tests.support.real_services import browser_missing, slurm_missing
 
 pytest_plugins = ["pytester"]
 

@@ -14,7 +14,7 @@ from study.flow_matching.flows import ICFM, build_flow
 from study.flow_matching.models import build_model
 from study.flow_matching.reflow import PAIRS_NAME
 from study.flow_matching.solvers import integrate
-from tests.helpers import cli, error_line, load, vectors_file
+from tests.support.helpers import cli, error_line, load, vectors_file
 
 # moons has 20,000 training rows: batch 256 keeps an epoch at 78 steps.
 SMALL = ["--batch-size", "256", "--width", "16", "--depth", "2", "--warmup-steps", "5",

@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from tests.helpers import (
+from tests.support.helpers import (
     TINY,
     cli,
     load,

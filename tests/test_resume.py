@@ -9,7 +9,7 @@ import signal
 import pytest
 import yaml
 
-from tests.helpers import (
+from tests.support.helpers import (
     TINY,
     assert_same_state,
     cli,
@@ -170,7 +170,7 @@ def test_original_study_checkpoint_resumes_with_one_warning(tmp_path, isolated_r
     moons, batch 256, whose config also holds a key flowctl does not know."""
     import shutil
 
-    from tests.helpers import REPO_ROOT
+    from tests.support.helpers import REPO_ROOT
 
     fixture = REPO_ROOT / "tests" / "fixtures" / "legacy_study_checkpoint.pt"
     assert set(load(fixture)) == {"epoch", "model_state_dict", "ema_shadow", "optimizer_state_dict",

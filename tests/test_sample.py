@@ -1,7 +1,7 @@
 """`flowctl sample`: shapes, units, determinism, formats, solvers and bad input.
 
-One tiny run is trained per module (a few seconds on CPU) on vectors with mean 1 and std 2,
-so de-normalized samples are easy to tell from normalized ones.
+The module reads a copy of the session's trained run (tests/support/trained_run.py), trained
+on vectors with mean 1 and std 2, so de-normalized samples are easy to tell from normalized ones.
 """
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ import torch
 
 from study.flow_matching.models import build_model
 from study.flow_matching.solvers import integrate
-from tests.helpers import TINY, CreatesMarker, cli, error_line, vectors_file
+from tests.support.helpers import CreatesMarker, cli, error_line
+from tests.support.trained_run import copy_run
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A finished 2-D run folder (best.pt, last.pt) under its own checkpoint root."""
-    root = tmp_path_factory.mktemp("sample")
-    data = vectors_file(root, rows=640, dim=2)
-    # lr and EMA decay high enough that 36 steps move the EMA weights away from the init.
-    result = cli("train", "--dataset", data, "--epochs", "4", "--run-name", "tiny", "--lr", "1e-2",
-                 "--ema-decay", "0.9", "--ckpt-dir", root / "checkpoints", *TINY)
-    assert result.exit_code == 0, result.stderr
-    return root / "checkpoints" / "tiny"
+def run(trained_run, tmp_path_factory) -> Path:
+    """A finished 2-D run folder (best.pt, last.pt) under its own checkpoint root: a copy of
+    the session's trained run (4 epochs at lr 1e-2, EMA decay 0.9: 36 steps move the EMA
+    weights away from the init), since `sample` without --out writes into the run folder."""
+    return copy_run(trained_run, tmp_path_factory.mktemp("sample") / "checkpoints")
 
 
 def sample(*args) -> tuple[int, str, str]:

@@ -131,7 +131,7 @@ print(mask_secrets({{"group": {AWS_LIKE!r}}}))
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    from tests.conftest import REPO_ROOT
+    from tests.support.helpers import REPO_ROOT
 
     return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                           text=True, env={**os.environ, **env}, timeout=60, check=True)

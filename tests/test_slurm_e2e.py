@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from tests.helpers import assert_same_state, cli, load, metrics_rows, run_json, vectors_file
+from tests.support.helpers import assert_same_state, cli, load, metrics_rows, run_json, vectors_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_service("slurm")]
 JOB_TIMEOUT_S = 300

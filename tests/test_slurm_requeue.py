@@ -13,7 +13,7 @@ import pytest
 
 from study.signals import TrainingStopped
 from study.slurm.requeue import exit_code_after_stop
-from tests.helpers import (
+from tests.support.helpers import (
     TINY,
     assert_same_state,
     cli,

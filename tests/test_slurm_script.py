@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO_ROOT, cli, stand_in, vectors_file
+from tests.support.helpers import REPO_ROOT, cli, stand_in, vectors_file
 
 BIN = Path(sys.executable).parent
 

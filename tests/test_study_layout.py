@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from study.flow_matching.utils import cosine_warmup_factor
-from tests.helpers import load
+from tests.support.helpers import load
 
 STUDY = ["--flow", "icfm", "--dataset", "1k", "--group", "test", "--batch-size", "64",
          "--lr", "1e-3", "--wandb-project", "flow-matching-study"]

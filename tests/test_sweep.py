@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from study.flow_matching.config import TrainingConfig
-from tests.helpers import REPO_ROOT, TINY, cli, vectors_file
+from tests.support.helpers import REPO_ROOT, TINY, cli, vectors_file
 
 WIDE = {"COLUMNS": "200"}
 

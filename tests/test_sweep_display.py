@@ -18,7 +18,7 @@ from study.sweep.display import eta_seconds, status_lines
 from study.sweep.grid import load_grid
 from study.sweep.resources import plan_slots, usable_cpus
 from study.sweep.state import PointState
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 
 def test_one_point_per_gpu_each_seeing_one_and_the_cores_split(monkeypatch):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     assert_same_state,
     cli,

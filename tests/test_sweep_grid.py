@@ -15,7 +15,7 @@ from study.sweep.grid import load_grid
 from study.sweep.identity import config_hash, identity_diff
 from study.sweep.point_files import last_error_line, record_failure
 from study.sweep.state import read_point_state, summary_line
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 
 def grid_file(tmp_path: Path, spec: dict, name: str = "ablation.yaml") -> Path:

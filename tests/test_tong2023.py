@@ -17,7 +17,7 @@ import yaml
 from study.data import tong2023
 from study.data.toy import TOY_DATASETS, sample_source
 from study.sweep.grid import load_grid
-from tests.helpers import REPO_ROOT, assert_same_state, cli, load
+from tests.support.helpers import REPO_ROOT, assert_same_state, cli, load
 
 N = 40_000
 TASKS = {("gaussian", "tong-8gaussians"), ("tong-pair-moons", "tong-pair-8gaussians"),

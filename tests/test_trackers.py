@@ -6,7 +6,7 @@ import pytest
 
 from study.errors import UsageError
 from study.runs.tracking import choose_trackers, parse_tracker_option, without_credentials
-from tests.helpers import cli, error_line, run_flags, run_json, vectors_file, wandb_files
+from tests.support.helpers import cli, error_line, run_flags, run_json, vectors_file, wandb_files
 
 TRACKER_FILES = ("wandb", "mlruns", "tb")
 

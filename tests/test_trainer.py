@@ -13,7 +13,7 @@ from study.flow_matching.flows import FLOWS
 from study.flow_matching.models import MODELS, build_model
 from study.flow_matching.trainer import FlowTrainer
 from study.flow_matching.utils import get_checkpoint_path
-from tests.helpers import LinearVelocity, load, metrics_rows, run_json
+from tests.support.helpers import LinearVelocity, load, metrics_rows, run_json
 
 RESULT_KEYS = {"epochs_run", "best_val_loss", "checkpoint_path", "final_epoch", "global_step",
                "elapsed_s"}

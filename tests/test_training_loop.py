@@ -11,13 +11,11 @@ import torch
 from study.data.training_data import TrainingData
 from study.flow_matching.config import SchedulerConfig, TrainingConfig
 from study.flow_matching.config_load import load_config
-from study.flow_matching.models import build_model
 from study.flow_matching.optim import EMAModel
 from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.stages import plan_stages
-from study.flow_matching.trainer import FlowTrainer
-from study.runs.recorder import RunRecorder
-from tests.helpers import load, metrics_rows, run_json
+from tests.support.helpers import load, metrics_rows, run_json
+from tests.support.trainers import trainer
 
 STEPS_PER_EPOCH = 512 // 64
 
@@ -27,19 +25,6 @@ def tiny(**overrides) -> TrainingConfig:
                 checkpoint_interval=0,
                 patience=0, run_name="loop")
     return TrainingConfig(**{**base, **overrides}).validate()
-
-
-def data(dim: int = 2) -> TrainingData:
-    x = torch.randn(640, dim, generator=torch.Generator().manual_seed(0)) * 2 + 1
-    return TrainingData.prepare(x[:512], x[512:])
-
-
-def trainer(config: TrainingConfig, root, training_data: TrainingData | None = None) -> FlowTrainer:
-    torch.manual_seed(config.seed)
-    model = build_model("mlp", 2, width=config.width, depth=config.depth, activation="selu")
-    recorder = RunRecorder(root / config.name, config.name, wandb_project="t", wandb_mode="disabled")
-    return FlowTrainer(model, config, training_data or data(), recorder, "cpu",
-                                  warn=lambda message: None)
 
 
 # -- schedules -----------------------------------------------------------------------------

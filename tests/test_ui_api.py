@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 
 from study.ui.api import eta_seconds
-from tests import helpers
-from tests.helpers import get_json, http_get, serve_root, spawn, start_ui, stop, wait_for
-from tests.test_list_runs import write_run
-
-METRICS_HEADER = "step,epoch,stage_id,train/loss,train/grad_norm,train/lr,val/loss,val/best_loss,elapsed_s\n"
+from tests.support import helpers
+from tests.support.fake_runs import write_metrics, write_run
+from tests.support.helpers import get_json, http_get, serve_root, spawn, start_ui, stop, wait_for
 
 
 @pytest.fixture
@@ -29,11 +27,6 @@ def served(isolated_run_root: Path):
     """A server over the test's checkpoint root; yields its base URL."""
     with serve_root(isolated_run_root) as url:
         yield url
-
-
-def write_metrics(run_dir: Path, rows: list[str]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.csv").write_text(METRICS_HEADER + "".join(row + "\n" for row in rows))
 
 
 def test_runs_table_rows_newest_first_with_progress(served: str, isolated_run_root: Path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, spawn, start_ui, stop, vectors_file, wait_for
+from tests.support.helpers import TINY, spawn, start_ui, stop, vectors_file, wait_for
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import helpers
-from tests.helpers import get_json, http_get, serve_root
-from tests.test_list_runs import write_run
-from tests.test_ui_api import write_metrics
+from tests.support import helpers
+from tests.support.fake_runs import write_metrics, write_run
+from tests.support.helpers import get_json, http_get, serve_root
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import torch
 
 from study.flow_matching.trainer import FlowTrainer
-from tests.helpers import (
+from tests.support.helpers import (
     TINY,
     LinearVelocity,
     cli,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.fault_soak import Zygote
+from tests.support.zygote import Zygote
 
 
 @pytest.fixture(scope="session")

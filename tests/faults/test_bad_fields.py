@@ -11,8 +11,8 @@ import copy
 import pytest
 import torch
 
-from tests.faults.attacks import fingerprint
-from tests.helpers import cli, error_line, load, metrics_rows, run_flags, vectors_file
+from tests.support.attacks import fingerprint
+from tests.support.helpers import cli, error_line, load, metrics_rows, run_flags, vectors_file
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY, CreatesMarker, cli, error_line, load, vectors_file
+from tests.support.helpers import TINY, CreatesMarker, cli, error_line, load, vectors_file
 
 COMMANDS = {
     "inspect-ckpt": lambda path: ["inspect-ckpt", path],
@@ -29,19 +29,18 @@ COMMANDS = {
 
 # -- checkpoints -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def source_runs(tmp_path_factory) -> Path:
-    """Two finished 1-epoch runs under their own root: `narrow` (width 16), `wide` (32)."""
+def source_runs(trained_run, tmp_path_factory) -> dict[str, Path]:
+    """Two finished runs: `narrow` (width 16: the session's trained run, read only) and
+    `wide` (width 32, 1 epoch, trained here)."""
     folder = tmp_path_factory.mktemp("source-runs")
-    data = vectors_file(folder)
-    for name, width in (("narrow", "16"), ("wide", "32")):
-        result = cli("train", "--ckpt-dir", folder / "root", "--run-name", name, "--dataset", data,
-                     "--epochs", "1", *TINY, "--width", width)
-        assert result.exit_code == 0, result.stderr
-    return folder / "root"
+    result = cli("train", "--ckpt-dir", folder / "root", "--run-name", "wide", "--dataset",
+                 vectors_file(folder), "--epochs", "1", *TINY, "--width", "32")
+    assert result.exit_code == 0, result.stderr
+    return {"narrow": trained_run, "wide": folder / "root" / "wide"}
 
 
-def make_bad_checkpoint(kind: str, folder: Path, runs: Path, marker: Path) -> Path:
-    good = runs / "narrow" / "last.pt"
+def make_bad_checkpoint(kind: str, folder: Path, runs: dict[str, Path], marker: Path) -> Path:
+    good = runs["narrow"] / "last.pt"
     path = folder / f"{kind}.pt"
     if kind == "missing":
         return path
@@ -63,7 +62,7 @@ def make_bad_checkpoint(kind: str, folder: Path, runs: Path, marker: Path) -> Pa
         ckpt["format_version"] = 99
         torch.save(ckpt, path)
     elif kind == "wrong-shapes":  # the config says width 16, the tensors are width 32
-        ckpt = load(runs / "wide" / "last.pt")
+        ckpt = load(runs["wide"] / "last.pt")
         ckpt["config"]["width"] = 16
         torch.save(ckpt, path)
     elif kind == "pickle-reduce":

@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from scripts.fault_soak import checkpoint_problems
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     assert_same_state,
     cli,
@@ -27,6 +26,7 @@ from tests.helpers import (
     vectors_file,
     wait_for,
 )
+from tests.support.kill_loop import checkpoint_problems
 
 
 def finished_pid() -> int:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.fault_soak import checkpoint_problems, kill_resume_loop
-from tests.helpers import (
+from tests.support.helpers import (
     assert_same_state,
     cli,
     load,
@@ -25,6 +24,7 @@ from tests.helpers import (
     run_json,
     vectors_file,
 )
+from tests.support.kill_loop import checkpoint_problems, kill_resume_loop
 
 KILLS_PER_RUN = 6
 

@@ -12,8 +12,8 @@ import torch
 
 from study.runs.removal import remove_run
 from study.runs.status import read_run
-from tests.faults.attacks import fingerprint, make_run
-from tests.helpers import cli, error_line, load, run_flags, run_json, vectors_file
+from tests.support.attacks import fingerprint, make_run
+from tests.support.helpers import cli, error_line, load, run_flags, run_json, vectors_file
 
 
 def prune(*args: str) -> tuple[dict, str]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from tests.faults.attacks import fingerprint, make_run
-from tests.helpers import cli, error_line, load, run_flags, vectors_file
+from tests.support.attacks import fingerprint, make_run
+from tests.support.helpers import cli, error_line, load, run_flags, vectors_file
 
 BOMB_DEPTH = 100_000  # json.loads raises RecursionError
 LOADABLE_DEPTH = 500  # json.loads copes; every recursive walk after it would not

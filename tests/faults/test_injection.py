@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from tests.faults.attacks import fingerprint
-from tests.helpers import cli, error_line, load, run_flags, vectors_file
+from tests.support.attacks import fingerprint
+from tests.support.helpers import cli, error_line, load, run_flags, vectors_file
 
 GLUED = "team-ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2"  # a GitHub token's shape after `team-`
 TOKEN = GLUED.removeprefix("team-")
@@ -273,7 +273,7 @@ def test_a_sweep_point_folder_linked_out_of_the_root_is_not_read_nor_trained(
 def test_a_sweep_group_that_is_no_folder_name_writes_no_slurm_script(tmp_path, group, monkeypatch):
     """The Slurm launcher keeps its script in {root}/.sweeps/{group}: `group: ../../escape`
     would have put it outside the root."""
-    from tests.test_slurm_script import stand_in
+    from tests.support.helpers import stand_in
 
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({"group": group, "base": {"dataset": "moons", "epochs": 1},

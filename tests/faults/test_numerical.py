@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from scripts.fault_soak import checkpoint_problems
-from tests.helpers import TINY, cli, error_line, load, run_json, vectors_file
+from tests.support.helpers import TINY, cli, error_line, load, run_json, vectors_file
+from tests.support.kill_loop import checkpoint_problems
 
 # lr 1e30 without clipping: the first AdamW update moves every weight by ~1e30, so the next
 # forward pass overflows float32 (checked: the loss of step 2 is inf).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, cli, run_json, vectors_file, wandb_files, wandb_records
+from tests.support.helpers import TINY, cli, run_json, vectors_file, wandb_files, wandb_records
 
 GROUP = "ghp_abcdefghijklmnopqrstuvwxyz0123"  # a GitHub token's shape, passed as --group
 API_KEY = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c"  # 40 hex digits, like a real wandb key
@@ -122,7 +122,7 @@ def leaky_run(isolated_run_root) -> Path:
 
     from study.flow_matching.config import TrainingConfig
     from study.flow_matching.trainer import FlowTrainer
-    from tests.helpers import LinearVelocity
+    from tests.support.helpers import LinearVelocity
 
     def leak_at_step_3(call, out):
         if call == 3:
@@ -183,7 +183,7 @@ def test_inspect_ckpt_masks_a_key_inside_a_config_value(isolated_run_root):
 
 def test_disable_secret_filter_shows_values_with_one_warning(isolated_run_root):
     """The switch works in a real process: list-runs shows the raw value, warns once."""
-    from tests.helpers import spawn
+    from tests.support.helpers import spawn
 
     write_run_json(isolated_run_root, "a", group=AWS_SESSION)
     write_run_json(isolated_run_root, "b", group=GOOGLE)

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from scripts.fault_soak import checkpoint_problems
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     assert_same_state,
     cli,
@@ -23,6 +22,7 @@ from tests.helpers import (
     vectors_file,
     wait_for,
 )
+from tests.support.kill_loop import checkpoint_problems
 
 
 @pytest.mark.parametrize("signum, extra, exit_code", [

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, assert_same_state, cli, load, metrics_rows, run_json, vectors_file
+from tests.support.helpers import (
+    TINY,
+    assert_same_state,
+    cli,
+    load,
+    metrics_rows,
+    run_json,
+    vectors_file,
+)
 
 OFFLINE = [a for a in TINY if a not in ("--wandb-mode", "disabled")] + ["--wandb-mode", "offline"]
 

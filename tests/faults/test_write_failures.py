@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.fault_soak import checkpoint_problems
 from study.runs import checkpoint, recorder, status
-from tests.helpers import (
+from tests.support.helpers import (
     assert_same_state,
     cli,
     error_line,
@@ -24,6 +23,7 @@ from tests.helpers import (
     vectors_file,
     wait_for,
 )
+from tests.support.kill_loop import checkpoint_problems
 
 FAILING_SAVE = 3  # the saves are at steps 9 (last + best), 18 and 27: fail the third
 

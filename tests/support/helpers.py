@@ -20,7 +20,7 @@ from study.runs.wandb_records import history as wandb_history  # noqa: F401
 from study.runs.wandb_records import read_records as wandb_records  # noqa: F401
 from study.runs.wandb_records import run_files
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Small and fast: 640 rows at batch 64 -> 9 training steps per epoch after the val split.
 TINY = ["--batch-size", "64", "--width", "16", "--depth", "2", "--warmup-steps", "5",
         "--checkpoint-interval", "0", "--wandb-mode", "disabled", "--plain"]
@@ -183,17 +183,29 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def assert_same_state(a: dict, b: dict) -> None:
-    """Bitwise equality of model, EMA and optimizer state between two checkpoints."""
-    assert a["global_step"] == b["global_step"], f"expected step {a['global_step']}, got {b['global_step']}"
+def state_differences(reference: dict, resumed: dict) -> list[str]:
+    """Where two checkpoints' step, weights, EMA or optimizer state differ (bitwise)."""
+    if reference.get("global_step") != resumed.get("global_step"):
+        return [f"global_step {reference.get('global_step')} vs {resumed.get('global_step')}"]
+    differences = []
     for key in ("model_state_dict", "ema_shadow"):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), f"{key}[{name}] differs"
-    opt_a, opt_b = a["optimizer_state_dict"], b["optimizer_state_dict"]
-    assert opt_a["param_groups"] == opt_b["param_groups"]
+        for name, tensor in reference[key].items():
+            if not torch.equal(tensor, resumed[key][name]):
+                differences.append(f"{key}[{name}]")
+    opt_a, opt_b = reference["optimizer_state_dict"], resumed["optimizer_state_dict"]
+    if opt_a["param_groups"] != opt_b["param_groups"]:
+        differences.append("optimizer param_groups")
     for index, state in opt_a["state"].items():
         for name, tensor in state.items():
-            assert torch.equal(tensor, opt_b["state"][index][name]), f"optimizer state {index}.{name} differs"
+            if not torch.equal(tensor, opt_b["state"][index][name]):
+                differences.append(f"optimizer state {index}.{name}")
+    return differences
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bitwise equality of step, model, EMA and optimizer state between two checkpoints."""
+    differences = state_differences(a, b)
+    assert not differences, f"checkpoints differ: {'; '.join(differences[:10])}"
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
