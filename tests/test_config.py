@@ -254,7 +254,9 @@ def test_reflow_without_a_teacher_is_an_error() -> None:
 
 
 def test_reflow_with_a_teacher_is_valid() -> None:
-    TrainingConfig(flow="reflow", teacher="teacher.pt").validate()
+    config = TrainingConfig(flow="reflow", teacher="teacher.pt").validate()
+    (stage,) = plan_stages(config)  # the one stage trains reflow on that teacher's pairs
+    assert (stage.flow, stage.teacher) == ("reflow", "teacher.pt")
 
 
 def test_reflow_mixed_with_other_flows_in_a_schedule_is_an_error() -> None:

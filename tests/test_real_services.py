@@ -1,4 +1,4 @@
-"""The real-service policy (tests/real_services.py), run as `make test` runs it: a real
+"""The real-service policy (tests/support/real_services.py), run as `make test` runs it: a real
 pytest in a subprocess, over two workers, on a small generated test file whose tests use
 the `real_service` marker. "Chromium installed, chromedriver not, no Slurm" is a PATH
 holding only a stand-in `chromium`; a present service is stand-ins for all its tools."""

@@ -2,7 +2,7 @@
 `flowctl slurm submit` a small 2-D run, send the requeue signal with `scancel --signal`,
 and check that the job requeues itself, runs again with SLURM_RESTART_COUNT=1 and ends in
 the same state as a run that was never interrupted. Needs a running Slurm: skipped without
-one, an error in CI (tests/real_services.py)."""
+one, an error in CI (tests/support/real_services.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 Debian's chromedriver, shows a real training run as it trains.
 
 Needs chromium and chromedriver: skipped without them, an error in CI (.ci/run installs
-both; tests/real_services.py). Screenshots of both pages are saved in the test's temp
+both; tests/support/real_services.py). Screenshots of both pages are saved in the test's temp
 folder (runs-page.png, run-page.png).
 """
 
