@@ -70,12 +70,13 @@ FIELD_DAMAGE = {
 
 
 @pytest.mark.parametrize("kind", list(FIELD_DAMAGE))
-def test_a_checkpoint_field_of_the_wrong_type_is_one_line_everywhere(tmp_path, trained, kind):
+def test_a_checkpoint_field_of_the_wrong_type_is_one_line_everywhere(tmp_path, trained_run,
+                                                                     isolated_run_root, kind):
     damage, fragment = FIELD_DAMAGE[kind]
-    checkpoint = copy.deepcopy(load(trained / "last.pt"))
+    checkpoint = copy.deepcopy(load(trained_run / "last.pt"))
     damage(checkpoint)
-    folder = trained.parent / "damaged"
-    folder.mkdir()
+    folder = isolated_run_root / "damaged"
+    folder.mkdir(parents=True)
     torch.save(checkpoint, folder / "last.pt")
     before = fingerprint(tmp_path, skip=(folder,))
     for args in (("inspect-ckpt", folder / "last.pt"), ("sample", folder / "last.pt", "--n", "5",
@@ -85,8 +86,8 @@ def test_a_checkpoint_field_of_the_wrong_type_is_one_line_everywhere(tmp_path, t
     assert fingerprint(tmp_path, skip=(folder,)) == before
 
 
-def test_a_checkpoint_with_nan_weights_is_not_sampled(tmp_path, trained):
-    checkpoint = load(trained / "best.pt")
+def test_a_checkpoint_with_nan_weights_is_not_sampled(tmp_path, trained_run):
+    checkpoint = load(trained_run / "best.pt")
     for tensors in (checkpoint["model_state_dict"], checkpoint.get("ema_shadow") or {}):
         for tensor in tensors.values():
             if tensor.is_floating_point():
@@ -98,8 +99,9 @@ def test_a_checkpoint_with_nan_weights_is_not_sampled(tmp_path, trained):
     assert fingerprint(tmp_path) == before
 
 
-def test_an_output_name_longer_than_a_file_name_may_be(tmp_path, trained):
+def test_an_output_name_longer_than_a_file_name_may_be(tmp_path, trained_run):
     before = fingerprint(tmp_path)
     for name in ("s" * 252 + ".pt", "é" * 125 + ".pt", "d" * 300 + "/s.pt"):
-        error_line(cli("sample", "r", "--n", "5", "--out", tmp_path / name), "bytes; a name may hold")
+        error_line(cli("sample", trained_run, "--n", "5", "--out", tmp_path / name),
+                   "bytes; a name may hold")
     assert fingerprint(tmp_path) == before

@@ -76,10 +76,8 @@ def save_deep_checkpoint(source, path, depth: int = 5000) -> None:
     assert path.stat().st_size > 0
 
 
-def test_a_deep_checkpoint_is_one_line_exit_2(tmp_path, isolated_run_root):
-    result = cli("train", "--run-name", "r", *run_flags(vectors_file(tmp_path), epochs=1))
-    assert result.exit_code == 0, result.stderr
-    save_deep_checkpoint(isolated_run_root / "r" / "best.pt", tmp_path / "deep.pt")
+def test_a_deep_checkpoint_is_one_line_exit_2(tmp_path, trained_run):
+    save_deep_checkpoint(trained_run / "best.pt", tmp_path / "deep.pt")
     before = fingerprint(tmp_path)
     for args in (("inspect-ckpt", tmp_path / "deep.pt"), ("inspect-ckpt", tmp_path / "deep.pt", "--json"),
                  ("sample", tmp_path / "deep.pt", "--n", "5", "--out", tmp_path / "s.pt")):
