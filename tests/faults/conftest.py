@@ -1,11 +1,11 @@
 """Fixtures for the fault-injection tests: real flowctl processes, started fast.
 
-`flowctl` children are forked from a zygote (scripts/fault_soak.py): one interpreter per
+`flowctl` children are forked from a zygote (tests/support/zygote.py): one interpreter per
 pytest worker that has imported torch, POT and the CLI once. Each child is a real process
 with its own pid, process group, signals, stdio files and environment, so SIGKILL, SIGTERM
 and SIGINT reach it exactly as they reach a freshly started `flowctl`, but a start costs
 milliseconds instead of seconds. tests/test_resume.py and test_registry.py cover the same
-paths with fresh interpreters (tests.helpers.spawn).
+paths with fresh interpreters (tests.support.helpers.spawn).
 """
 
 from __future__ import annotations
