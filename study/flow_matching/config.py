@@ -122,6 +122,8 @@ class TrainingConfig:
             self.sigma = FLOW_SIGMA.get(self.flow, DEFAULT_SIGMA)
         if self.arch is None:
             self.arch = network_label(self.network)
+        if self.run_name is None:  # the study reads config.run_name (get_checkpoint_path)
+            self.run_name = self.name
 
     @property
     def name(self) -> str:

@@ -217,7 +217,7 @@ class FlowTrainer:
                              loss=loss)
         self.last_train_loss = loss
         row = {"train/loss": loss, "train/grad_norm": grad_norm,
-               "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
+               "train/lr": self.learning_rate(self.global_step - 1), "epoch": epoch,  # its last step's
                "metrics/stage_id": stage.index}
         if len(self.stages) > 1:  # each stage's loss also under its own key
             row[f"train/loss/{stage.name}"] = loss
