@@ -47,7 +47,8 @@ def link_targets(text: str) -> list[tuple[int, str]]:
 
 def github_slug(heading: str) -> str:
     """A heading's anchor as GitHub renders it: the text without Markdown, lowercased, every
-    character but letters, digits, `-`, `_` and spaces dropped, spaces -> `-`."""
+    character but letters, digits, `-`, `_` and spaces dropped, spaces -> `-`. Code and `*`
+    marks drop out as punctuation; `_emphasis_` would keep its underscores (no heading uses it)."""
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link's text stays
     kept = "".join(ch for ch in text.lower()
                    if ch in "-_ " or unicodedata.category(ch)[0] in "LN")
@@ -93,7 +94,7 @@ def test_every_relative_link_resolves(page: Path):
         + "\n".join(broken_links(page)))
 
 
-def test_readme_links_into_every_docs_page():
+def test_every_docs_page_is_linked():
     """A page no link reaches is a page nobody finds: README.md or another page links each."""
     linked = set()
     for page in PAGES:
@@ -112,6 +113,10 @@ def test_readme_links_into_every_docs_page():
     ("What `--resume auto` does", "what---resume-auto-does"),
     ("metrics.csv", "metricscsv"),
     ("Sampling and evaluation", "sampling-and-evaluation"),
+    ("OT pairing off the critical path (`scripts/bench_ot.py`)",
+     "ot-pairing-off-the-critical-path-scriptsbench_otpy"),
+    ("The dashboard's API", "the-dashboards-api"),
+    ("Your own [network](networks.md)", "your-own-network"),
 ])
 def test_headings_slug_as_github_does(heading: str, slug: str):
     assert github_slug(heading) == slug
@@ -120,7 +125,12 @@ def test_headings_slug_as_github_does(heading: str, slug: str):
 def test_a_broken_link_and_anchor_are_reported(tmp_path: Path):
     page = tmp_path / "page.md"
     page.write_text("# Title\n\n## Two words\n\n[ok](#two-words) [gone](missing.md) "
-                    "[bad](#three) `[code](nowhere.md)`\n\n```\n[fenced](nowhere.md)\n```\n",
+                    "[bad](#three) `[code](nowhere.md)`\n\n```\n# not a heading\n"
+                    "[fenced](nowhere.md)\n```\n## Two words\n[second](#two-words-1) "
+                    "[third](#two-words-2) [comment](#not-a-heading) [self](page.md#title)\n",
                     encoding="utf-8")
-    assert broken_links(page, root=tmp_path) == ["page.md:5: missing.md (no such file)",
-                                  "page.md:5: #three (no heading with anchor #three)"]
+    assert broken_links(page, root=tmp_path) == [
+        "page.md:5: missing.md (no such file)",
+        "page.md:5: #three (no heading with anchor #three)",
+        "page.md:12: #two-words-2 (no heading with anchor #two-words-2)",
+        "page.md:12: #not-a-heading (no heading with anchor #not-a-heading)"]
