@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from study.flow_matching.config import TrainingConfig
@@ -46,3 +47,32 @@ def test_a_resume_keeps_the_normalisation_it_trained_with(tmp_path, isolated_run
     assert after["epoch"] == 1
     for key in ("mean", "std"):
         assert torch.equal(after["normalization_stats"][key], before[key])
+
+
+def test_an_absurd_built_in_network_is_refused_before_anything_is_built(isolated_run_root):
+    """From a flag, a YAML file or someone else's checkpoint: one line, nothing allocated."""
+    from study.errors import UsageError
+
+    with pytest.raises(UsageError, match="width 1000000000 and depth 3 make a network of about "
+                                         "3.0e[+]18 parameters, more than 2e[+]09"):
+        TrainingConfig(width=10**9).validate()
+    TrainingConfig(width=4096, depth=8).validate()  # 134M parameters: a real network
+    result = cli("train", "--width", "100000", "--depth", "1000", "--run-name", "big")
+    assert result.exit_code == 2 and "lower --width or --depth" in result.stderr
+    assert not (isolated_run_root / "big").exists()
+
+
+def test_samples_of_nan_weights_are_neither_scored_nor_written(tmp_path, isolated_run_root):
+    data = vectors_file(tmp_path)
+    assert cli("train", "--run-name", "nan", *run_flags(data, epochs=1)).exit_code == 0
+    best = isolated_run_root / "nan" / "best.pt"
+    payload = load(best)
+    for key in ("model_state_dict", "ema_shadow"):
+        payload[key] = {name: torch.full_like(t, float("nan")) for name, t in payload[key].items()}
+    torch.save(payload, best)
+    for command in (["eval", "nan", "--n", "200"], ["sample", "nan", "--n", "10"]):
+        result = cli(*command)
+        assert result.exit_code == 2, (command, result.stderr)
+        assert "hold NaN or Inf" in result.stderr and "Traceback" not in result.stderr
+    assert not (isolated_run_root / "nan" / "eval.json").exists()
+    assert not list((isolated_run_root / "nan").glob("samples.*"))

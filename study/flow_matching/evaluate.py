@@ -194,6 +194,14 @@ def heldout_data(config: dict[str, Any], data_file: str | Path | None = None) ->
     return rows, f"{split} split of {splits.source} ({len(rows)} rows)"
 
 
+def check_finite(samples: Tensor, path: str | Path) -> None:
+    """UsageError (one line) when generated samples hold NaN or Inf: never scored or written,
+    since a file or a score of NaNs looks like a result."""
+    if not bool(samples.isfinite().all()):
+        raise UsageError(f"the samples from {path} hold NaN or Inf (its weights are not finite, "
+                         "or the solver diverged: try more --steps); nothing written")
+
+
 def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: str = "euler",
              steps: int = 100, seed: int = 0, batch_size: int = 4096,
              device: str | torch.device = "cpu") -> EvalResult:
@@ -219,6 +227,7 @@ def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: st
     x_1_data = data_raw[torch.randperm(len(data_raw), generator=generator)[:n]].float()
     samples, info = generate(loaded, n, solver=solver, steps=steps, seed=seed,
                              batch_size=batch_size, device=device, return_trajectory=True)
+    check_finite(samples, loaded.path)
     bandwidths = [m * median_bandwidth(x_1_data) for m in MMD_MEDIAN_MULTIPLES]
     floor = metric_floor(data_raw.float(), n, generator, bandwidths=bandwidths)
     w2_source = wasserstein2(info.x_0, normalize(x_1_data, loaded.stats))
