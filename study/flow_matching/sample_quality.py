@@ -15,13 +15,12 @@ from torch import Tensor, nn
 
 from study.data.normalize import denormalize
 from study.data.toy import source_like
-from study.flow_matching.metrics import median_bandwidth, mmd_rbf, wasserstein2
+from study.flow_matching.metrics import median_bandwidths, mmd_rbf, wasserstein2
 from study.flow_matching.optim import EMAModel
 from study.flow_matching.solvers import integrate
 
 SOLVER, STEPS = "euler", 100
 EVAL_SEED_OFFSET = 300  # its own stream: the run's other generators are untouched
-BANDWIDTH_MULTIPLES = (0.5, 1.0, 2.0)
 
 
 class SampleQuality:
@@ -35,7 +34,7 @@ class SampleQuality:
         self.target = heldout[torch.randperm(len(heldout), generator=generator)[:n]].float().cpu()
         self.x_0 = source_like(source, torch.empty(n, heldout.shape[1]), generator, generator)
         self.stats, self.device = stats, device
-        self.bandwidths = [m * median_bandwidth(self.target) for m in BANDWIDTH_MULTIPLES]
+        self.bandwidths = median_bandwidths(self.target)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, ema: EMAModel) -> dict[str, float]:
