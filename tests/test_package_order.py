@@ -19,7 +19,7 @@ LAYERS = (
     ("sweep", "slurm", "ui", "api"),
     ("flow_matching",),
     ("runs", "data", "runtime"),
-    ("errors", "secrets", "signals", "install", "plugins"),
+    ("errors", "secrets", "signals", "install", "plugins", "seeds"),
 )
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 SHIMS = {"study.flow_matching.train"}  # `python -m study.flow_matching.train`: runs cli.train
