@@ -47,9 +47,9 @@ from study.data.dataset import column_stats, resolve_dataset
 from study.data.toy import gaussian_mixture
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.models import build_model
-from study.flow_matching.sampler import derive_seed
 from study.flow_matching.trainer import FlowTrainer
 from study.flow_matching.utils import cosine_warmup_factor
+from study.seeds import stream_seed
 
 SEED, BATCH, LOG_EVERY = 0, 256, 10
 LR, WARMUP_STEPS, GRAD_CLIP, EMA_DECAY, SIGMA = 1e-3, 100, 1.0, 0.999, 0.1
@@ -118,7 +118,7 @@ def run_bare(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
     scheduler = cosine_schedule(optimizer, epochs * batches)
     ema, live = [p.detach().clone() for p in params], [p.detach() for p in params]
     # FlowTrainer's seeds, so that this is the same run, draw for draw.
-    data_gen, t_gen, noise_gen = (torch.Generator().manual_seed(derive_seed(SEED, purpose))
+    data_gen, t_gen, noise_gen = (torch.Generator().manual_seed(stream_seed(SEED, purpose))
                                   for purpose in ("data", "t", "noise"))
     loss_sum, norm_sum = torch.zeros(()), torch.zeros(())
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The package order of study/ (README, "How the code is laid out"): imports run one way, down.
+"""The package order of study/ (docs/development.md, "How the code is laid out"): imports run one way, down.
 
 Read from the source with ast (nothing is imported), imports inside functions included: a
 lazy import is still a dependency of the design. A module whose docstring's first line says
@@ -19,7 +19,7 @@ LAYERS = (
     ("sweep", "slurm", "ui", "api"),
     ("flow_matching",),
     ("runs", "data", "runtime"),
-    ("errors", "secrets", "signals", "install", "plugins"),
+    ("errors", "secrets", "signals", "install", "plugins", "seeds"),
 )
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 SHIMS = {"study.flow_matching.train"}  # `python -m study.flow_matching.train`: runs cli.train

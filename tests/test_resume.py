@@ -134,7 +134,7 @@ def test_extension_continues_step_and_replans_the_cosine(tmp_path, isolated_run_
         if row["train/lr"]:
             step = int(row["step"])
             horizon = 36 if step <= 36 else 54
-            assert float(row["train/lr"]) == pytest.approx(lr * cosine_warmup_factor(step, 5, horizon))
+            assert float(row["train/lr"]) == pytest.approx(lr * cosine_warmup_factor(step - 1, 5, horizon))
     assert int(rows[-1]["epoch"]) == 5 and load(isolated_run_root / "a" / "last.pt")["epoch"] == 5
 
 

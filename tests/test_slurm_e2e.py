@@ -79,3 +79,35 @@ def test_requeue_signal_requeues_the_job_which_finishes_like_an_uninterrupted_ru
     assert_same_state(load(reference / "last.pt"), load(run / "last.pt"))
     assert_same_state(load(reference / "best.pt"), load(run / "best.pt"))
     assert metrics_rows(reference) == metrics_rows(run)
+
+
+def test_a_rerun_of_a_slurm_sweep_never_submits_a_point_twice(tmp_path):
+    """While a point's array task is queued or running, re-running the sweep leaves it alone;
+    once Slurm no longer has it (cancelled here), the next re-run submits it again."""
+    data = vectors_file(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({  # long runs: they stay queued or running until cancelled
+        "group": "twice", "base": {"dataset": str(data), "epochs": 100000, "batch_size": 64,
+                                   "width": 16, "depth": 2, "checkpoint_interval": 0},
+        "grid": {"seed": [0, 1]}}))
+    root = tmp_path / "ckpt"
+    args = ["sweep", grid, "--launcher", "slurm", "--ckpt-dir", root, "--wandb-mode", "disabled"]
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    job = re.search(r"submitted job array (\d+): 2 points", first.stdout).group(1)
+    try:
+        again = cli(*args)
+        assert again.exit_code == 0, again.stderr
+        assert "submitted job array" not in again.stdout
+        for seed in (0, 1):
+            assert (f"mlp-icfm-vectors-640x2-none-s{seed}: still queued or running as Slurm job "
+                    f"{job}_{seed}; not submitted again") in again.stdout
+    finally:
+        subprocess.run(["scancel", job], timeout=20)
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-r", "-j", job], capture_output=True,
+                                          text=True, timeout=20).stdout.strip(),
+               "the cancelled array to leave the queue", job)
+    third = cli(*args)
+    assert third.exit_code == 0, third.stderr
+    assert re.search(r"submitted job array (\d+): 2 points", third.stdout), third.stdout
+    subprocess.run(["scancel", re.search(r"array (\d+)", third.stdout).group(1)], timeout=20)

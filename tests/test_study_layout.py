@@ -61,9 +61,9 @@ def test_the_studys_verification_commands_pass_unchanged(study_folder: Path):
     assert final["epoch"] == 3 and final["global_step"] == 4 * STEPS_PER_EPOCH
     with open(run / "metrics.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["train/lr"]]
-    # No warm-up restart: every logged LR is the 4-epoch schedule's at that step.
+    # No warm-up restart: every logged LR is the 4-epoch schedule's, of the step just taken.
     for row in rows:
-        expected = 1e-3 * cosine_warmup_factor(int(row["step"]), 100, 4 * STEPS_PER_EPOCH)
+        expected = 1e-3 * cosine_warmup_factor(int(row["step"]) - 1, 100, 4 * STEPS_PER_EPOCH)
         assert float(row["train/lr"]) == pytest.approx(expected), row
     assert [int(r["epoch"]) for r in rows][-1] == 3
 

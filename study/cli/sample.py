@@ -66,7 +66,7 @@ def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch
                out_format: str, out: Path | None, ckpt_dir: str | None, last: bool,
                device: str) -> tuple[Path, tuple[int, ...], int]:
 
-    from study.flow_matching.evaluate import generate, load_flow_model
+    from study.flow_matching.evaluate import check_finite, generate, load_flow_model
     from study.runs.checkpoint import write_atomic
     from study.runtime.device import resolve_device
 
@@ -74,11 +74,7 @@ def run_sample(target: str, *, n: int, solver: str, steps: int, seed: int, batch
     loaded = load_flow_model(resolve_checkpoint(target, ckpt_dir, last=last), torch_device)
     samples, info = generate(loaded, n, solver=solver, steps=steps, seed=seed,
                              batch_size=batch_size, device=torch_device)
-    if not bool(samples.isfinite().all()):  # never written: a file of NaNs looks like a result
-        from study.errors import UsageError
-
-        raise UsageError(f"the samples from {loaded.path} hold NaN or Inf (its weights are not "
-                         "finite, or the solver diverged: try more --steps); nothing written")
+    check_finite(samples, loaded.path)
     path = out if out is not None else loaded.run_dir / f"samples.{out_format}"
     if out_format == "npy":
         import numpy as np

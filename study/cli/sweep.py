@@ -121,8 +121,17 @@ def _print_commands(todo: list[PointState], flags) -> None:
 
 
 def _submit_slurm(grid, todo: list[PointState], flags, options, parallelism, dry_run) -> None:
+    from study.slurm.submit import live_jobs
+    from study.sweep.point_files import read_record
     from study.sweep.slurm_array import array_script, submit_array
 
+    submitted = {state.point.name: _submitted_job(read_record(state.folder)) for state in todo}
+    queued = live_jobs() if any(submitted.values()) else set()
+    for state in todo:
+        if submitted[state.point.name] in queued:  # a re-run: never submit a point twice
+            typer.echo(f"{state.point.name}: still queued or running as Slurm job "
+                       f"{submitted[state.point.name]}; not submitted again")
+    todo = [state for state in todo if submitted[state.point.name] not in queued]
     if not todo:
         typer.echo(f"nothing to submit: every point of {grid.group} is done, running or failed")
         return
@@ -133,6 +142,13 @@ def _submit_slurm(grid, todo: list[PointState], flags, options, parallelism, dry
     job_id, script = submit_array(grid, points, flags, options, parallelism)
     typer.echo(f"submitted job array {job_id}: {len(points)} points of {grid.group} "
                f"(script {script}); follow with `flowctl sweep status {grid.path}`")
+
+
+def _submitted_job(record: dict) -> str | None:
+    """The Slurm job (`1234_5`) sweep.json says a point was submitted as, if any."""
+    submitted = record.get("submitted")
+    job = submitted.get("job") if isinstance(submitted, dict) else None
+    return job if isinstance(job, str) else None
 
 
 def _run_local(grid, states, flags, *, parallel, retry_failed, dry_run, plain) -> None:

@@ -19,8 +19,9 @@ sklearn/numpy/torchdyn's global RNGs: the same distributions, not the same numbe
   sample; here the population values (PAIR_MOONS_MEAN, PAIR_MOONS_STD) are used, so every
   split is scaled alike (the two differ by about 1%).
 
-Differences that do not change the distribution: sklearn's moons and S curve place their
-angles on an even grid (`linspace`) where these draw them uniformly at random.
+Differences that do not change the distribution: sklearn's moons place their angles on an
+even grid (`linspace`) where these draw them uniformly at random (its S curve draws them at
+random too).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ the `tong-*` ones tong2023.SPLIT_SIZES); each split comes from its own generator
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from study.data import tong2023
 from study.errors import UsageError
+from study.seeds import stream_generator
 
 SPLIT_SIZES = {"train": 20_000, "val": 2_000, "test": 2_000}
 
@@ -122,8 +122,7 @@ def split_generator(name: str, seed: int, split: str) -> torch.Generator:
     Hashing (name, seed, split) keeps the streams independent: no two seeds or splits
     share draws, and the test split does not depend on the train size.
     """
-    digest = hashlib.sha256(f"{name}:seed={seed}:split={split}".encode()).hexdigest()
-    return torch.Generator().manual_seed(int(digest[:15], 16))
+    return stream_generator(seed, name, f"split={split}")
 
 
 def split_sizes(name: str) -> dict[str, int]:

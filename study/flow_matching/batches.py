@@ -27,7 +27,8 @@ from torch import Tensor
 from study.data.augment import augment
 from study.data.toy import source_like
 from study.data.training_data import TrainingData
-from study.flow_matching.sampler import EpochSampler, derive_seed, make_generators
+from study.flow_matching.sampler import EpochSampler, make_generators
+from study.seeds import stream_seed
 
 
 @dataclass
@@ -81,7 +82,7 @@ class BatchMaker:
         self.data, self.batch_size, self.source, self.device = data, batch_size, source, device
         share = batch_size // world_size
         self.rank_rows = slice(rank * share, (rank + 1) * share)
-        self.sampler = EpochSampler(len(data.train), batch_size, seed=derive_seed(seed, "data"))
+        self.sampler = EpochSampler(len(data.train), batch_size, seed=stream_seed(seed, "data"))
         self.generators = make_generators(seed, device)
         self.permutation: Tensor | None = None
         self.pool = ThreadPoolExecutor(pairing_workers, "ot-pairing") if pairing_workers else None

@@ -33,6 +33,8 @@ STAGE_OVERRIDES = ("lr", "flow", "sigma", "aug", "aug_std", "teacher")
 # samples); sbcfm's entropic OT needs reg = 2 sigma^2 far from 0, as in Tong et al.'s 1.0.
 DEFAULT_SIGMA = 0.01
 FLOW_SIGMA = {"sbcfm": 1.0}
+# Built-in networks: about width x width x depth parameters at most (2e9: 8 GB of float32).
+MAX_PARAMETERS = 2_000_000_000
 
 
 @dataclass
@@ -122,6 +124,8 @@ class TrainingConfig:
             self.sigma = FLOW_SIGMA.get(self.flow, DEFAULT_SIGMA)
         if self.arch is None:
             self.arch = network_label(self.network)
+        if self.run_name is None:  # the study reads config.run_name (get_checkpoint_path)
+            self.run_name = self.name
 
     @property
     def name(self) -> str:
@@ -138,6 +142,18 @@ class TrainingConfig:
         elif "/" in dataset or "\\" in dataset or Path(dataset).suffix:
             dataset = Path(dataset.replace("\\", "/").rstrip("/")).stem
         return f"{self.arch}-{self.flow}-{dataset}-{self.aug}"
+
+    def _check_network_size(self) -> None:
+        """A built-in network's width x width x depth (about its parameter count) within
+        MAX_PARAMETERS: a config from a file or a checkpoint (perhaps someone else's) cannot
+        make flowctl allocate terabytes or build for hours."""
+        if self.network is not None and is_target(self.network):
+            return  # the user's own network: its arguments are the user's business
+        size = self.width * self.width * self.depth
+        if size > MAX_PARAMETERS:
+            raise UsageError(f"width {self.width} and depth {self.depth} make a network of about "
+                             f"{size:.1e} parameters, more than {MAX_PARAMETERS:.0e}; lower "
+                             "--width or --depth")
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only (str, int, float, bool, None, lists, dicts): safe for weights_only."""
@@ -179,6 +195,7 @@ class TrainingConfig:
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise UsageError(f"{key} must be >= 0, got {getattr(self, key)}")
+        self._check_network_size()
         if not self.lr > 0:
             raise UsageError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:

@@ -29,7 +29,7 @@ from study.data.toy import source_like
 from study.errors import UsageError
 from study.flow_matching.metrics import (
     EvalResult,
-    median_bandwidth,
+    median_bandwidths,
     metric_floor,
     mmd_rbf,
     normalized_path_energy,
@@ -42,9 +42,6 @@ from study.runs.paths import EVAL_JSON
 
 log = logging.getLogger("flowctl")
 
-# MMD length scales: multiples of the held-out data's median pairwise distance, so the
-# kernel suits any dimension and scale (fixed 0.1/1/10 would see only noise in 1024-D).
-MMD_MEDIAN_MULTIPLES = (0.5, 1.0, 2.0)
 MAX_TRAJECTORY_TIMES = 201  # enough points for straightness and plots, bounded memory
 
 
@@ -194,6 +191,14 @@ def heldout_data(config: dict[str, Any], data_file: str | Path | None = None) ->
     return rows, f"{split} split of {splits.source} ({len(rows)} rows)"
 
 
+def check_finite(samples: Tensor, path: str | Path) -> None:
+    """UsageError (one line) when generated samples hold NaN or Inf: never scored or written,
+    since a file or a score of NaNs looks like a result."""
+    if not bool(samples.isfinite().all()):
+        raise UsageError(f"the samples from {path} hold NaN or Inf (its weights are not finite, "
+                         "or the solver diverged: try more --steps); nothing written")
+
+
 def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: str = "euler",
              steps: int = 100, seed: int = 0, batch_size: int = 4096,
              device: str | torch.device = "cpu") -> EvalResult:
@@ -202,7 +207,7 @@ def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: st
     W2 and MMD are in raw data units; the floor is the same pair of metrics between two
     disjoint n-row subsets of the data. Path energy, NPE and straightness are measured in
     the model's normalized space, with NPE's W2 taken between x_0 and the normalized data.
-    MMD's length scales are MMD_MEDIAN_MULTIPLES x the median pairwise distance of the n
+    MMD's length scales are metrics.MEDIAN_MULTIPLES x the median pairwise distance of the n
     held-out rows, shared by the model's score and its floor. The run's eval_fn, if it has
     one, scores the same samples and rows (`user`).
     """
@@ -219,7 +224,8 @@ def evaluate(loaded: LoadedModel, data_raw: Tensor, *, n: int = 1000, solver: st
     x_1_data = data_raw[torch.randperm(len(data_raw), generator=generator)[:n]].float()
     samples, info = generate(loaded, n, solver=solver, steps=steps, seed=seed,
                              batch_size=batch_size, device=device, return_trajectory=True)
-    bandwidths = [m * median_bandwidth(x_1_data) for m in MMD_MEDIAN_MULTIPLES]
+    check_finite(samples, loaded.path)
+    bandwidths = median_bandwidths(x_1_data)
     floor = metric_floor(data_raw.float(), n, generator, bandwidths=bandwidths)
     w2_source = wasserstein2(info.x_0, normalize(x_1_data, loaded.stats))
     metric = user_metric(loaded.config)

@@ -169,8 +169,12 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
         from study.flow_matching.reflow import coupled_sources
 
         train_x0, val_x0, splits = coupled_sources(config, splits, folder, device, warn=warn)
-    stats = (splits.normalization_stats() if config.normalize == "standard"
-             else normalization_stats(splits.train, config.normalize))
+    saved = (resume.payload.get("normalization_stats") or {}) if resume else {}
+    if _stats_fit(saved, splits.dim):  # a resume goes on in the space it trained in
+        stats = dict(saved)
+    else:
+        stats = (splits.normalization_stats() if config.normalize == "standard"
+                 else normalization_stats(splits.train, config.normalize))
     data = TrainingData.prepare(splits.train, splits.val, device=device, stats=stats,
                                 checksum=splits.checksum, train_x0=train_x0, val_x0=val_x0,
                                 heldout=splits.test, files=splits.files)
@@ -191,3 +195,12 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
         pairing_workers=pairing_workers(config, options.pairing_workers),
         warn=warn)
     return trainer.train()
+
+
+def _stats_fit(stats: dict[str, Any], dim: int) -> bool:
+    """Whether a checkpoint's normalisation stats are mean and std tensors of `dim` values
+    (else the data's own are computed; a dimension mismatch is refused by the trainer)."""
+    import torch
+
+    return all(isinstance(stats.get(key), torch.Tensor) and stats[key].numel() == dim
+               for key in ("mean", "std"))

@@ -23,8 +23,10 @@ from study.errors import RunFailed, UsageError
 # Exact OT on n=2000 points takes a few hundred thousand simplex pivots; POT's default
 # (1e5) stops early and silently returns a too-large cost.
 _EMD_MAX_ITER = 10_000_000
-# Used by `bandwidths="median"`: multiples of the median pairwise distance of the data.
-_MEDIAN_MULTIPLES = (0.5, 1.0, 2.0)
+# flowctl's one set of MMD length scales: these multiples of the median pairwise distance
+# of the data (`bandwidths="median"`, the default; `median_bandwidths`), so the kernel
+# suits any dimension and scale (fixed 0.1/1/10 would see only noise in 1024-D).
+MEDIAN_MULTIPLES = (0.5, 1.0, 2.0)
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
@@ -68,18 +70,25 @@ def median_bandwidth(y: Tensor) -> float:
     return off_diagonal.median().item() if off_diagonal.numel() else 1.0
 
 
+def median_bandwidths(y: Tensor) -> list[float]:
+    """MMD length scales for data y: Tensor[M, D]: MEDIAN_MULTIPLES x its median distance."""
+    median = median_bandwidth(y)
+    return [m * median for m in MEDIAN_MULTIPLES]
+
+
 def mmd_rbf(
     x: Tensor,
     y: Tensor,
     *,
-    bandwidths: Sequence[float] | str = (0.1, 1.0, 10.0),
+    bandwidths: Sequence[float] | str = "median",
     unbiased: bool = False,
 ) -> float:
     """Squared MMD between x: Tensor[N, D] (samples) and y: Tensor[M, D] (data).
 
     Kernel: k(a, b) = sum_s exp(-|a - b|^2 / (2 s^2)) over the bandwidths s (length scales,
-    in data units). With `bandwidths="median"`, s = (0.5, 1, 2) * the median pairwise distance
-    within y, so the kernel depends on the data only and stays comparable across models.
+    in data units). With `bandwidths="median"` (the default), s = MEDIAN_MULTIPLES x the median
+    pairwise distance within y, so the kernel depends on the data only and stays comparable
+    across models.
 
     Default (biased, V-statistic): mean k(x, x') + mean k(y, y') - 2 mean k(x, y), all means
     over every pair including i == j. It is the squared RKHS distance between the two
@@ -95,8 +104,7 @@ def mmd_rbf(
             raise UsageError(
                 f"expected bandwidths to be a list of floats or 'median', got {bandwidths!r}"
             )
-        median = median_bandwidth(y)
-        bandwidths = [m * median for m in _MEDIAN_MULTIPLES]
+        bandwidths = median_bandwidths(y)
     if len(bandwidths) == 0 or min(bandwidths) <= 0:
         raise UsageError(f"expected positive bandwidths, got {list(bandwidths)}")
     if unbiased and (len(x) < 2 or len(y) < 2):
@@ -155,7 +163,7 @@ def metric_floor(
     n: int,
     generator: torch.Generator | None = None,
     *,
-    bandwidths: Sequence[float] | str = (0.1, 1.0, 10.0),
+    bandwidths: Sequence[float] | str = "median",
 ) -> dict[str, float | int]:
     """W2 and MMD between two disjoint random subsets of n rows of data: Tensor[M, D].
 

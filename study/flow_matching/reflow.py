@@ -22,6 +22,7 @@ from torch import Tensor
 from study.data.normalize import denormalize
 from study.errors import RunFailed, UsageError
 from study.runs.paths import BEST_FIRST, find_checkpoint
+from study.seeds import stream_generator
 
 log = logging.getLogger("flowctl")
 
@@ -122,8 +123,7 @@ def generate_pairs(loaded, key: dict, source: str, device: torch.device) -> dict
 
     model = loaded.model.to(device)
     # Own stream, independent of the student's data/t/noise generators for the same seed.
-    digest = hashlib.sha256(f"reflow:seed={key['seed']}".encode()).hexdigest()
-    generator = torch.Generator().manual_seed(int(digest[:15], 16))
+    generator = stream_generator(key["seed"], "reflow")
     pairs = {}
     for split in ("train", "val"):
         x_0 = sample_source(source, key[f"n_{split}"], loaded.dim, generator).float()

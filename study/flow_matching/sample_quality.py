@@ -15,13 +15,12 @@ from torch import Tensor, nn
 
 from study.data.normalize import denormalize
 from study.data.toy import source_like
-from study.flow_matching.metrics import median_bandwidth, mmd_rbf, wasserstein2
+from study.flow_matching.metrics import median_bandwidths, mmd_rbf, wasserstein2
 from study.flow_matching.optim import EMAModel
 from study.flow_matching.solvers import integrate
+from study.seeds import stream_generator
 
 SOLVER, STEPS = "euler", 100
-EVAL_SEED_OFFSET = 300  # its own stream: the run's other generators are untouched
-BANDWIDTH_MULTIPLES = (0.5, 1.0, 2.0)
 
 
 class SampleQuality:
@@ -30,12 +29,12 @@ class SampleQuality:
         """heldout: raw rows [M, D] (data units); n: rows compared (at most M);
         user_metric: user_metrics.user_metric's callable, its names logged as eval/NAME."""
         self.user_metric = user_metric
-        generator = torch.Generator().manual_seed((seed << 8) + EVAL_SEED_OFFSET)
+        generator = stream_generator(seed, "eval")  # the run's other streams are untouched
         n = min(n, len(heldout))
         self.target = heldout[torch.randperm(len(heldout), generator=generator)[:n]].float().cpu()
         self.x_0 = source_like(source, torch.empty(n, heldout.shape[1]), generator, generator)
         self.stats, self.device = stats, device
-        self.bandwidths = [m * median_bandwidth(self.target) for m in BANDWIDTH_MULTIPLES]
+        self.bandwidths = median_bandwidths(self.target)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, ema: EMAModel) -> dict[str, float]:

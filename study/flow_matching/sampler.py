@@ -15,23 +15,19 @@ import torch
 from torch import Tensor
 
 from study.data.toy import source_like
+from study.seeds import stream_generator
 
-# Each generator gets its own stream: seed << 8 plus a fixed offset per purpose.
-GENERATOR_OFFSETS = {"data": 0, "t": 1, "noise": 2, "ot": 3, "source": 4}
-VAL_SEED_OFFSET = 200  # fixed validation draws; regenerated from the seed, never saved
+# The training draws, each its own stream (study.seeds); their states go into checkpoints.
+# `data` (the epoch permutations) is the EpochSampler's. `val` (the fixed validation
+# batches, also their OT pairing) is regenerated from the seed, never saved.
+TRAINING_STREAMS = ("t", "noise", "ot", "source")
 DEVICE_GENERATORS = ("t", "noise")  # drawn on the training device; the rest on the CPU
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """The seed of one purpose's stream (`data`, `t`, `noise`, `ot`, `source`, or `val`)."""
-    return (seed << 8) + GENERATOR_OFFSETS.get(purpose, VAL_SEED_OFFSET)
 
 
 def make_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
     """Seeded generators for t, noise (x_0, eps, augmentation), OT sampling and sources."""
-    return {name: torch.Generator(device if name in DEVICE_GENERATORS else "cpu")
-            .manual_seed(derive_seed(seed, name))
-            for name in GENERATOR_OFFSETS if name != "data"}
+    return {name: stream_generator(seed, name, device=device if name in DEVICE_GENERATORS else "cpu")
+            for name in TRAINING_STREAMS}
 
 
 class EpochSampler:
@@ -71,7 +67,7 @@ def fixed_validation_batches(val_x: Tensor, *, seed: int, source: str, batch_siz
     val_x: [N, D] normalised validation rows; `val_x0`: pre-coupled sources (reflow)
     instead of fresh draws. Each batch holds at most `batch_size` rows.
     """
-    generator = torch.Generator().manual_seed(derive_seed(seed, "val"))
+    generator = stream_generator(seed, "val")
     x_1 = val_x.cpu()
     x_0 = val_x0.cpu() if val_x0 is not None else source_like(source, x_1, generator, generator)
     t = torch.rand(len(x_1), generator=generator)

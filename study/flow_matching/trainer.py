@@ -9,6 +9,10 @@ Exact resume: every random draw comes from a generator whose state is in `state_
 with the data position (epoch, batch), the log window and the stage; the learning rate is a
 pure function of the step. A run stopped and resumed ends bit-identical (on CPU) to one that
 never stopped.
+
+At ~330 lines this is the package's longest module on purpose: the loop, the state it owns
+(`state_dict()` is one literal) and the run's result stay together, so that no other module
+reads the trainer's attributes.
 """
 
 from __future__ import annotations
@@ -217,7 +221,7 @@ class FlowTrainer:
                              loss=loss)
         self.last_train_loss = loss
         row = {"train/loss": loss, "train/grad_norm": grad_norm,
-               "train/lr": self.optimizer.param_groups[0]["lr"], "epoch": epoch,
+               "train/lr": self.learning_rate(self.global_step - 1), "epoch": epoch,  # its last step's
                "metrics/stage_id": stage.index}
         if len(self.stages) > 1:  # each stage's loss also under its own key
             row[f"train/loss/{stage.name}"] = loss

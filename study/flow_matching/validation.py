@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from study.flow_matching.flows import build_flow
 from study.flow_matching.optim import EMAModel
-from study.flow_matching.sampler import VAL_SEED_OFFSET, fixed_validation_batches
+from study.flow_matching.sampler import fixed_validation_batches
+from study.seeds import stream_generator
 
 
 class Validator:
@@ -36,7 +37,7 @@ class Validator:
         """The loss of `model` as it is (eval mode for the pass), under `stage`'s flow: each
         batch's summed loss per dimension, added in batch order, over the rows."""
         flow = build_flow(stage.flow, sigma=stage.sigma)
-        pairing = torch.Generator().manual_seed(self.seed + VAL_SEED_OFFSET)
+        pairing = stream_generator(self.seed, "val", "pairing")
         total = torch.zeros((), device=self.device)
         model.eval()
         try:

@@ -47,3 +47,30 @@ def submit(script: Path) -> str:
     if not job_id:
         raise RunFailed(f"sbatch accepted {script} but printed no job id")
     return job_id
+
+
+# squeue states of a job that may still run (or is running): never submit its work again.
+LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+               "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"}
+
+
+def live_jobs() -> set[str]:
+    """The ids (`1234`, array tasks as `1234_5`) of this user's jobs Slurm still has queued,
+    running or requeued (`squeue -r`). Empty where there is no squeue; UsageError when Slurm
+    does not answer (the caller cannot tell what would be submitted twice)."""
+    import getpass
+
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return set()
+    try:
+        result = subprocess.run([squeue, "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"],
+                                capture_output=True, text=True, timeout=SBATCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        result = None
+    if result is None or result.returncode != 0:
+        why = "did not answer" if result is None else " ".join(result.stderr.split())
+        raise UsageError(f"squeue {why}: cannot tell which points are still queued, so nothing "
+                         "was submitted; try again when `squeue` works")
+    return {job for job, state in (line.split()[:2] for line in result.stdout.splitlines()
+                                   if len(line.split()) >= 2) if state in LIVE_STATES}
