@@ -26,7 +26,7 @@ def suite(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyP
     up), a Slurm test and a plain one; returns `run(*tools, require=None)`: pytest -n 2 over
     it with only stand-ins for `tools` on PATH, FLOWCTL_REQUIRE_SERVICES set to `require`."""
     fixture_ran = tmp_path / "browser-fixture-ran"
-    pytester.makeconftest('pytest_plugins = ["tests.real_services"]')
+    pytester.makeconftest('pytest_plugins = ["tests.support.real_services"]')
     pytester.makepyfile(test_policy=f"""
         from pathlib import Path
 
@@ -47,7 +47,7 @@ def suite(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyP
         def test_needs_nothing():
             pass
     """)
-    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # tests.real_services, as in the checkout
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # tests.support.real_services, as in the checkout
 
     def run(*tools: str, require: str | None = None) -> pytest.RunResult:
         folder = tmp_path / "bin"
@@ -104,7 +104,7 @@ def test_a_present_service_runs_its_tests(suite, require):
 
 
 def test_a_bad_require_value_or_service_name_is_one_line(pytester: pytest.Pytester, monkeypatch):
-    pytester.makeconftest('pytest_plugins = ["tests.real_services"]')
+    pytester.makeconftest('pytest_plugins = ["tests.support.real_services"]')
     pytester.makepyfile(test_gpu="""
         import pytest
 

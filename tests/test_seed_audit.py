@@ -9,7 +9,7 @@ from study.flow_matching.config import TrainingConfig
 from study.flow_matching.schedule import LRSchedule
 from study.flow_matching.stages import plan_stages
 from study.flow_matching.utils import get_checkpoint_path
-from tests.helpers import cli, load, metrics_rows, run_flags, vectors_file
+from tests.support.helpers import cli, load, metrics_rows, run_flags, vectors_file
 
 
 def test_run_name_is_the_runs_name_unless_given(isolated_run_root):

@@ -1,0 +1,1 @@
+"""flowctl's tests; the code they share is in tests/support."""
