@@ -130,6 +130,7 @@ def test_example_grid_sweeps_a_network_argument_and_trains_on_two_processes(
     assert load(isolated_run_root / "ddp" / "last.pt")["world_size"] == 2
 
 
+@pytest.mark.slow  # real processes, 5-10 s: the default suite runs it, test-fast does not
 def test_hostile_targets_exit_2_and_call_nothing(tmp_path, user_folder, isolated_run_root):
     env = user_env(isolated_run_root)
     marker = tmp_path / "called"
@@ -143,6 +144,7 @@ def test_hostile_targets_exit_2_and_call_nothing(tmp_path, user_folder, isolated
     assert not marker.exists() and not any(isolated_run_root.glob("*/*.pt"))
 
 
+@pytest.mark.slow  # real processes, 5-10 s: the default suite runs it, test-fast does not
 def test_list_inspect_and_the_dashboard_never_import_a_runs_target(
         tmp_path, user_folder, isolated_run_root):
     """A run whose checkpoint and run.json name a module that writes a marker when
@@ -203,6 +205,7 @@ for name, model in (("api-unet", UNet1d(2, channels=4, levels=1)), ("api-script"
 """
 
 
+@pytest.mark.slow  # real processes, 5-10 s: the default suite runs it, test-fast does not
 def test_python_api_runs_are_sampled_by_the_cli_or_get_the_way_forward(
         tmp_path, user_folder, isolated_run_root):
     env = user_env(isolated_run_root)

@@ -221,6 +221,7 @@ def test_tracker_mlflow_without_the_package_is_one_line_exit_2(tmp_path, monkeyp
     error_line(result, "needs mlflow", "pip install mlflow-skinny sqlalchemy alembic")
 
 
+@pytest.mark.slow  # real processes, 5-10 s: the default suite runs it, test-fast does not
 def test_mlflow_is_imported_only_when_chosen(tmp_path):
     """One real interpreter: train and eval with the default trackers and with none never
     import mlflow; then with --tracker mlflow they do (the control)."""
