@@ -9,12 +9,8 @@ import sys
 
 from tests.support.helpers import REPO_ROOT
 
-LIST_RUNS_MAIN = """
-import sys, typer
-from study.cli.list_runs import list_runs
-app = typer.Typer()
-app.callback()(lambda: None)
-app.command("list-runs")(list_runs)
+# Run `app` on the command line, then fail if torch or wandb was imported on the way.
+RUN_AND_CHECK = """
 try:
     app(args=sys.argv[1:])
 except SystemExit as exit:
@@ -24,17 +20,18 @@ assert not heavy, f"expected no torch/wandb import, got {heavy}"
 print("ok")
 """
 
+LIST_RUNS_MAIN = """
+import sys, typer
+from study.cli.list_runs import list_runs
+app = typer.Typer()
+app.callback()(lambda: None)
+app.command("list-runs")(list_runs)
+""" + RUN_AND_CHECK
+
 APP_MAIN = """
 import sys
 from study.cli.app import app
-try:
-    app(args=sys.argv[1:])
-except SystemExit as exit:
-    assert not exit.code, exit.code
-heavy = [name for name in ("torch", "wandb") if name in sys.modules]
-assert not heavy, f"expected no torch/wandb import, got {heavy}"
-print("ok")
-"""
+""" + RUN_AND_CHECK
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
