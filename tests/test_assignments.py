@@ -84,3 +84,15 @@ def test_torchrun_workers_get_the_words_too(isolated_run_root):
     assert process.returncode == 0, stderr[-2000:]
     config = load(isolated_run_root / "kv" / "best.pt")["config"]
     assert (config["epochs"], config["ema_decay"]) == (1, 0.99)
+
+
+def test_a_network_flag_and_its_argument_words_combine():
+    """--network names the class, network.args.X sets one argument: no clash; the same
+    argument from --network-args and a word is one."""
+    from study.cli.train import with_assignments
+
+    merged = with_assignments({"network": "pkg.mod:Net", "network_args": None},
+                              ["network.args.hidden=256"])
+    assert merged["network"] == "pkg.mod:Net" and merged["network.args.hidden"] == 256
+    with pytest.raises(UsageError, match="network_args is given twice"):
+        with_assignments({"network_args": '{"hidden": 64}'}, ["network.args.hidden=256"])

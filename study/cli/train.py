@@ -130,10 +130,11 @@ def with_assignments(overrides: dict[str, Any], assignments: list[str]) -> dict[
     words = assignments_to_overrides(assignments)
     for key, value in words.items():
         top = key.split(".")[0]
-        given = overrides.get(top)
+        flag = f"{top}_args" if key.startswith(f"{top}.args.") else top  # network.args.X: --network-args
+        given = overrides.get(flag)
         nested_clash = isinstance(value, dict) and isinstance(given, dict) and set(value) & set(given)
         if given is not None and (not isinstance(value, dict) or nested_clash):
-            raise UsageError(f"{top} is given twice (a flag and {top}=...); keep one")
+            raise UsageError(f"{flag} is given twice (a flag and {key}=...); keep one")
         overrides = {**overrides, key: {**(given or {}), **value} if isinstance(value, dict) and
                      isinstance(given, dict) else value}
     return overrides
