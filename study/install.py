@@ -17,6 +17,7 @@ it runs from. Two things make that hold:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**(os.environ if base is None else base), SAFE_PATH_ENV: "1"}
 
 
+@functools.cache  # read once per process: every checkpoint and run.json records it
 def install_mode() -> str:
     """How the running flowctl is installed: `editable PATH` (pip/uv -e, make install),
     `wheel` (pip install .), or `not installed` (a checkout on PYTHONPATH)."""
