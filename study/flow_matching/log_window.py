@@ -5,9 +5,12 @@ Adding to device tensors costs no host sync; `mean_and_reset` syncs once per log
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+
+from study.errors import RunFailed
 
 
 class LogWindow:
@@ -21,15 +24,19 @@ class LogWindow:
         self.grad_norm_sum += grad_norm
         self.steps += 1
 
-    def mean_and_reset(self, reduce=None) -> tuple[float, float]:
+    def mean_and_reset(self, step: int, reduce=None) -> tuple[float, float]:
         """(mean loss, mean grad norm) over the window as floats; empties the window.
 
-        `reduce` (e.g. a mean across ranks) is applied to the two means first, in place.
+        `reduce` (e.g. a mean across ranks) is applied to the two means first, in place. A
+        non-finite mean raises RunFailed naming optimizer step `step`.
         """
         means = torch.stack([self.loss_sum, self.grad_norm_sum]) / max(self.steps, 1)
         if reduce is not None:
             reduce(means)
         loss, grad_norm = means.tolist()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            raise RunFailed(f"non-finite {what} at step {step}")
         self.loss_sum.zero_()
         self.grad_norm_sum.zero_()
         self.steps = 0

@@ -1,18 +1,13 @@
 """FlowTrainer: the training loop, written out, and the state it owns.
 
-`train()` sets up, runs `_loop()` (epochs of `_step()`s, a log row every `log_every` steps,
+`train()` sets up, runs `_loop()` (epochs of `_step()`s; a log row every `log_every` steps;
 `_end_epoch()`: validation, W2/MMD every `eval_every` epochs, best and patience; after every
 step the checkpoint policy of checkpointing.py) and finishes. The loss stays on the device
-between log steps (no per-step host sync).
-
-Exact resume: every random draw comes from a generator whose state is in `state_dict()`,
-with the data position (epoch, batch), the log window and the stage; the learning rate is a
-pure function of the step. A run stopped and resumed ends bit-identical (on CPU) to one that
-never stopped.
-
-At ~330 lines this is the package's longest module on purpose: the loop, the state it owns
-(`state_dict()` is one literal) and the run's result stay together, so that no other module
-reads the trainer's attributes.
+between log steps (no per-step host sync). Every random draw comes from a generator whose
+state is in `state_dict()` with the data position, the log window and the stage, and the LR
+is a pure function of the step: a run stopped and resumed ends bit-identical (on CPU) to one
+that never stopped. The loop, its state (`state_dict()` is one literal) and its result stay
+in this one module (~330 lines), so that no other module reads the trainer's attributes.
 """
 
 from __future__ import annotations
@@ -197,7 +192,7 @@ class FlowTrainer:
         all-reduced once, on the last one)."""
         parts = self.config.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=self.device)
+        loss = None
         for index, part in enumerate(batch.split(parts)):
             x_t, u_t = flow.path(part.x_0, part.x_1, part.t, part.eps)
             with distributed.gradient_sync(self.train_model, index == parts - 1):
@@ -205,7 +200,7 @@ class FlowTrainer:
                     v_t = self.train_model(x_t, part.t)
                 part_loss = F.mse_loss(v_t.float(), u_t) / parts
                 self.precision.backward(part_loss)
-            loss += part_loss.detach()
+            loss = part_loss.detach() if loss is None else loss + part_loss.detach()
         grad_norm = self.precision.clip_and_step(self.optimizer, self.params, self.config.grad_clip)
         self.learning_rate.apply(self.optimizer, self.global_step + 1)  # for the next step
         self.ema.update(self.model, n=self.global_step)
@@ -213,10 +208,8 @@ class FlowTrainer:
 
     def _train_log_row(self, epoch: int, stage) -> dict[str, Any]:
         """Mean loss and grad norm over the window; one host sync per `log_every` steps."""
-        loss, grad_norm = self.window.mean_and_reset(reduce=distributed.mean_across_ranks)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            what = "loss" if not math.isfinite(loss) else "gradient norm"
-            raise RunFailed(f"non-finite {what} at step {self.global_step}")
+        loss, grad_norm = self.window.mean_and_reset(self.global_step,
+                                                     reduce=distributed.mean_across_ranks)
         self.progress.update(step=self.global_step, epoch=epoch, total_epochs=self.config.epochs,
                              loss=loss)
         self.last_train_loss = loss
@@ -284,36 +277,33 @@ class FlowTrainer:
         }
 
     def load_state_dict(self, payload: dict[str, Any], *, source=None) -> None:
-        """Restore `state_dict()`'s output (or an original study checkpoint) into this trainer.
-
-        `source` names the checkpoint in messages. The LR is re-derived from the step:
-        identical for an exact resume, re-planned when `--epochs` was extended.
-        """
+        """Restore `state_dict()`'s output into this trainer (`source` names it in messages);
+        the LR is re-derived from the step: identical for an exact resume, re-planned when
+        `--epochs` was extended. An original study checkpoint goes through the compatibility
+        module first (`utils.study_checkpoint_state`)."""
         source = Path(source) if source is not None else Path("checkpoint")
         self.data.check_checkpoint(payload, source, dataset=self.config.dataset,
                                    steps_per_epoch=self.steps_per_epoch, warn=self.warn)
+        if "rng_states" not in payload or "global_step" not in payload:
+            from study.flow_matching.utils import study_checkpoint_state
+            payload = study_checkpoint_state(payload, source, self.steps_per_epoch, self.warn)
         restore_modules(payload, source, self.model, self.ema, self.optimizer)
-        self.epoch = int(payload["epoch"])
+        self.epoch, self.global_step = int(payload["epoch"]), int(payload["global_step"])
+        self.batch_in_epoch = int(payload.get("batch_in_epoch", 0))
         self.selection.load(payload)
         self.precision.load_state_dict(payload.get("grad_scaler") or {})
-        exact = "rng_states" in payload and "global_step" in payload
-        self.global_step = int(payload.get("global_step", (self.epoch + 1) * self.steps_per_epoch))
-        self.batch_in_epoch = int(payload.get("batch_in_epoch", 0))
         self.wandb_run_id = payload.get("wandb_run_id")
         self.last_train_loss = payload.get("last_train_loss")
         if "log_window" in payload:
             self.window.load_state_dict(payload["log_window"])
-        if exact:
+        if "rng_states" in payload:
             self.batches.load_state_dict(payload["rng_states"])
-        else:
-            self.warn(f"{source} has no RNG or step state (original study format); resuming with "
-                      "defaults, so the result is not guaranteed to match an uninterrupted run")
         self.learning_rate.apply(self.optimizer, self.global_step)
         self.resumed_from = self.global_step
         stage = stage_state(self.stages, self.epoch, self.global_step, self.steps_per_epoch)
-        log.info("resuming %s at epoch %d of %d, step %d, stage %r (stage step %d)%s", source,
+        log.info("resuming %s at epoch %d of %d, step %d, stage %r (stage step %d)", source,
                  self.epoch + 2, self.config.epochs, self.global_step, stage["stage_name"],
-                 stage["stage_step"], "" if exact else " (legacy checkpoint: exactness not guaranteed)")
+                 stage["stage_step"])
 
     # -- reporting -----------------------------------------------------------------------
     @property
@@ -330,11 +320,10 @@ class FlowTrainer:
                 "dataset": self.data.describe()}
 
     def _result(self, status: str, elapsed_s: float) -> dict[str, Any]:
-        best = self.run_dir / BEST_NAME
         return {"status": status, "epochs_run": self.epoch + 1, "final_epoch": self.epoch,
                 "best_val_loss": self.best_loss, "global_step": self.global_step,
-                "checkpoint_path": str(best), "last_checkpoint_path": str(self.run_dir / LAST_NAME),
-                "elapsed_s": elapsed_s, "wandb_run_id": self.wandb_run_id, "run_dir": str(self.run_dir),
-                "scheduler": self.config.scheduler.type,
-                "lrs": [group["lr"] for group in self.optimizer.param_groups],
-                "dataset": self.data.describe()}
+                "checkpoint_path": str(self.run_dir / BEST_NAME),
+                "last_checkpoint_path": str(self.run_dir / LAST_NAME), "elapsed_s": elapsed_s,
+                "wandb_run_id": self.wandb_run_id, "run_dir": str(self.run_dir),
+                "scheduler": self.config.scheduler.type, "dataset": self.data.describe(),
+                "lrs": [group["lr"] for group in self.optimizer.param_groups]}

@@ -5,6 +5,7 @@ scripts and notebooks, and nothing of flowctl's own.
   study's call, which `study_trainer_parts` turns into the trainer's built parts;
 - the LambdaLR schedule (`get_cosine_schedule_with_warmup` over `cosine_warmup_factor`,
   schedule.py's cosine rule) and EMAModel (optim.py's);
+- `study_checkpoint_state`: the study's checkpoints (no RNG or step state), resumable;
 - the checkpoint helpers, thin wrappers over `study.runs.checkpoint` (atomic write, the one
   weights_only loader) that also load a LambdaLR's state from checkpoints that have one.
 """
@@ -43,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoint_with_stats_check",
     "save_checkpoint",
+    "study_checkpoint_state",
     "study_trainer_parts",
 ]
 
@@ -59,6 +61,14 @@ def study_trainer_parts(config, train_ds, val_ds, device, wandb_project: str = "
                            wandb_project=wandb_project, wandb_mode=resolve_wandb_mode(wandb_mode))
     resume = None if resume_path is None else read_checkpoint(resume_path)
     return data, recorder, resume, resume_path
+
+
+def study_checkpoint_state(payload: dict, source, steps_per_epoch: int, warn) -> dict:
+    """An original study checkpoint (no RNG or step state) as FlowTrainer resumes it: the
+    step counted from the epoch; `warn` is told that the resume cannot be exact."""
+    warn(f"{source} has no RNG or step state (original study format); resuming with "
+         "defaults, so the result is not guaranteed to match an uninterrupted run")
+    return {**payload, "global_step": (int(payload["epoch"]) + 1) * steps_per_epoch}
 
 
 def cosine_warmup_factor(step: int, num_warmup_steps: int, num_training_steps: int) -> float:

@@ -98,10 +98,11 @@ class StopAgreement:
 
     def __init__(self, device: torch.device, every: int = 1):
         self.every = every
+        self.distributed = is_distributed()  # read once: the world does not change mid-run
         self._flag = torch.zeros((), dtype=torch.int32, device=device)
 
     def should_stop(self, requested: bool, step: int) -> bool:
-        if not is_distributed():
+        if not self.distributed:
             return requested
         if step % self.every:
             return False
