@@ -61,6 +61,25 @@ def test_unbiased_mmd_is_near_zero_for_two_samples_of_one_distribution():
     assert abs(unbiased) < 5e-3
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_blocked_mmd_equals_the_whole_kernel_matrix_formula(unbiased):
+    """mmd_rbf works MMD_BLOCK_ROWS rows at a time; sizes that cross block edges (and a
+    second set longer than the first) give the textbook formula on the full matrices."""
+    from study.flow_matching.metrics import MMD_BLOCK_ROWS, median_bandwidths
+
+    x, y = cloud(2 * MMD_BLOCK_ROWS + 37), cloud(3 * MMD_BLOCK_ROWS + 5, seed=1) + 0.3
+    scales = median_bandwidths(y)
+
+    def mean_kernel(a, b, drop):
+        k = sum(torch.exp(-torch.cdist(a, b).pow(2) / (2 * s**2)) for s in scales)
+        return ((k.sum() - k.diagonal().sum()) / (len(a) * (len(a) - 1)) if drop else k.mean()).item()
+
+    x, y = x.double(), y.double()
+    expected = (mean_kernel(x, x, unbiased) + mean_kernel(y, y, unbiased)
+                - 2 * mean_kernel(x, y, False))
+    assert mmd_rbf(x, y, unbiased=unbiased) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
 def test_mmd_with_median_bandwidths():
     x = cloud(400)
     near, far = mmd_rbf(x, x + 0.2, bandwidths="median"), mmd_rbf(x, x + 1.0, bandwidths="median")
