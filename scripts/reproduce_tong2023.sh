@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tong et al.'s 2-D benchmark end to end: train a grid, score every run at the published
 # protocol (Euler x 100 steps, exact W2 and NPE on 1,000 and on 10,000 test points, one draw
-# per run: the spread is over the 5 seeds, as published), write the tables. docs/results.md.
+# per run: the spread is over the 5 seeds, as published), write the tables (table.md: next to
+# the published cells, scripts/tong2023_table.py). docs/results.md.
 #
 #   scripts/reproduce_tong2023.sh                                      # published protocol
 #   scripts/reproduce_tong2023.sh examples/tong2023_2d_defaults.yaml   # flowctl's defaults
@@ -47,4 +48,9 @@ for n in $SIZES; do
         mv "$OUT/$metric-n$n.md.tmp" "$OUT/$metric-n$n.md"
     done
 done
-echo "tables: $OUT/{w2,npe}-n{${SIZES// /,}}.md; every evaluation: $OUT/evals/"
+# Every size, W2 and NPE side by side with [SF]2M's published cells (mean ± std over seeds).
+if [[ ! -f "$OUT/table.md" ]]; then
+    python3 "$(dirname "$0")/tong2023_table.py" "$OUT" > "$OUT/table.md.tmp"
+    mv "$OUT/table.md.tmp" "$OUT/table.md"
+fi
+echo "tables: $OUT/table.md, $OUT/{w2,npe}-n{${SIZES// /,}}.md; every evaluation: $OUT/evals/"

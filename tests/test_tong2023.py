@@ -185,7 +185,35 @@ def test_the_reproduction_script_trains_scores_tabulates_and_skips_what_is_done(
     for table in ("w2-n64.md", "npe-n64.md", "w2-n128.md", "npe-n128.md"):
         text = (out / table).read_text()
         assert "icfm" in text and "tong-pair-8gaussians" in text and "±" in text, text
+    table = (out / "table.md").read_text()  # scripts/tong2023_table.py: both sizes, 2 seeds
+    assert "### n = 64 test points" in table and "### n = 128 test points" in table, table
+    assert "| published protocol | icfm | W2 |" in table and "(2)" in table, table
     written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     second = reproduce()
     assert second.returncode == 0, second.stderr
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
+
+
+def test_the_table_script_sets_each_cell_beside_the_published_one(tmp_path):
+    """scripts/tong2023_table.py: mean ± std over seeds per flow and task, and where the mean
+    lies against [SF]2M's mean ± std (I-CFM N -> moons: 0.178 ± 0.014)."""
+    import subprocess
+    import sys
+
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    for seed, w2 in ((42, 0.15), (43, 0.16), (44, 0.17)):  # mean 0.160: below 0.164
+        (evals / f"icfm-gaussian-to-tong-moons-s{seed}-n10000.json").write_text(
+            json.dumps({"w2": w2, "npe": 0.9}))
+    (evals / "otcfm-gaussian-to-tong-scurve-s42-n10000.json").write_text(
+        json.dumps({"w2": 0.15, "npe": 0.02}))  # inside 0.144 ± 0.028
+    (evals / "defaults-icfm-gaussian-to-tong-moons-s42-n10000.json").write_text(
+        json.dumps({"w2": 0.5, "npe": 3.0}))  # another grid: no published comparison
+    out = subprocess.run([sys.executable, REPO_ROOT / "scripts" / "tong2023_table.py", tmp_path],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:4]): line for line in out.splitlines()
+            if line.startswith("| ") and "grid" not in line}
+    assert "0.160 ± 0.010 (3) vs 0.178 ± 0.014 **below**" in rows[("published protocol", "icfm", "W2")]
+    assert "0.150 (1) vs 0.144 ± 0.028 **within**" in rows[("published protocol", "otcfm", "W2")]
+    assert "0.500 (1) |" in rows[("defaults", "icfm", "W2")] and " vs " not in rows[
+        ("defaults", "icfm", "W2")]
