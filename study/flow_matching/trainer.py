@@ -284,7 +284,8 @@ class FlowTrainer:
         source = Path(source) if source is not None else Path("checkpoint")
         self.data.check_checkpoint(payload, source, dataset=self.config.dataset,
                                    steps_per_epoch=self.steps_per_epoch, warn=self.warn)
-        if "rng_states" not in payload or "global_step" not in payload:
+        exact = "rng_states" in payload and "global_step" in payload
+        if not exact:  # the original study's format: no RNG or step state
             from study.flow_matching.utils import study_checkpoint_state
             payload = study_checkpoint_state(payload, source, self.steps_per_epoch, self.warn)
         restore_modules(payload, source, self.model, self.ema, self.optimizer)
@@ -296,7 +297,7 @@ class FlowTrainer:
         self.last_train_loss = payload.get("last_train_loss")
         if "log_window" in payload:
             self.window.load_state_dict(payload["log_window"])
-        if "rng_states" in payload:
+        if exact:
             self.batches.load_state_dict(payload["rng_states"])
         self.learning_rate.apply(self.optimizer, self.global_step)
         self.resumed_from = self.global_step
