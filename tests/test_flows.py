@@ -137,6 +137,18 @@ def test_sbcfm_pairs_are_rows_and_reproducible():
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
+def test_otcfm_sampled_draws_optimal_pairs_with_replacement():
+    """torchcfm's sample_plan: each drawn pair is an optimal match, rows repeat, draws replay."""
+    x_0 = torch.stack([torch.arange(48.0), torch.zeros(48)], dim=1)  # points on a line
+    x_1 = (x_0 + torch.tensor([0.1, 0.0]))[torch.randperm(48, generator=torch.Generator().manual_seed(0))]
+    flow = build_flow("otcfm-sampled", sigma=0.1)
+    first = flow.pair(x_0, x_1, generator=torch.Generator().manual_seed(5))
+    second = flow.pair(x_0, x_1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert torch.allclose(first[1] - first[0], torch.tensor([0.1, 0.0]).expand(48, 2), atol=1e-5)
+    assert _is_row_of(first[0], x_0) and len(torch.unique(first[0], dim=0)) < 48
+
+
 def test_sbcfm_small_sigma_approaches_ot_and_large_sigma_does_not():
     x_0, x_1 = _chain_batch()
     shift = torch.full((6, 2), 0.1)

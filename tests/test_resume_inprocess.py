@@ -20,7 +20,7 @@ from study.runs.recorder import RunRecorder
 from study.signals import GracefulStop, TrainingStopped
 from tests.support.helpers import assert_same_state, load, metrics_rows
 
-FLOWS = ["icfm", "otcfm", "fm", "vp", "sbcfm", "reflow"]
+FLOWS = ["icfm", "otcfm", "otcfm-sampled", "fm", "vp", "sbcfm", "reflow"]
 STOP_AT_STEP = 11  # epoch 2 of 8-step epochs, between two log rows (log_every 3)
 
 

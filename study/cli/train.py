@@ -49,7 +49,7 @@ def train(
     network: str | None = typer.Option(None, help="Velocity network: mlp | resmlp | pkg.module:Class (docs/networks.md).  [default: the arch if it names one, else mlp]"),
     network_args: str | None = typer.Option(None, help='JSON keyword arguments of a pkg.module:Class network, e.g. \'{"hidden": 512}\'.'),
     eval_fn: str | None = typer.Option(None, help="pkg.module:function scoring the EMA model's samples at each --eval-every (and in `flowctl eval`); its {name: float} is logged as eval/NAME."),
-    flow: str | None = typer.Option(None, help="Flow matcher: icfm | otcfm | fm | vp | sbcfm | reflow.  [default: icfm]"),
+    flow: str | None = typer.Option(None, help="Flow matcher: icfm | otcfm | otcfm-sampled | fm | vp | sbcfm | reflow.  [default: icfm]"),
     dataset: str | None = typer.Option(None, help="Built-in (moons, 8gaussians, checkerboard, scurve), split name (1k), folder, file, or pkg.module:function.  [default: moons]"),
     dataset_args: str | None = typer.Option(None, help='JSON keyword arguments of a pkg.module:function dataset, e.g. \'{"n": 5000}\'.'),
     aug: str | None = typer.Option(None, help="Augmentation of x_1: none | noise.  [default: none]"),

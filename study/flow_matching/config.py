@@ -20,7 +20,7 @@ from study.runs.paths import check_run_name
 # Names the trainer can build from a string. Kept here (not imported from the registries)
 # so that validating a config never imports torch; tests check the lists stay in sync.
 ARCH_NAMES = ("mlp", "resmlp")
-FLOW_NAMES = ("icfm", "otcfm", "fm", "vp", "sbcfm", "reflow")
+FLOW_NAMES = ("icfm", "otcfm", "otcfm-sampled", "fm", "vp", "sbcfm", "reflow")
 AUG_NAMES = ("none", "noise")
 ACTIVATION_NAMES = ("selu", "relu", "gelu", "silu", "tanh")
 SCHEDULER_NAMES = ("cosine", "linear", "step", "constant")

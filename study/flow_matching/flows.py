@@ -124,6 +124,27 @@ class OTCFM(ICFM):
         return x_0, x_1[plan.to(x_1.device)]
 
 
+class OTCFMSampled(OTCFM):
+    """OT-CFM as torchcfm trains it: B pairs drawn with replacement from the exact plan.
+
+    torchcfm's `OTPlanSampler.sample_plan` draws B index pairs from the plan P = perm / B;
+    that is B rows i drawn uniformly with replacement, each with its match perm[i]. About 63%
+    of the rows appear, some twice or more. Drawn with the run's OT generator (CPU when
+    there is none), so a resumed run draws the same pairs.
+    """
+
+    name = "otcfm-sampled"
+
+    def apply_pairing(self, x_0: Tensor, x_1: Tensor, plan: Tensor, generator=None
+                      ) -> tuple[Tensor, Tensor]:
+        """(x_0[i], x_1[perm[i]]) for B rows i drawn with replacement. [B, D] each."""
+        batch = x_0.shape[0]
+        device = generator.device if generator is not None else "cpu"
+        rows = torch.randint(batch, (batch,), generator=generator, device=device)
+        matches = plan.to(device)[rows]
+        return x_0[rows.to(x_0.device)], x_1[matches.to(x_1.device)]
+
+
 class FM(FlowMatcher):
     """Flow matching with the optimal-transport Gaussian path (Lipman et al. 2023).
 
@@ -226,6 +247,7 @@ class Reflow(ICFM):
 FLOWS: dict[str, type[FlowMatcher]] = {
     "icfm": ICFM,
     "otcfm": OTCFM,
+    "otcfm-sampled": OTCFMSampled,
     "fm": FM,
     "vp": VP,
     "sbcfm": SBCFM,

@@ -57,7 +57,7 @@ def pairing_workers(config: TrainingConfig, asked: int | None) -> int:
         if asked < 0:
             raise UsageError(f"--pairing-workers must be >= 0, got {asked}")
         return asked
-    if not {"otcfm", "sbcfm"} & set(config.flows_used()):
+    if not {"otcfm", "otcfm-sampled", "sbcfm"} & set(config.flows_used()):
         return 0
     return max(1, min(4, cpu_share() - 1))
 
