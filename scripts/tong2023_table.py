@@ -33,7 +33,9 @@ PUBLISHED = {
     ("icfm", "w2"): [(0.373, 0.103), (1.557, 0.407), (0.178, 0.014), (0.242, 0.141)],
     ("icfm", "npe"): [(0.202, None), (2.680, None), (0.891, None), (0.856, None)],
 }
-NAME = re.compile(r"^(?:(?P<prefix>.+)-)?(?P<flow>icfm|otcfm|fm|sbcfm)-(?P<source>.+)-to-"
+# The runner's OT-CFM draws its pairs from the plan: flowctl's `otcfm-sampled` is that variant.
+PUBLISHED.update({("otcfm-sampled", metric): PUBLISHED[("otcfm", metric)] for metric in ("w2", "npe")})
+NAME = re.compile(r"^(?:(?P<prefix>.+)-)?(?P<flow>icfm|otcfm-sampled|otcfm|fm|sbcfm)-(?P<source>.+)-to-"
                   r"(?P<dataset>.+)-s(?P<seed>\d+)-n(?P<n>\d+)\.json$")
 
 

@@ -207,6 +207,8 @@ def test_the_table_script_sets_each_cell_beside_the_published_one(tmp_path):
             json.dumps({"w2": w2, "npe": 0.9}))
     (evals / "otcfm-gaussian-to-tong-scurve-s42-n10000.json").write_text(
         json.dumps({"w2": 0.15, "npe": 0.02}))  # inside 0.144 ± 0.028
+    (evals / "otcfm-sampled-gaussian-to-tong-scurve-s42-n10000.json").write_text(
+        json.dumps({"w2": 0.25, "npe": 0.02}))  # the runner's OT-CFM: same published cell
     (evals / "defaults-icfm-gaussian-to-tong-moons-s42-n10000.json").write_text(
         json.dumps({"w2": 0.5, "npe": 3.0}))  # another grid: no published comparison
     out = subprocess.run([sys.executable, REPO_ROOT / "scripts" / "tong2023_table.py", tmp_path],
@@ -215,5 +217,6 @@ def test_the_table_script_sets_each_cell_beside_the_published_one(tmp_path):
             if line.startswith("| ") and "grid" not in line}
     assert "0.160 ± 0.010 (3) vs 0.178 ± 0.014 **below**" in rows[("published protocol", "icfm", "W2")]
     assert "0.150 (1) vs 0.144 ± 0.028 **within**" in rows[("published protocol", "otcfm", "W2")]
+    assert "0.250 (1) vs 0.144 ± 0.028 **above**" in rows[("published protocol", "otcfm-sampled", "W2")]
     assert "0.500 (1) |" in rows[("defaults", "icfm", "W2")] and " vs " not in rows[
         ("defaults", "icfm", "W2")]
