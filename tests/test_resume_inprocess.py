@@ -69,6 +69,7 @@ def stop_after(model: torch.nn.Module, steps: int, stop: GracefulStop, *,
 OPTIONS = {  # every option that adds state or draws: each must resume exactly too
     "bf16+accum": {"precision": "bf16", "grad_accum": 4},
     "checkpoint-budget": {"checkpoint_interval": 3600.0},
+    "val-every-2": {"val_every": 2},
     "eval+linear+noise": {"eval_every": 1, "eval_samples": 64, "select_by": "eval_w2",
                           "scheduler": {"type": "linear", "final_lr_scale": 0.1},
                           "aug": "noise", "normalize": "none"},

@@ -127,6 +127,26 @@ def test_best_checkpoint_is_the_lowest_validation_loss(isolated_run_root):
     assert best["epoch"] == val.index(min(val))
 
 
+def test_val_every_validates_every_kth_epoch_and_the_last_and_best_pt_is_among_them(
+        isolated_run_root):
+    """The runner's check_val_every_n_epoch: epochs 3, 6 and 7 (the last) of 7 are validated;
+    best.pt is one of them, and patience counts validations, not epochs."""
+    config = tiny_config(epochs=7, lr=3e-3, val_every=3)
+    result = trainer_for(config).train()
+    rows = metrics_rows(isolated_run_root / "tiny")
+    validated = {int(r["epoch"]): float(r["val/loss"]) for r in rows if r["val/loss"]}
+    assert sorted(validated) == [2, 5, 6]
+    best = load(isolated_run_root / "tiny" / "best.pt")
+    assert best["epoch"] == min(validated, key=validated.get)
+    assert best["best_loss"] == min(validated.values()) == result["best_val_loss"]
+
+    stalled = tiny_config(epochs=30, lr=1e-9, warmup_steps=1, patience=2, val_every=4,
+                          run_name="stalled")
+    result = trainer_for(stalled).train()
+    assert result["status"] == "early_stopped" and result["epochs_run"] % 4 == 0
+    assert result["epochs_run"] >= 12, "two validations without improvement after the first"
+
+
 def test_non_finite_loss_fails_the_run_and_keeps_good_checkpoints(isolated_run_root):
     config = tiny_config(arch="test", epochs=4).validate(check_arch=False)
     train_x, val_x = data()

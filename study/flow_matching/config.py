@@ -108,6 +108,7 @@ class TrainingConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the step's batch)
     precision: str = "fp32"  # autocast dtype of the forward pass: fp32 | bf16 | fp16 (CUDA)
+    val_every: int = 1  # epochs between validations (+ the last and each evaluation's epoch)
     eval_every: int = 0  # epochs between W2/MMD evaluations of the EMA weights; 0: never
     eval_samples: int = 1000  # held-out rows (and samples) per evaluation
     select_by: str = "val_loss"  # what best.pt and early stopping follow: val_loss | eval_w2
@@ -185,7 +186,7 @@ class TrainingConfig:
         _check_choice("precision", self.precision, PRECISION_NAMES)
         _check_choice("select_by", self.select_by, SELECT_BY_NAMES)
         positive = ("epochs", "batch_size", "log_every", "width", "depth", "grad_accum",
-                    "eval_samples")
+                    "eval_samples", "val_every")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise UsageError(f"{key} must be a positive integer, got {getattr(self, key)}")

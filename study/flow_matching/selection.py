@@ -3,7 +3,7 @@
 The best validation loss is always tracked (val/best_loss). The selection metric, the one
 best.pt and the patience counter follow, is the validation loss or, with `--select-by
 eval_w2`, the W2 of evaluations during training (epochs without an evaluation then count
-as not improving). Patience counts epochs.
+as not improving). Patience counts validations (every epoch unless `val_every` is set).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ class Selection:
         self.select_by, self.patience = select_by, patience
         self.best_loss = math.inf  # the best validation loss
         self.best_score = math.inf  # the best of the selection metric
-        self.epochs_without_improvement = 0
+        self.epochs_without_improvement = 0  # validations since the last improvement
+        self.improved_last = False  # whether the latest epoch end improved the selection
 
     def update(self, val_loss: float, eval_w2: float | None) -> bool:
         """Record an epoch's validation (and evaluation); whether the selection improved."""
@@ -28,18 +29,15 @@ class Selection:
             self.best_score, self.epochs_without_improvement = score, 0
         else:
             self.epochs_without_improvement += 1
+        self.improved_last = improved
         return improved
 
-    @property
-    def improved_last(self) -> bool:
-        return self.epochs_without_improvement == 0
+    def skip(self) -> None:
+        """An epoch end without validation: nothing improved, patience unchanged."""
+        self.improved_last = False
 
     def should_stop(self) -> bool:
         return bool(self.patience) and self.epochs_without_improvement >= self.patience
-
-    def may_stop_after_next_update(self) -> bool:
-        """Whether the next `update` could make `should_stop()` true (if it does not improve)."""
-        return bool(self.patience) and self.epochs_without_improvement + 1 >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's selection fields."""

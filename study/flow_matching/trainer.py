@@ -1,8 +1,8 @@
 """FlowTrainer: the training loop, written out, and the state it owns.
 
 `train()` sets up, runs `_loop()` (epochs of `_step()`s; a log row every `log_every` steps;
-`_end_epoch()`: validation, W2/MMD every `eval_every` epochs, best and patience; after every
-step the checkpoint policy of checkpointing.py) and finishes. The loss stays on the device
+`_end_epoch()`: validation every `val_every` epochs, W2/MMD every `eval_every`, best and
+patience; after every step the checkpoint policy of checkpointing.py) and finishes. The loss stays on the device
 between log steps (no per-step host sync). Every random draw comes from a generator whose
 state is in `state_dict()` with the data position, the log window and the stage, and the LR
 is a pure function of the step: a run stopped and resumed ends bit-identical (on CPU) to one
@@ -221,16 +221,21 @@ class FlowTrainer:
         return row
 
     def _end_epoch(self, epoch: int, stage, seconds: float) -> dict[str, Any]:
-        """Epoch `epoch` done: validate and every `eval_every` epochs evaluate the EMA weights,
-        track the best of the selection metric and the patience counter; the epoch's row."""
+        """Epoch `epoch` done: every `val_every` epochs (and the last, and each evaluation's)
+        validate, every `eval_every` evaluate the EMA weights, track the best of the selection
+        metric and the patience counter; the epoch's row."""
         cfg = self.config
         self.epoch, self.batch_in_epoch = epoch, 0
+        row = {"epoch": epoch, "metrics/stage_id": stage.index, "epoch_time_s": round(seconds, 4)}
+        evaluates = self.quality is not None and (epoch + 1) % cfg.eval_every == 0
+        if not (evaluates or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            self.selection.skip()
+            return row
         val_loss = self.validate(stage)
         if not math.isfinite(val_loss):
             raise RunFailed(f"non-finite validation loss at step {self.global_step}")
-        row = {"val/loss": val_loss, "epoch": epoch, "metrics/stage_id": stage.index,
-               "epoch_time_s": round(seconds, 4)}
-        if self.quality is not None and (epoch + 1) % cfg.eval_every == 0:
+        row["val/loss"] = val_loss
+        if evaluates:
             row.update(self.quality(self.model, self.ema))
         self.selection.update(val_loss, row.get("eval/w2"))
         row["val/best_loss"] = self.selection.best_loss
