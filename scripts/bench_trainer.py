@@ -12,7 +12,8 @@ each epoch, last.pt/best.pt, metrics.csv, run.json). What does that cost? In one
   lightning    the same step as a LightningModule, if lightning is installed.
 Workloads (CPU, batch 256, icfm): `2d` is moons with a 3x64 SELU mlp, `1024d` a Gaussian
 mixture (4096 rows: 16-step epochs, 4 of them; `1024d-long`: 20) with a 3x1024 one. `flowtrainer` runs with the default
-checkpoint budget (--checkpoint-interval 30), `flowtrainer, ckpt every epoch` with 0. Each measurement trains a fresh model from one seed
+checkpoint budget (--checkpoint-interval 30), `flowtrainer, ckpt every epoch` with 0,
+`flowtrainer, val_every 4` validating every 4th epoch (and the last). Each measurement trains a fresh model from one seed
 (building it is not timed); after a warm-up the contenders take turns for --repeats rounds, so
 load from other processes spreads over all of them. Reported: median steps/s, and the median over rounds of the ratio to bare in the same round.
 
@@ -195,12 +196,12 @@ class TimedTrainer(FlowTrainer):
 
 
 def run_flowtrainer(work: Workload, train_x: torch.Tensor, epochs: int, ckpt_root: Path,
-                    checkpoint_interval: float = 30.0) -> Result:
+                    checkpoint_interval: float = 30.0, val_every: int = 1) -> Result:
     config = TrainingConfig(dataset=work.name, run_name=f"bench-{work.name}-{time.monotonic_ns()}",
                             epochs=epochs, batch_size=BATCH, lr=LR, warmup_steps=WARMUP_STEPS,
                             patience=0, seed=SEED, grad_clip=GRAD_CLIP, ema_decay=EMA_DECAY,
                             sigma=SIGMA, log_every=LOG_EVERY, width=work.width,
-                            checkpoint_interval=checkpoint_interval)
+                            checkpoint_interval=checkpoint_interval, val_every=val_every)
     trainer = TimedTrainer(fresh_model(work), config, train_x, work.val_x, "cpu",
                            wandb_mode="disabled", ckpt_root=ckpt_root)
     trainer.time_parts()
@@ -314,7 +315,9 @@ def main() -> None:
         contenders = {"bare": run_bare, "naive": run_naive,
                       "flowtrainer": lambda w, x, e: run_flowtrainer(w, x, e, Path(ckpt_root)),
                       "flowtrainer, ckpt every epoch": lambda w, x, e: run_flowtrainer(
-                          w, x, e, Path(ckpt_root), checkpoint_interval=0.0)}
+                          w, x, e, Path(ckpt_root), checkpoint_interval=0.0),
+                      "flowtrainer, val_every 4": lambda w, x, e: run_flowtrainer(
+                          w, x, e, Path(ckpt_root), val_every=4)}
         if lightning is not None:
             contenders["lightning"] = lambda w, x, e: run_lightning(lightning, w, x, e)
         for name in args.workloads.split(","):
