@@ -60,8 +60,9 @@ def test_two_nodes_train_and_resume_like_one_node(tmp_path):
 
     nodes = {"FLOWCTL_CKPT_DIR": str(tmp_path / "two-nodes")}
     for agents in (two_nodes(args_for(EPOCHS // 2), nodes), two_nodes([*args, "--resume", "auto"], nodes)):
-        for agent in agents:
-            assert agent.returncode == 0, agent.stderr[-3000:]
+        failed = [f"agent {i} exit {a.returncode}:\n{a.stderr[-3000:]}"
+                  for i, a in enumerate(agents) if a.returncode != 0]
+        assert not failed, "\n---\n".join(failed)  # both agents' ends: which one failed first
     run = tmp_path / "two-nodes" / "run"
     resumed = load(run / "last.pt")
     assert resumed["world_size"] == 2 and resumed["global_step"] == EPOCHS * 9
