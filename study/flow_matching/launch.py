@@ -57,7 +57,9 @@ def pairing_workers(config: TrainingConfig, asked: int | None) -> int:
         if asked < 0:
             raise UsageError(f"--pairing-workers must be >= 0, got {asked}")
         return asked
-    if not {"otcfm", "otcfm-sampled", "sbcfm"} & set(config.flows_used()):
+    from study.flow_matching.flows import FLOWS  # torch: only when a run is built
+
+    if not any(FLOWS[name].solves_a_plan for name in config.flows_used()):
         return 0
     return max(1, min(4, cpu_share() - 1))
 
