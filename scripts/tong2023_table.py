@@ -35,7 +35,10 @@ PUBLISHED = {
 }
 # The runner's OT-CFM draws its pairs from the plan: flowctl's `otcfm-sampled` is that variant.
 PUBLISHED.update({("otcfm-sampled", metric): PUBLISHED[("otcfm", metric)] for metric in ("w2", "npe")})
-NAME = re.compile(r"^(?:(?P<prefix>.+)-)?(?P<flow>icfm|otcfm-sampled|otcfm|fm|sbcfm)-(?P<source>.+)-to-"
+# config.FLOW_NAMES, longest first, written out so that this script runs without flowctl
+# installed (tests/test_tong2023.py checks that every flow name parses).
+FLOWS = "otcfm-sampled|reflow|sbcfm|otcfm|icfm|fm|vp"
+NAME = re.compile(rf"^(?:(?P<prefix>.+)-)?(?P<flow>{FLOWS})-(?P<source>.+)-to-"
                   r"(?P<dataset>.+)-s(?P<seed>\d+)-n(?P<n>\d+)\.json$")
 
 

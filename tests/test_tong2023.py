@@ -194,6 +194,23 @@ def test_the_reproduction_script_trains_scores_tabulates_and_skips_what_is_done(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == written
 
 
+def test_the_table_script_parses_every_flow_name_and_a_grid_prefix():
+    import importlib.util
+
+    from study.flow_matching.config import FLOW_NAMES
+
+    spec = importlib.util.spec_from_file_location("tong2023_table",
+                                                  REPO_ROOT / "scripts" / "tong2023_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    for flow in FLOW_NAMES:
+        for prefix in (None, "defaults"):
+            name = f"{prefix + '-' if prefix else ''}{flow}-gaussian-to-tong-moons-s42-n1000.json"
+            match = table.NAME.match(name)
+            assert match and (match["prefix"], match["flow"], match["source"]) == (
+                prefix, flow, "gaussian"), name
+
+
 def test_the_table_script_sets_each_cell_beside_the_published_one(tmp_path):
     """scripts/tong2023_table.py: mean ± std over seeds per flow and task, and where the mean
     lies against [SF]2M's mean ± std (I-CFM N -> moons: 0.178 ± 0.014)."""
