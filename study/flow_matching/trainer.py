@@ -2,12 +2,13 @@
 
 `train()` sets up, runs `_loop()` (epochs of `_step()`s; a log row every `log_every` steps;
 `_end_epoch()`: validation every `val_every` epochs, W2/MMD every `eval_every`, best and
-patience; after every step the checkpoint policy of checkpointing.py) and finishes. The loss stays on the device
-between log steps (no per-step host sync). Every random draw comes from a generator whose
-state is in `state_dict()` with the data position, the log window and the stage, and the LR
-is a pure function of the step: a run stopped and resumed ends bit-identical (on CPU) to one
-that never stopped. The loop, its state (`state_dict()` is one literal) and its result stay
-in this one module (~330 lines), so that no other module reads the trainer's attributes.
+patience; after every step the checkpoint policy of checkpointing.py) and finishes. The loss
+stays on the device between log steps (no per-step host sync). Every random draw comes from
+a generator whose state is in `state_dict()` with the data position, the log window and the
+stage, and the LR is a pure function of the step: a run stopped and resumed ends
+bit-identical (on CPU) to one that never stopped. The loop, its state (`state_dict()` is one
+literal) and its result stay in this one module (~335 lines), so that no other module reads
+the trainer's attributes.
 """
 
 from __future__ import annotations
