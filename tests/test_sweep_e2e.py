@@ -259,6 +259,41 @@ def test_a_stop_signal_stops_children_gracefully_and_the_next_sweep_continues(
         assert run_json(folder)["status"] == "finished"
 
 
+# On the children's PYTHONPATH: a `flowctl train` child announces itself and waits in its
+# interpreter's start-up, before flowctl can install a signal handler.
+HOLD_IN_START_UP = """
+import os, sys, time
+held = os.environ.get("FLOWCTL_TEST_HOLD")
+if held and "train" in sys.orig_argv:
+    open(held, "w").close()
+    while True:  # until a signal's default action ends the process
+        time.sleep(0.05)
+"""
+
+
+def test_a_stop_while_a_point_is_starting_leaves_it_pending_not_failed(tmp_path, isolated_run_root):
+    # The sweep's forwarded SIGTERM kills a child still starting (exit -15, nothing trained):
+    # the point is not failed, and the same command runs it without --retry-failed.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_IN_START_UP)
+    held = tmp_path / "held"
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    grid = write_grid(tmp_path, {"seed": [0]}, epochs=2)
+    launcher = spawn("sweep", grid, "--wandb-mode", "disabled", "--plain",
+                     env={"PYTHONPATH": path, "FLOWCTL_TEST_HOLD": str(held)})
+    wait_for(held.exists, timeout=SWEEP_TIMEOUT_S, process=launcher, what="the child held in start-up")
+    launcher.send_signal(signal.SIGTERM)
+    code, out, err = finish(launcher)
+    assert code == 128 + signal.SIGTERM, err
+    assert "stopped mlp-icfm-vectors-none-s0 while it was starting (exit -15)" in out
+    assert "failed" not in out + err
+    code, out, err = finish(start_sweep(grid))  # the same command, no --retry-failed
+    assert code == 0, err
+    assert "started mlp-icfm-vectors-none-s0" in out
+    assert run_json(isolated_run_root / "mlp-icfm-vectors-none-s0")["status"] == "finished"
+
+
 def test_a_point_locked_by_a_silent_trainer_on_another_host_is_reported_not_waited_on_forever(
         tmp_path, isolated_run_root):
     """Another host's lock cannot be checked from here: while its run.json is fresh the sweep

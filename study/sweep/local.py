@@ -7,6 +7,7 @@ What a child's exit means is read back from disk, never assumed:
     exit 2 "is in use by pid N"                  -> another process trains it: wait for it,
                                                     take it over if that process dies
     stopped by a signal, run.json preempted      -> preempted (the next sweep resumes it)
+    stopped by our forwarded signal while starting -> as it was (the next sweep runs it)
     anything else                                -> failed, with its one-line error
 On SIGINT/SIGTERM the launcher forwards the signal once to each child (each writes last.pt
 and becomes `preempted`), waits for them, and exits 128 + signal; a second signal exits at
@@ -198,6 +199,12 @@ class LocalLauncher:
         elif code > 128 and state.state == "preempted":
             clear_failure(folder)
             self.display.event(f"preempted {point.name} (exit {code}): last.pt saved")
+        elif child.signalled and code in (-self.stop_signal, 128 + self.stop_signal):
+            # Our own stop reached it while it was starting, before it had trained anything
+            # to save: nothing is lost, and the next sweep starts (or resumes) it as before.
+            clear_failure(folder)
+            self.display.event(f"stopped {point.name} while it was starting (exit {code}); "
+                               "the next sweep runs it")
         else:
             if error is None:
                 error = (f"killed by {signal.Signals(-code).name}" if code < 0
