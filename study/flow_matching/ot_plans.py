@@ -68,8 +68,6 @@ def exact_ot_permutation(x_0: Tensor, x_1: Tensor) -> Tensor:
     return torch.from_numpy(perm).long()
 
 
-
-
 def entropic_plan(x_0: Tensor, x_1: Tensor, sigma: float) -> np.ndarray:
     """The entropic OT plan [B, B] (float64, sums to 1) between the rows of x_0 and x_1,
     for the squared Euclidean cost with reg = 2 sigma^2 (the cost is not rescaled).
