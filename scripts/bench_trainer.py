@@ -6,6 +6,8 @@ each epoch, last.pt/best.pt, metrics.csv, run.json). What does that cost? In one
                cut by a seeded randperm, seeded x_0/t/eps, icfm, MSE, foreach clipping, fused
                AdamW, cosine warmup, foreach EMA, loss read every 10 steps); its final weights
                are checked bit-identical to FlowTrainer's. The baseline: ratio 1.00.
+  bare + val + ckpt  the same loop plus the rest of a real run's work: the EMA weights' val
+               loss every epoch and a durable last.pt/best.pt at the end ("x bare+io").
   naive        a typical loop: DataLoader(shuffle=True), default AdamW, a Python-loop EMA,
                loss.item() every step.
   flowtrainer  FlowTrainer.train(), all of it; "steps only" subtracts validate() and checkpoints.
@@ -23,6 +25,7 @@ Usage: python scripts/bench_trainer.py [--quick] [--workloads 2d,1024d] [--repea
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import logging
@@ -50,6 +53,7 @@ from study.flow_matching.config import TrainingConfig
 from study.flow_matching.models import build_model
 from study.flow_matching.trainer import FlowTrainer
 from study.flow_matching.utils import cosine_warmup_factor
+from study.runs.checkpoint import serialize_into, write_atomic
 from study.seeds import stream_seed
 
 SEED, BATCH, LOG_EVERY = 0, 256, 10
@@ -109,7 +113,11 @@ def icfm_loss(model: torch.nn.Module, x_1: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(model(x_t, t), x_1 - x_0)
 
 
-def run_bare(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
+def run_bare(work: Workload, train_x: torch.Tensor, epochs: int,
+             ckpt_root: Path | None = None) -> Result:
+    """The bare loop; with `ckpt_root` ("bare + val + ckpt") also the work a real run asks for
+    and FlowTrainer does: after every epoch the val loss of the EMA weights on fixed draws,
+    and at the end the state (weights, EMA, AdamW) written durably as last.pt and best.pt."""
     model = fresh_model(work)
     mean, std = column_stats(train_x)
     data = (train_x - mean) / std
@@ -121,6 +129,7 @@ def run_bare(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
     # FlowTrainer's seeds, so that this is the same run, draw for draw.
     data_gen, t_gen, noise_gen = (torch.Generator().manual_seed(stream_seed(SEED, purpose))
                                   for purpose in ("data", "t", "noise"))
+    val = fixed_val_draws((work.val_x - mean) / std) if ckpt_root else None
     loss_sum, norm_sum = torch.zeros(()), torch.zeros(())
     started = time.perf_counter()
     for _ in range(epochs):
@@ -144,7 +153,38 @@ def run_bare(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
                 _ = (loss_sum / LOG_EVERY).item(), (norm_sum / LOG_EVERY).item()
                 loss_sum.zero_()
                 norm_sum.zero_()
+        if val is not None:
+            _ = val_loss(model, live, ema, val)
+    if ckpt_root is not None:
+        state = {"model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict()}
+        folder = ckpt_root / f"bare-{time.monotonic_ns()}"
+        write_atomic(folder / "last.pt", functools.partial(serialize_into, state),
+                     also=(folder / "best.pt",))
     return Result(epochs * batches, time.perf_counter() - started, model)
+
+
+def fixed_val_draws(val_x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """(x_0, x_1, t, eps) batches of the held-out rows, drawn once (as FlowTrainer does)."""
+    generator = torch.Generator().manual_seed(SEED)
+    x_0, t = torch.randn(val_x.shape, generator=generator), torch.rand(len(val_x), generator=generator)
+    eps = torch.randn(val_x.shape, generator=generator)
+    return [tuple(part[i:i + BATCH] for part in (x_0, val_x, t, eps)) for i in range(0, len(val_x), BATCH)]
+
+
+@torch.no_grad()
+def val_loss(model: torch.nn.Module, live: list, ema: list, draws: list) -> float:
+    """The icfm MSE of the EMA weights on `draws` (swapped into `model` and back)."""
+    backup = [p.clone() for p in live]
+    torch._foreach_copy_(live, ema)
+    model.eval()
+    total = torch.zeros(())
+    for x_0, x_1, t, eps in draws:
+        x_t = t[:, None] * x_1 + (1 - t[:, None]) * x_0 + SIGMA * eps
+        total += F.mse_loss(model(x_t, t), x_1 - x_0, reduction="sum") / x_1.shape[-1]
+    model.train()
+    torch._foreach_copy_(live, backup)
+    return (total / sum(len(d[1]) for d in draws)).item()
 
 
 def run_naive(work: Workload, train_x: torch.Tensor, epochs: int) -> Result:
@@ -272,17 +312,19 @@ def bench_workload(work: Workload, contenders: dict, repeats: int) -> list[tuple
 
 
 def print_table(rows: list[tuple]) -> None:
-    # "x bare": the median over rounds of (this contender / bare in the same round). Rounds
-    # interleave the contenders, so a paired ratio cancels most of the machine's drift.
-    header = ("workload", "contender", "steps/s", "x bare", "spread", "note")
-    table = [(workload, name, f"{statistics.median(values):,.1f}",
-              f"{statistics.median(v / b for v, b in zip(values, base, strict=True)):.2f}",
-              f"{(max(values) - min(values)) / statistics.median(values):.0%}", note)
-             for workload, name, values, base, note in rows]
+    # "x bare": the median over rounds of (this contender / bare in the same round); "x bare+io"
+    # the same against "bare + val + ckpt" (the same work as a real run). Rounds interleave
+    # the contenders, so a paired ratio cancels most of the machine's drift.
+    def ratio(values, base):
+        return f"{statistics.median(v / b for v, b in zip(values, base, strict=True)):.2f}"
+
+    header = ("workload", "contender", "steps/s", "x bare", "x bare+io", "spread", "note")
     rich_table = Table(*header)
-    for row in table:
-        rich_table.add_row(*row)
-    Console(width=None if sys.stdout.isatty() else 120).print(rich_table)
+    for workload, name, values, base, io_base, note in rows:
+        rich_table.add_row(workload, name, f"{statistics.median(values):,.1f}", ratio(values, base),
+                           ratio(values, io_base),
+                           f"{(max(values) - min(values)) / statistics.median(values):.0%}", note)
+    Console(width=None if sys.stdout.isatty() else 130).print(rich_table)
 
 
 def main() -> None:
@@ -312,7 +354,9 @@ def main() -> None:
         print("lightning not installed (skipped)")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as ckpt_root:
-        contenders = {"bare": run_bare, "naive": run_naive,
+        contenders = {"bare": run_bare,
+                      "bare + val + ckpt": lambda w, x, e: run_bare(w, x, e, Path(ckpt_root)),
+                      "naive": run_naive,
                       "flowtrainer": lambda w, x, e: run_flowtrainer(w, x, e, Path(ckpt_root)),
                       "flowtrainer, ckpt every epoch": lambda w, x, e: run_flowtrainer(
                           w, x, e, Path(ckpt_root), checkpoint_interval=0.0),
@@ -325,8 +369,9 @@ def main() -> None:
             print(f"{work.name}: {work.epochs} epoch(s) x {len(work.train_x) // BATCH} steps "
                   f"per measurement", flush=True)
             results = bench_workload(work, contenders, repeats)
-            base = results[0][1]  # bare's steps/s, round by round
-            rows += [(work.name, contender, values, base, note) for contender, values, note in results]
+            base, io_base = results[0][1], results[1][1]  # bare's and bare + val + ckpt's, by round
+            rows += [(work.name, contender, values, base, io_base, note)
+                     for contender, values, note in results]
     print_table(rows)
 
 
