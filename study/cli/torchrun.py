@@ -5,8 +5,11 @@ Ctrl-C in the terminal reaches the workers once (through flowctl and torchrun's 
 twice (a second signal means "stop now"). The agent forwards SIGTERM, SIGINT, SIGUSR1 and
 SIGUSR2 to the workers (`--signals-to-handle`; by default a SIGUSR1 would kill the agent
 and orphan them) and gives them `--shutdown-timeout` seconds to save. Only rank 0's output
-is shown. The exit code is rank 0's own (0 finished, 2 bad input, 1 failed, 128 + signal
-stopped), which it leaves in a file for the launcher (`exit_code_recorded`).
+is shown (FLOWCTL_DEBUG=1: every rank's, and torchrun's own lines). The exit code is rank
+0's own (0 finished, 2 bad input, 1 failed, 128 + signal stopped), which it leaves in a file
+for the launcher (`exit_code_recorded`), unless another rank failed first: then the agent
+stops rank 0 and the run failed (exit 1, with a line naming the rank, read from torchrun's
+report).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 SHUTDOWN_TIMEOUT_S = 120  # a checkpoint write of a large model takes seconds, not minutes
 # torchrun's own lines: its logging prefix (W1129 13:45:00.123 ...) and its error report.
 AGENT_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|^\*{5}|^Setting OMP_NUM_THREADS")
+REPORT_FIELD = re.compile(r"^\s*(rank|exitcode)\s*:\s*(-?\d+)")  # "  rank      : 1 (local_rank: 1)"
 LAUNCHER_OPTIONS = ("nproc", "max_restarts")  # read by flowctl itself, not by the workers
 
 
@@ -56,7 +60,8 @@ def torchrun_command(args: list[str], *, nproc: int, max_restarts: int) -> list[
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
             "--signals-to-handle=" + ",".join(sig.name for sig in FORWARDED),
-            f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}", "--local-ranks-filter=0",
+            f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
+            *([] if os.environ.get("FLOWCTL_DEBUG") else ["--local-ranks-filter=0"]),
             "-m", "study.cli.app", "train", *args]
 
 
@@ -77,28 +82,53 @@ def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int) -> int
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
-        _pass_through(agent.stderr)
+        report = _pass_through(agent.stderr)
         agent.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     try:
-        return _exit_code(agent.returncode, exit_file, received)
+        return _exit_code(agent.returncode, exit_file, received, report)
     finally:
         shutil.rmtree(exit_file.parent, ignore_errors=True)
 
 
-def _pass_through(stream) -> None:
-    """Copy rank 0's lines to stderr; drop the agent's log lines and its failure report."""
-    in_report = False
+def _pass_through(stream) -> list[str]:
+    """Copy rank 0's lines to stderr; drop the agent's log lines and its failure report,
+    which it returns."""
+    in_report, report = False, []
     for line in stream:
         if line.startswith("Traceback") or "ChildFailedError" in line or line.startswith("===="):
             in_report = True
+        if in_report:
+            report.append(line)
         if in_report or AGENT_LINE.match(line):
             if os.environ.get("FLOWCTL_DEBUG"):
                 sys.stderr.write(line)
             continue
         sys.stderr.write(line)
+    return report
+
+
+def _first_failure(report: list[str]) -> tuple[int, int] | None:
+    """(rank, exit code) of the "Root Cause" in torchrun's failure report; None without one."""
+    fields: dict[str, int] = {}
+    for line in report[next((i for i, line in enumerate(report) if "Root Cause" in line), len(report)):]:
+        match = REPORT_FIELD.match(line)
+        if match:
+            fields.setdefault(match[1], int(match[2]))
+    return (fields["rank"], fields["exitcode"]) if len(fields) == 2 else None
+
+
+def _is_a_stop(code: int) -> bool:
+    """A rank that left because it was asked to stop (by a signal flowctl forwards)."""
+    return any(code in (-sig, 128 + sig) for sig in FORWARDED)
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"signal {-code}"
+    return f"exit code {code}"
 
 
 @contextlib.contextmanager
@@ -124,11 +154,21 @@ def exit_code_recorded() -> Iterator[None]:
             Path(path).write_text(str(code))
 
 
-def _exit_code(returncode: int, exit_file: Path, received: list[int]) -> int:
-    """The workers' rank 0 exit code; without one (killed), what the signal implies."""
+def _exit_code(returncode: int, exit_file: Path, received: list[int], report: list[str]) -> int:
+    """Rank 0's exit code, or 1 when another rank failed first and the agent, not flowctl,
+    stopped rank 0 (it then recorded a stop or nothing); with neither, what the signal implies."""
     if returncode == 0:
         return 0
     try:
-        return int(exit_file.read_text())
+        recorded = int(exit_file.read_text())
     except (OSError, ValueError):
-        return 128 + received[0] if received else 1
+        recorded = None
+    failed = _first_failure(report)
+    rank0_was_stopped = recorded is None or (_is_a_stop(recorded) and not received)
+    if failed and failed[0] != 0 and not _is_a_stop(failed[1]) and rank0_was_stopped:
+        print(f"error: rank {failed[0]} failed ({_describe(failed[1])}) and the others were "
+              "stopped; FLOWCTL_DEBUG=1 shows every rank's output", file=sys.stderr)
+        return 1
+    if recorded is not None:
+        return recorded
+    return 128 + received[0] if received else 1

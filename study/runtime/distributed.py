@@ -17,6 +17,7 @@ Only rank 0 writes files (RunRecorder(enabled=ranks.is_main_process())).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from datetime import timedelta
 
@@ -37,9 +38,16 @@ def init_process_group(device: torch.device) -> None:
     The store keys carry torchrun's restart count: after a restart (--max-restarts) the
     agent's store still holds the dead group's addresses, and gloo would connect to them
     (seen with torch 2.13: "connectFullMesh failed ... Connection refused").
+
+    `torch.distributed.nn` is imported before the group exists: its functions take
+    `group=group.WORLD` as a default argument, so importing it later (torch._dynamo does,
+    through FSDP, when DDP first runs) would hold the group for the life of the process
+    and `shutdown` could not free it.
     """
     if not is_distributed() or dist.is_initialized():
         return
+    import torch.distributed.nn  # noqa: F401  (see above)
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size(),
@@ -83,8 +91,22 @@ def broadcast_from_main(value):
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group and free it now, which joins gloo's worker threads.
+
+    A gloo worker drops a finished collective's tensors a moment after the caller's wait
+    returns. Should that moment fall in interpreter shutdown, the worker cannot take the
+    GIL and the process aborts ("terminate called without an active exception", SIGABRT,
+    pytorch/pytorch#190489; 1 run in ~10 of `train --nproc 2` here). Freed here, the
+    group joins its workers while the interpreter is whole. The last reference must be
+    the Python one (its destructor releases the GIL while it joins), hence the gc pass
+    first: DDP holds the group in a reference cycle through its hooks.
+    """
+    if not dist.is_initialized():
+        return
+    group = dist.group.WORLD
+    dist.destroy_process_group()
+    gc.collect()
+    del group  # the last reference: gloo joins its worker threads here
 
 
 class StopAgreement:
