@@ -32,10 +32,23 @@ EPOCHS = 30  # 9 steps of 64 rows per epoch: 270 steps, ~2 s, time for a signal 
 RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "run.json"}
 
 
-def sample_log(folder: Path) -> dict[str, str]:
-    """The environment that makes every process of a run log its rows into `folder`."""
+def with_hooks(**variables: Path) -> dict[str, str]:
+    """The environment that turns on tests/support/hooks' logs (FLOWCTL_SAMPLE_LOG: the rows
+    each rank trains; FLOWCTL_THREADS_LOG: each worker's threads once it left the group)."""
     path = [str(HOOKS), os.environ.get("PYTHONPATH", ""), str(REPO_ROOT)]
-    return {"FLOWCTL_SAMPLE_LOG": str(folder), "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    return {**{k: str(v) for k, v in variables.items()}, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+
+
+def sample_log(folder: Path) -> dict[str, str]:
+    return with_hooks(FLOWCTL_SAMPLE_LOG=folder)
+
+
+def gloo_threads_left(folder: Path) -> dict[str, list[str]]:
+    """{file: gloo's threads still alive after that worker's `distributed.shutdown()`}; both
+    workers must have written theirs. Any left could abort the process at exit (see shutdown)."""
+    logs = sorted(folder.glob("threads-rank*.txt"))
+    assert [p.name for p in logs] == ["threads-rank0.txt", "threads-rank1.txt"], logs
+    return {p.name: [t for t in p.read_text().split() if "gloo" in t] for p in logs}
 
 
 def args_for(data: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
@@ -92,7 +105,8 @@ def references(tmp_path_factory):
         logs[name] = root / f"samples-{name}"
         logs[name].mkdir()
         process = spawn("train", "--run-name", name, *args_for(data), *extra,
-                        env={**env, **sample_log(logs[name])})
+                        env={**env, **with_hooks(FLOWCTL_SAMPLE_LOG=logs[name],
+                                                 FLOWCTL_THREADS_LOG=logs[name])})
         assert finish(process) == 0, process.stderr_text
     return {"root": root / "runs", "data": data, "logs": logs}
 
@@ -113,6 +127,8 @@ def test_two_processes_train_what_one_does(references):
         for name, tensor in one[key].items():
             torch.testing.assert_close(two[key][name], tensor, rtol=0, atol=1e-6)
     assert steps_of(references["logs"]["two"]) == steps_of(references["logs"]["one"])
+    assert gloo_threads_left(references["logs"]["two"]) == {"threads-rank0.txt": [],
+                                                              "threads-rank1.txt": []}
     # Only rank 0 wrote: the run files and nothing else, each row once, rank 0's pid.
     assert {p.name for p in (root / "two").iterdir()} == RUN_FILES
     rows = metrics_rows(root / "two")
@@ -146,15 +162,21 @@ def stop_when(process, run: Path, sig: int, *, after_step: int, to_agent: bool =
     os.kill(agent_of(process.pid) if to_agent else process.pid, sig)
 
 
-def test_signals_to_launcher_and_agent_save_once_and_resume_exactly(references, isolated_run_root):
+def test_signals_to_launcher_and_agent_save_once_and_resume_exactly(references, isolated_run_root,
+                                                                    tmp_path):
     """SIGTERM to flowctl, then (resumed) SIGUSR1 to torchrun's agent: each stop leaves
     last.pt and `preempted` with the signal's exit code; the run ends bit-identical."""
     run = isolated_run_root / "two"
     args = [*args_for(references["data"]), "--requeue-signal", "SIGUSR1", "--save-every", "4"]
-    first = spawn("train", "--run-name", "two", *args, "--nproc", "2")
+    threads = tmp_path / "threads"
+    threads.mkdir()
+    first = spawn("train", "--run-name", "two", *args, "--nproc", "2",
+                  env=with_hooks(FLOWCTL_THREADS_LOG=threads))
     stop_when(first, run, signal.SIGTERM, after_step=0)
     assert finish(first) == 143, first.stderr_text
     assert "Traceback" not in first.stderr_text
+    # A stop leaves through an exception, whose frames hold the trainer: freed all the same.
+    assert gloo_threads_left(threads) == {"threads-rank0.txt": [], "threads-rank1.txt": []}
     stopped = load(run / "last.pt")["global_step"]
     assert run_json(run)["status"] == "preempted" and 0 < stopped < EPOCHS * 9
 
@@ -185,8 +207,9 @@ def test_a_rank_that_dies_is_restarted_and_the_run_ends_identical(references, is
 
 def test_a_rank_that_dies_without_restarts_fails_the_run_and_says_which(references,
                                                                       isolated_run_root):
-    """Rank 0 is then stopped by torchrun's agent (SIGTERM) and saves; the run failed all the
-    same, and flowctl says so instead of reporting a stop."""
+    """Rank 0 is then stopped by torchrun's agent (SIGTERM: it saves) or fails in a collective
+    (gloo: connection closed), whichever comes first; either way flowctl says which rank ended
+    the run, not that it was stopped."""
     process = spawn("train", "--run-name", "two", *args_for(references["data"]),
                     "--save-every", "4", "--nproc", "2")
     wait_for((isolated_run_root / "two" / "last.pt").exists, process=process, what="a last.pt",
@@ -196,8 +219,9 @@ def test_a_rank_that_dies_without_restarts_fails_the_run_and_says_which(referenc
     assert finish(process) == 1, process.stderr_text
     assert "Traceback" not in process.stderr_text
     errors = [line for line in process.stderr_text.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: rank 1 failed (killed by SIGKILL) and the others were stopped; "
-                      "FLOWCTL_DEBUG=1 shows every rank's output"], process.stderr_text
+    assert errors[-1] == ("error: rank 1 failed (killed by SIGKILL), which ended the run; "
+                          "FLOWCTL_DEBUG=1 shows every rank's output"), process.stderr_text
+    assert len(errors) == 1 or errors[0].startswith("error: run two failed: "), errors
 
 
 def test_resume_across_world_sizes_repeats_and_skips_no_sample(references, tmp_path,

@@ -7,9 +7,9 @@ SIGUSR2 to the workers (`--signals-to-handle`; by default a SIGUSR1 would kill t
 and orphan them) and gives them `--shutdown-timeout` seconds to save. Only rank 0's output
 is shown (FLOWCTL_DEBUG=1: every rank's, and torchrun's own lines). The exit code is rank
 0's own (0 finished, 2 bad input, 1 failed, 128 + signal stopped), which it leaves in a file
-for the launcher (`exit_code_recorded`), unless another rank failed first: then the agent
-stops rank 0 and the run failed (exit 1, with a line naming the rank, read from torchrun's
-report).
+for the launcher (`exit_code_recorded`), unless another rank failed and took rank 0 down
+with it (the agent stopped or killed it, or its collective failed): then exit 1, with a line
+naming that rank, read from torchrun's failure report.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run_under_torchrun(args: list[str], *, nproc: int, max_restarts: int) -> int
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     try:
-        return _exit_code(agent.returncode, exit_file, received, report)
+        return exit_code_of(agent.returncode, exit_file, received, report)
     finally:
         shutil.rmtree(exit_file.parent, ignore_errors=True)
 
@@ -110,14 +110,17 @@ def _pass_through(stream) -> list[str]:
     return report
 
 
-def _first_failure(report: list[str]) -> tuple[int, int] | None:
-    """(rank, exit code) of the "Root Cause" in torchrun's failure report; None without one."""
-    fields: dict[str, int] = {}
-    for line in report[next((i for i, line in enumerate(report) if "Root Cause" in line), len(report)):]:
+def _rank_failures(report: list[str]) -> dict[int, int]:
+    """{rank: exit code} of the failed workers listed in torchrun's failure report."""
+    failures: dict[int, int] = {}
+    rank = None
+    for line in report:
         match = REPORT_FIELD.match(line)
-        if match:
-            fields.setdefault(match[1], int(match[2]))
-    return (fields["rank"], fields["exitcode"]) if len(fields) == 2 else None
+        if match and match[1] == "rank":
+            rank = int(match[2])
+        elif match and rank is not None:
+            failures.setdefault(rank, int(match[2]))
+    return failures
 
 
 def _is_a_stop(code: int) -> bool:
@@ -154,20 +157,22 @@ def exit_code_recorded() -> Iterator[None]:
             Path(path).write_text(str(code))
 
 
-def _exit_code(returncode: int, exit_file: Path, received: list[int], report: list[str]) -> int:
-    """Rank 0's exit code, or 1 when another rank failed first and the agent, not flowctl,
-    stopped rank 0 (it then recorded a stop or nothing); with neither, what the signal implies."""
+def exit_code_of(returncode: int, exit_file: Path, received: list[int], report: list[str]) -> int:
+    """Rank 0's exit code, or 1 when another rank failed first and took rank 0 down with it
+    (the agent stopped or killed it, or its collective failed); else what the signal implies."""
     if returncode == 0:
         return 0
     try:
         recorded = int(exit_file.read_text())
     except (OSError, ValueError):
         recorded = None
-    failed = _first_failure(report)
-    rank0_was_stopped = recorded is None or (_is_a_stop(recorded) and not received)
-    if failed and failed[0] != 0 and not _is_a_stop(failed[1]) and rank0_was_stopped:
-        print(f"error: rank {failed[0]} failed ({_describe(failed[1])}) and the others were "
-              "stopped; FLOWCTL_DEBUG=1 shows every rank's output", file=sys.stderr)
+    others = {r: code for r, code in _rank_failures(report).items() if r and not _is_a_stop(code)}
+    rank, code = min(others.items(), key=lambda item: (item[1] >= 0, item[0]), default=(0, 0))
+    if rank and (recorded is None  # the agent killed rank 0
+                 or (_is_a_stop(recorded) and not received)  # the agent stopped it, not flowctl
+                 or (recorded == 1 and code != 1)):  # its collective failed: the other end went
+        print(f"error: rank {rank} failed ({_describe(code)}), which ended the run; "
+              "FLOWCTL_DEBUG=1 shows every rank's output", file=sys.stderr)
         return 1
     if recorded is not None:
         return recorded

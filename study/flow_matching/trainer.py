@@ -7,7 +7,7 @@ stays on the device between log steps (no per-step host sync). Every random draw
 a generator whose state is in `state_dict()` with the data position, the log window and the
 stage, and the LR is a pure function of the step: a run stopped and resumed ends
 bit-identical (on CPU) to one that never stopped. The loop, its state (`state_dict()` is one
-literal) and its result stay in this one module (~335 lines), so that no other module reads
+literal) and its result stay in this one module (~340 lines), so that no other module reads
 the trainer's attributes.
 """
 
@@ -70,7 +70,7 @@ class FlowTrainer:
         record_model_class(model, config)  # so that the CLI can rebuild a Python API run
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.train_model = distributed.wrap_model(self.model, self.device)  # DDP under torchrun
+        self.train_model = None  # the module `_step` runs: DDP under torchrun, during train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         log.info("model on %s (%d parameters)", self.device,
                  sum(p.numel() for p in self.model.parameters()))
@@ -129,6 +129,7 @@ class FlowTrainer:
                             run_name=self.config.name)
         started = time.perf_counter()
         try:
+            self.train_model = distributed.wrap_model(self.model, self.device)
             status = self._loop()
             self.checkpoints.finish(step=self.global_step, state=self.state_dict,
                                     finite=self._finite)
@@ -144,6 +145,7 @@ class FlowTrainer:
             self.stop.uninstall()
             self.progress.close()
             self.batches.close()
+            self.train_model = None  # DDP holds the process group: distributed.shutdown frees it
         result = self._result(status, time.perf_counter() - started)
         self.recorder.close(status, summary={key: result[key] for key in (
             "final_epoch", "best_val_loss", "checkpoint_path")}, progress=self._progress_fields())

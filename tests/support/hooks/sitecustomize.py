@@ -1,9 +1,12 @@
-"""A test hook for real processes: with this folder on PYTHONPATH and $FLOWCTL_SAMPLE_LOG set
-to a folder, every process (each torchrun worker too) appends the global row ids its rank
-trains, one line per optimizer step, to rank{RANK}.txt there (tests/test_distributed.py).
+"""Test hooks for real processes (tests/test_distributed.py), with this folder on PYTHONPATH:
 
-Python imports `sitecustomize` at start-up; this one waits for study.flow_matching.batches to
-be imported and wraps `BatchMaker.draw`, so flowctl itself carries no test hook.
+- $FLOWCTL_SAMPLE_LOG (a folder): every process (each torchrun worker too) appends the global
+  row ids its rank trains, one line per optimizer step, to rank{RANK}.txt there;
+- $FLOWCTL_THREADS_LOG (a folder): every torchrun worker writes the names of its threads
+  still alive when `study.runtime.distributed.shutdown()` returns to threads-rank{RANK}.txt.
+
+Python imports `sitecustomize` at start-up; this one waits for the flowctl module to be
+imported and wraps its function, so flowctl itself carries no test hook.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-
-TARGET = "study.flow_matching.batches"
 
 
 def record_rows(module) -> None:
@@ -31,9 +32,24 @@ def record_rows(module) -> None:
     module.BatchMaker.draw = draw_and_record
 
 
+def record_threads(module) -> None:
+    shutdown = module.shutdown
+    log = Path(os.environ["FLOWCTL_THREADS_LOG"]) / f"threads-rank{os.environ['RANK']}.txt"
+
+    def shutdown_and_record() -> None:
+        shutdown()
+        tasks = Path("/proc/self/task")
+        log.write_text("".join((tasks / tid / "comm").read_text() for tid in os.listdir(tasks)))
+
+    module.shutdown = shutdown_and_record
+
+
 class PatchOnImport(importlib.abc.MetaPathFinder):
+    def __init__(self, target: str, patch) -> None:
+        self.target, self.patch = target, patch
+
     def find_spec(self, name, path, target=None):
-        if name != TARGET:
+        if name != self.target:
             return None
         sys.meta_path.remove(self)  # find the real module with the other finders
         spec = importlib.util.find_spec(name)
@@ -41,11 +57,13 @@ class PatchOnImport(importlib.abc.MetaPathFinder):
 
         def exec_and_patch(module) -> None:
             execute(module)
-            record_rows(module)
+            self.patch(module)
 
         spec.loader.exec_module = exec_and_patch
         return spec
 
 
 if os.environ.get("FLOWCTL_SAMPLE_LOG"):
-    sys.meta_path.insert(0, PatchOnImport())
+    sys.meta_path.insert(0, PatchOnImport("study.flow_matching.batches", record_rows))
+if os.environ.get("FLOWCTL_THREADS_LOG") and "RANK" in os.environ:  # torchrun's workers
+    sys.meta_path.insert(0, PatchOnImport("study.runtime.distributed", record_threads))
