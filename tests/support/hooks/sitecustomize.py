@@ -3,7 +3,8 @@
 - $FLOWCTL_SAMPLE_LOG (a folder): every process (each torchrun worker too) appends the global
   row ids its rank trains, one line per optimizer step, to rank{RANK}.txt there;
 - $FLOWCTL_THREADS_LOG (a folder): every torchrun worker writes the names of its threads
-  still alive when `study.runtime.distributed.shutdown()` returns to threads-rank{RANK}.txt.
+  as `study.runtime.distributed.shutdown()` starts to threads-before-rank{RANK}.txt, and those
+  still alive when it returns to threads-rank{RANK}.txt.
 
 Python imports `sitecustomize` at start-up; this one waits for the flowctl module to be
 imported and wraps its function, so flowctl itself carries no test hook.
@@ -34,12 +35,16 @@ def record_rows(module) -> None:
 
 def record_threads(module) -> None:
     shutdown = module.shutdown
-    log = Path(os.environ["FLOWCTL_THREADS_LOG"]) / f"threads-rank{os.environ['RANK']}.txt"
+    folder, rank = Path(os.environ["FLOWCTL_THREADS_LOG"]), os.environ["RANK"]
+
+    def thread_names() -> str:
+        tasks = Path("/proc/self/task")
+        return "".join((tasks / tid / "comm").read_text() for tid in os.listdir(tasks))
 
     def shutdown_and_record() -> None:
+        (folder / f"threads-before-rank{rank}.txt").write_text(thread_names())
         shutdown()
-        tasks = Path("/proc/self/task")
-        log.write_text("".join((tasks / tid / "comm").read_text() for tid in os.listdir(tasks)))
+        (folder / f"threads-rank{rank}.txt").write_text(thread_names())
 
     module.shutdown = shutdown_and_record
 
