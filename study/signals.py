@@ -63,3 +63,16 @@ def parse_signal(name: str | None) -> tuple[int, ...]:
     if not hasattr(signal, key) or key in ("SIGKILL", "SIGSTOP"):
         raise UsageError(f"unknown or uncatchable signal {name!r}; try SIGUSR1")
     return (getattr(signal, key),)
+
+
+def ended_by(code: int, sig: int) -> bool:
+    """Whether a child's exit `code` came from `sig`: killed by it (-sig, as subprocess
+    reports it) or stopped gracefully by it (128 + sig, flowctl's own exit code)."""
+    return code in (-sig, 128 + sig)
+
+
+def killed_by(code: int) -> str:
+    """'killed by SIGKILL' for a negative exit `code` (a child ended by a signal)."""
+    number = -code
+    return f"killed by {signal.Signals(number).name}" if number in signal.valid_signals() \
+        else f"killed by signal {number}"

@@ -253,4 +253,3 @@ def test_resume_across_world_sizes_repeats_and_skips_no_sample(references, tmp_p
     final = load(run / "last.pt")
     for name, tensor in load(references["root"] / "one" / "last.pt")["model_state_dict"].items():
         torch.testing.assert_close(final["model_state_dict"][name], tensor, rtol=0, atol=1e-5)
-

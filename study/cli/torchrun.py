@@ -27,6 +27,7 @@ from pathlib import Path
 
 from study.install import child_env
 from study.runtime.cores import cpu_share
+from study.signals import ended_by, killed_by
 
 EXIT_FILE_ENV = "FLOWCTL_EXIT_FILE"  # where rank 0 leaves its exit code for the launcher
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -125,13 +126,9 @@ def _rank_failures(report: list[str]) -> dict[int, int]:
 
 def _is_a_stop(code: int) -> bool:
     """A rank that left because it was asked to stop (by a signal flowctl forwards)."""
-    return any(code in (-sig, 128 + sig) for sig in FORWARDED)
+    return any(ended_by(code, sig) for sig in FORWARDED)
 
 
-def _describe(code: int) -> str:
-    if code < 0:
-        return f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"signal {-code}"
-    return f"exit code {code}"
 
 
 @contextlib.contextmanager
@@ -171,7 +168,8 @@ def exit_code_of(returncode: int, exit_file: Path, received: list[int], report: 
     if rank and (recorded is None  # the agent killed rank 0
                  or (_is_a_stop(recorded) and not received)  # the agent stopped it, not flowctl
                  or (recorded == 1 and code != 1)):  # its collective failed: the other end went
-        print(f"error: rank {rank} failed ({_describe(code)}), which ended the run; "
+        how = killed_by(code) if code < 0 else f"exit code {code}"
+        print(f"error: rank {rank} failed ({how}), which ended the run; "
               "FLOWCTL_DEBUG=1 shows every rank's output", file=sys.stderr)
         return 1
     if recorded is not None:

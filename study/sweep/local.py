@@ -27,6 +27,7 @@ from typing import IO
 
 from study.install import child_env
 from study.runs.lock import utc_now
+from study.signals import ended_by, killed_by
 from study.sweep.commands import TrainFlags, child_argv
 from study.sweep.display import SweepDisplay
 from study.sweep.grid import Grid, Point
@@ -199,7 +200,7 @@ class LocalLauncher:
         elif code > 128 and state.state == "preempted":
             clear_failure(folder)
             self.display.event(f"preempted {point.name} (exit {code}): last.pt saved")
-        elif child.signalled and code in (-self.stop_signal, 128 + self.stop_signal):
+        elif child.signalled and ended_by(code, self.stop_signal):
             # Our own stop reached it while it was starting, before it had trained anything
             # to save: nothing is lost, and the next sweep starts (or resumes) it as before.
             clear_failure(folder)
@@ -207,7 +208,7 @@ class LocalLauncher:
                                "the next sweep runs it")
         else:
             if error is None:
-                error = (f"killed by {signal.Signals(-code).name}" if code < 0
+                error = (killed_by(code) if code < 0
                          else state.error or f"exit code {code}; see {folder / POINT_LOG}")
             mark_failed_before_start(folder, point, error)
             record_failure(folder, exit_code=code, error=error)
