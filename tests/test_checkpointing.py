@@ -35,16 +35,16 @@ class Clock:
 
 def run_policy(events, *, interval_s=10.0, save_every=0, keep_snapshots=0):
     """events: (seconds passed, step, epoch_done, improved, stopping) -> the writes made."""
-    recorder, clock = FakeRecorder(), Clock()
-    policy = Checkpointer(recorder, save_every=save_every, keep_snapshots=keep_snapshots,
+    recorder, clock, now = FakeRecorder(), Clock(), {"global_step": 0}
+    policy = Checkpointer(recorder, state=lambda: dict(now), finite=lambda: torch.tensor(True),
+                          save_every=save_every, keep_snapshots=keep_snapshots,
                           interval_s=interval_s, clock=clock)
-    finite = lambda: torch.tensor(True)  # noqa: E731
     for seconds, step, epoch_done, improved, stopping in events:
         clock.now += seconds
+        now["global_step"] = step
         policy.after_step(step=step, epoch=step // 10 - 1, epoch_done=epoch_done,
-                          improved=improved, stopping=stopping,
-                          state=lambda step=step: {"global_step": step}, finite=finite)
-    policy.finish(step=events[-1][1], state=lambda: {"global_step": events[-1][1]}, finite=finite)
+                          improved=improved, stopping=stopping)
+    policy.finish(step=events[-1][1])
     return recorder.writes
 
 
@@ -83,14 +83,14 @@ def test_the_last_steps_best_is_written_from_the_live_state_without_a_copy():
     recorder, clock = FakeRecorder(), Clock()
     handed = []
     recorder.save_checkpoints = lambda jobs, keep_snapshots=0: handed.extend(jobs)
-    policy = Checkpointer(recorder, save_every=0, keep_snapshots=0, interval_s=10.0, clock=clock)
     weights = torch.ones(3)
-    state = lambda: {"global_step": 20, "weights": weights}  # noqa: E731
-    finite = lambda: torch.tensor(True)  # noqa: E731
+    policy = Checkpointer(recorder, state=lambda: {"global_step": 20, "weights": weights},
+                          finite=lambda: torch.tensor(True), save_every=0, keep_snapshots=0,
+                          interval_s=10.0, clock=clock)
     policy.after_step(step=20, epoch=1, epoch_done=True, improved=True, stopping=False,
-                      state=state, finite=finite, last=True)
+                      last=True)
     assert policy.pending_best is None and handed == []
-    policy.finish(step=20, state=state, finite=finite)
+    policy.finish(step=20)
     [(payload, paths)] = handed
     assert [path.name for path in paths] == ["best.pt", "last.pt"]
     assert payload["weights"] is weights

@@ -36,9 +36,13 @@ from study.runs.recorder import RunRecorder
 
 
 class Checkpointer:
-    def __init__(self, recorder: RunRecorder, *, save_every: int, keep_snapshots: int,
+    """The policy above for one run: `state()` returns the trainer's live state (a plain
+    dict), `finite()` whether its weights and pending loss are finite (a device bool)."""
+
+    def __init__(self, recorder: RunRecorder, *, state: Callable[[], dict[str, Any]],
+                 finite: Callable[[], torch.Tensor], save_every: int, keep_snapshots: int,
                  interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
-        self.recorder, self.clock = recorder, clock
+        self.recorder, self.state, self.finite, self.clock = recorder, state, finite, clock
         self.save_every = save_every
         self.keep_snapshots = keep_snapshots
         self.interval_s = interval_s
@@ -53,42 +57,30 @@ class Checkpointer:
                     or (epoch_done and self.clock() - self.last_write >= self.interval_s))
 
     def after_step(self, *, step: int, epoch: int, epoch_done: bool, improved: bool,
-                   stopping: bool, state: Callable[[], dict[str, Any]],
-                   finite: Callable[[], torch.Tensor], due: bool | None = None,
-                   last: bool = False) -> None:
+                   stopping: bool, last: bool = False) -> None:
         """Write what the policy asks for after optimizer step `step` (1-based count);
-        `due`: `self.due(...)` as the caller already decided it (the clock moves on);
         `last`: no step follows (`finish` comes next), so a best state needs no copy."""
-        if due is None:
-            due = self.due(step=step, epoch_done=epoch_done, stopping=stopping)
+        due = self.due(step=step, epoch_done=epoch_done, stopping=stopping)
         if epoch_done and improved and not due:  # at the last step finish() writes it as is
-            self.keep_best(None if last else snapshot(state()), step=step, finite=finite)
+            self._check(step)
+            self.pending_best = None if last else snapshot(self.state())
+            self.pending_best_step = step
         if due:
             extra = [snapshot_name(epoch)] if epoch_done and self.keep_snapshots else []
-            self.write(state=state, finite=finite, step=step, best_now=epoch_done and improved,
-                       extra=extra)
+            self.write(step=step, best_now=epoch_done and improved, extra=extra)
 
-    def keep_best(self, payload: dict[str, Any] | None, *, step: int,
-                  finite: Callable[[], torch.Tensor]) -> None:
-        """Hold `payload` (a snapshot of step `step`) in memory as best.pt until the next write;
-        None: the best is the state the next write (at this same step) takes, no copy needed."""
-        self._check(finite, step)
-        self.pending_best, self.pending_best_step = payload, step
-
-    def finish(self, *, step: int, state: Callable[[], dict[str, Any]],
-               finite: Callable[[], torch.Tensor]) -> None:
+    def finish(self, *, step: int) -> None:
         """At the end of training: last.pt (and a pending best) unless already on disk. The
         live state is written without a copy: wait for `recorder.flush()` before changing it."""
         if step != self.written_step or self.pending_best is not None:
-            self.write(state=state, finite=finite, step=step, best_now=False, final=True)
+            self.write(step=step, best_now=False, final=True)
 
-    def write(self, *, state: Callable[[], dict[str, Any]], finite: Callable[[], torch.Tensor],
-              step: int, best_now: bool, extra: list[str] | None = None,
+    def write(self, *, step: int, best_now: bool, extra: list[str] | None = None,
               final: bool = False) -> None:
         """last.pt (and best.pt, extra names) of the state now, a pending best first. `final`:
         training is over and the caller waits for the writer (`recorder.flush`) before
         anything changes the state again, so it is handed over as is, without a copy."""
-        self._check(finite, step)
+        self._check(step)
         self.last_write, self.written_step = self.clock(), step
         if self.pending_best_step == step:
             best_now = True  # the pending best is this very state: serialised once, copied
@@ -100,12 +92,11 @@ class Checkpointer:
         if self.pending_best is not None and not best_now:
             jobs.append((self.pending_best, [folder / BEST_NAME]))
         names = [BEST_NAME, LAST_NAME] if best_now else [LAST_NAME]
-        payload = state() if final else snapshot(state())
+        payload = self.state() if final else snapshot(self.state())
         jobs.append((payload, [folder / name for name in [*names, *(extra or [])]]))
         self.pending_best, self.pending_best_step = None, -1
         self.recorder.save_checkpoints(jobs, keep_snapshots=self.keep_snapshots)
 
-    @staticmethod
-    def _check(finite: Callable[[], torch.Tensor], step: int) -> None:
-        if not finite():  # one host sync per checkpoint, on every rank alike
+    def _check(self, step: int) -> None:
+        if not self.finite():  # one host sync per checkpoint, on every rank alike
             raise RunFailed(f"non-finite loss at step {step}")

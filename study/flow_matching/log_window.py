@@ -46,7 +46,10 @@ class LogWindow:
         return {"loss_sum": self.loss_sum.cpu(), "grad_norm_sum": self.grad_norm_sum.cpu(),
                 "steps": self.steps}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore `state_dict()`'s output; None (a checkpoint without a window): unchanged."""
+        if state is None:
+            return
         self.loss_sum.copy_(state["loss_sum"])
         self.grad_norm_sum.copy_(state["grad_norm_sum"])
         self.steps = int(state["steps"])

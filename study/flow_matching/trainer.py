@@ -1,14 +1,10 @@
 """FlowTrainer: the training loop, written out, and the state it owns.
 
-`train()` sets up, runs `_loop()` (epochs of `_step()`s; a log row every `log_every` steps;
-`_end_epoch()`: validation every `val_every` epochs, W2/MMD every `eval_every`, best and
-patience; after every step the checkpoint policy of checkpointing.py) and finishes. The loss
-stays on the device between log steps (no per-step host sync). Every random draw comes from
-a generator whose state is in `state_dict()` with the data position, the log window and the
-stage, and the LR is a pure function of the step: a run stopped and resumed ends
-bit-identical (on CPU) to one that never stopped. The loop, its state (`state_dict()` is one
-literal) and its result stay in this one module (~340 lines), so that no other module reads
-the trainer's attributes.
+`train()` sets up, runs `_loop()` (epochs of `_step()`s, a log row every `log_every` steps,
+`_end_epoch()` for validation, evaluation, best and patience, the checkpoint policy after
+every step) and finishes. The loss stays on the device between log rows. Every random draw
+comes from a generator whose state is in `state_dict()` (one literal), and the LR is a function
+of the step: a resumed run ends bit-identical (on CPU) to one that never stopped.
 """
 
 from __future__ import annotations
@@ -53,8 +49,8 @@ class FlowTrainer:
     """Train `model` (forward(x [B, D], t [B]) -> [B, D]) with flow matching, from built
     parts; `resume`: a checkpoint payload already read (`resume_source` names it);
     `pairing_workers`: threads solving the OT plans of the next batches ahead of the step.
-    The original study's `FlowTrainer(model, config, train_ds, val_ds, device, wandb_project,
-    resume_path)` is recognised by its raw splits: `utils.study_trainer_parts` builds them."""
+    The original study's `FlowTrainer(model, config, train_ds, val_ds, device, ...)` is
+    recognised by its raw splits: `utils.study_trainer_parts` builds the parts."""
 
     def __init__(self, model, config: TrainingConfig, data: TrainingData, recorder: RunRecorder,
                  device, *study_args, resume: dict[str, Any] | None = None, resume_source=None,
@@ -76,7 +72,6 @@ class FlowTrainer:
                  sum(p.numel() for p in self.model.parameters()))
         self.progress = progress or SilentProgress()
         self.stop = stop or GracefulStop()
-        self.run_dir = recorder.run_dir
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
                                   source=config.source, device=self.device,
@@ -85,7 +80,6 @@ class FlowTrainer:
         self.stop_agreement = distributed.StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
-        self.total_steps = config.epochs * self.steps_per_epoch
         self.learning_rate = LRSchedule(config, self.stages, self.steps_per_epoch)
         self.optimizer = torch.optim.AdamW(self.params, lr=self.learning_rate(0),
                                            weight_decay=config.weight_decay,
@@ -98,7 +92,8 @@ class FlowTrainer:
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device, user_metric=user_metric(config))
-        self.checkpoints = Checkpointer(recorder, save_every=config.save_every,
+        self.checkpoints = Checkpointer(recorder, state=self.state_dict, finite=self._finite,
+                                        save_every=config.save_every,
                                         keep_snapshots=config.keep_snapshots,
                                         interval_s=config.checkpoint_interval)
 
@@ -125,14 +120,14 @@ class FlowTrainer:
         except BaseException:
             self.stop.uninstall()
             raise
-        self.progress.start(total_steps=self.total_steps, initial_step=self.global_step,
+        self.progress.start(total_steps=self.config.epochs * self.steps_per_epoch,
+                            initial_step=self.global_step,
                             run_name=self.config.name)
         started = time.perf_counter()
         try:
             self.train_model = distributed.wrap_model(self.model, self.device)
             status = self._loop()
-            self.checkpoints.finish(step=self.global_step, state=self.state_dict,
-                                    finite=self._finite)
+            self.checkpoints.finish(step=self.global_step)
             self.recorder.flush()  # the last checkpoint is on disk before we call it done
         except TrainingStopped as stopped:
             self.recorder.close("preempted", exit_code=stopped.exit_code,
@@ -177,11 +172,13 @@ class FlowTrainer:
                 if epoch_done:
                     row.update(self._end_epoch(epoch, stage, time.perf_counter() - epoch_started))
                 if row:  # logged before the checkpoint of this step, never after
+                    self.progress.update(step=self.global_step, epoch=epoch,
+                                         total_epochs=cfg.epochs, loss=self.last_train_loss,
+                                         val_loss=row.get("val/loss"))
                     self.recorder.log(row, self.global_step, self._progress_fields(stage))
                 self.checkpoints.after_step(
                     step=self.global_step, epoch=epoch, epoch_done=epoch_done,
                     improved=epoch_done and self.selection.improved_last, stopping=stopping,
-                    state=self.state_dict, finite=self._finite,
                     last=epoch_done and epoch + 1 == cfg.epochs)
                 if stopping:
                     self.recorder.flush()
@@ -190,9 +187,8 @@ class FlowTrainer:
         return "finished"
 
     def _step(self, batch: FlowBatch, flow) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on `batch`; (loss, grad norm) as device scalars (no host sync).
-        `grad_accum` micro-batches: their mean gradient is the whole batch's (under DDP
-        all-reduced once, on the last one)."""
+        """One optimizer step on `batch`; (loss, grad norm) as device scalars. `grad_accum`
+        micro-batches: their mean gradient is the batch's (under DDP all-reduced on the last)."""
         parts = self.config.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         loss = None
@@ -213,8 +209,6 @@ class FlowTrainer:
         """Mean loss and grad norm over the window; one host sync per `log_every` steps."""
         loss, grad_norm = self.window.mean_and_reset(self.global_step,
                                                      reduce=distributed.mean_across_ranks)
-        self.progress.update(step=self.global_step, epoch=epoch, total_epochs=self.config.epochs,
-                             loss=loss)
         self.last_train_loss = loss
         row = {"train/loss": loss, "train/grad_norm": grad_norm,
                "train/lr": self.learning_rate(self.global_step - 1), "epoch": epoch,  # its last step's
@@ -224,9 +218,8 @@ class FlowTrainer:
         return row
 
     def _end_epoch(self, epoch: int, stage, seconds: float) -> dict[str, Any]:
-        """Epoch `epoch` done: every `val_every` epochs (and the last, and each evaluation's)
-        validate, every `eval_every` evaluate the EMA weights, track the best of the selection
-        metric and the patience counter; the epoch's row."""
+        """The epoch's row: validation every `val_every` epochs (and the last, and with each
+        evaluation), W2/MMD of the EMA weights every `eval_every`, best and patience."""
         cfg = self.config
         self.epoch, self.batch_in_epoch = epoch, 0
         row = {"epoch": epoch, "metrics/stage_id": stage.index, "epoch_time_s": round(seconds, 4)}
@@ -242,8 +235,6 @@ class FlowTrainer:
             row.update(self.quality(self.model, self.ema))
         self.selection.update(val_loss, row.get("eval/w2"))
         row["val/best_loss"] = self.selection.best_loss
-        self.progress.update(step=self.global_step, epoch=epoch, total_epochs=cfg.epochs,
-                             loss=self.last_train_loss, val_loss=val_loss)
         return row
 
     def validate(self, stage=None) -> float:
@@ -285,10 +276,8 @@ class FlowTrainer:
         }
 
     def load_state_dict(self, payload: dict[str, Any], *, source=None) -> None:
-        """Restore `state_dict()`'s output into this trainer (`source` names it in messages);
-        the LR is re-derived from the step: identical for an exact resume, re-planned when
-        `--epochs` was extended. An original study checkpoint goes through the compatibility
-        module first (`utils.study_checkpoint_state`)."""
+        """Restore `state_dict()`'s output (`source` names it in messages); the LR follows the
+        step (re-planned when `--epochs` grew). A study checkpoint is converted by utils.py."""
         source = Path(source) if source is not None else Path("checkpoint")
         self.data.check_checkpoint(payload, source, dataset=self.config.dataset,
                                    steps_per_epoch=self.steps_per_epoch, warn=self.warn)
@@ -303,8 +292,7 @@ class FlowTrainer:
         self.precision.load_state_dict(payload.get("grad_scaler") or {})
         self.wandb_run_id = payload.get("wandb_run_id")
         self.last_train_loss = payload.get("last_train_loss")
-        if "log_window" in payload:
-            self.window.load_state_dict(payload["log_window"])
+        self.window.load_state_dict(payload.get("log_window"))
         if exact:
             self.batches.load_state_dict(payload["rng_states"])
         self.learning_rate.apply(self.optimizer, self.global_step)
@@ -331,8 +319,9 @@ class FlowTrainer:
     def _result(self, status: str, elapsed_s: float) -> dict[str, Any]:
         return {"status": status, "epochs_run": self.epoch + 1, "final_epoch": self.epoch,
                 "best_val_loss": self.best_loss, "global_step": self.global_step,
-                "checkpoint_path": str(self.run_dir / BEST_NAME),
-                "last_checkpoint_path": str(self.run_dir / LAST_NAME), "elapsed_s": elapsed_s,
-                "wandb_run_id": self.wandb_run_id, "run_dir": str(self.run_dir),
+                "checkpoint_path": str(self.recorder.run_dir / BEST_NAME),
+                "last_checkpoint_path": str(self.recorder.run_dir / LAST_NAME),
+                "elapsed_s": elapsed_s, "wandb_run_id": self.wandb_run_id,
+                "run_dir": str(self.recorder.run_dir),
                 "scheduler": self.config.scheduler.type, "dataset": self.data.describe(),
                 "lrs": [group["lr"] for group in self.optimizer.param_groups]}
