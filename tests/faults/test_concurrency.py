@@ -44,6 +44,8 @@ def test_second_process_on_a_running_run_is_refused_and_the_first_finishes(
     run = isolated_run_root / "busy"
     first = flowctl("train", "--run-name", "busy", *args)
     wait_for((run / "last.pt").exists, process=first, what="the first last.pt")
+    # Held still (SIGSTOP) while the others try: it keeps its lock however fast it would train.
+    os.kill(first.pid, signal.SIGSTOP)
     host = socket.gethostname()
 
     # The lock is checked before anything that could suggest a wrong next step (such as
@@ -69,6 +71,7 @@ def test_second_process_on_a_running_run_is_refused_and_the_first_finishes(
     assert json.loads(inspected.stdout)["global_step"] > 0
     assert json.loads((run / "run.lock").read_text())["pid"] == first.pid
 
+    os.kill(first.pid, signal.SIGCONT)
     assert first.wait(120) == 0, first.stderr
     assert run_json(run)["status"] == "finished" and not (run / "run.lock").exists()
     assert_same_state(load(isolated_run_root / "reference" / "last.pt"), load(run / "last.pt"))
