@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from tests.support.helpers import (
-    REPO_ROOT,
     TINY,
     cli,
     error_line,
     load,
     run_json,
     vectors_file,
-    wandb_files,
 )
 
 
@@ -115,27 +110,6 @@ def test_write_failure_is_exit_1_and_marks_the_run_failed(tmp_path, isolated_run
     status = run_json(isolated_run_root / "blocked")
     assert status["status"] == "failed" and "last.pt" in status["error"]["message"]
     assert not list((isolated_run_root / "blocked").glob(".*tmp*")), "temp file left behind"
-
-
-@pytest.mark.slow
-def test_module_entry_point_runs_as_a_real_process(tmp_path, isolated_run_root):
-    """`python -m study.flow_matching.train` with the original study's flags and a split name."""
-    splits = tmp_path / "study" / "datasets" / "splits"
-    made = subprocess.run([sys.executable, REPO_ROOT / "scripts" / "make_splits.py", "--generator",
-                           "moons", "--out", splits, "--sizes", "1k"],
-                          capture_output=True, text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
-    process = subprocess.run(
-        [sys.executable, "-m", "study.flow_matching.train", "--arch", "mlp", "--flow", "icfm",
-         "--dataset", "1k", "--group", "test", "--epochs", "2", "--batch-size", "64",
-         "--lr", "1e-3", "--wandb-project", "P", "--wandb-mode", "offline", "--plain"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert process.returncode == 0, process.stderr
-    run = isolated_run_root / "mlp-icfm-1k-none"
-    assert load(run / "best.pt")["config"]["group"] == "test"
-    assert len(wandb_files(run)) == 1
-    assert "best val loss" in process.stdout
 
 
 def test_run_json_names_the_data_files_with_their_checksums(tmp_path, isolated_run_root):

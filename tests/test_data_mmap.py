@@ -184,6 +184,7 @@ print(json.dumps({"before": before, "peak": status("VmHWM"), "mapped": splits.me
 """
 
 
+@pytest.mark.slow  # a real process reading 160 MB: seconds
 @pytest.mark.parametrize("ext", ["npy", "pt"])
 def test_resident_memory_stays_far_below_the_file_size(tmp_path: Path, ext: str):
     """160 MB of training rows: loading, checksum, finiteness, stats and 100 random batches of

@@ -5,7 +5,9 @@ and only rank 0 writing files."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from tests.support.helpers import (
     vectors_file,
     wait_for,
 )
+from tests.support.once import built_once
 
 pytestmark = pytest.mark.slow
 HOOKS = REPO_ROOT / "tests" / "support" / "hooks"  # sitecustomize.py: the row ids each rank trains
@@ -98,19 +101,21 @@ def workers_of(launcher_pid: int) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """Uninterrupted runs on 1 and on 2 processes, and their sample logs."""
-    root = tmp_path_factory.mktemp("references")
-    data = vectors_file(root)
-    env = {"FLOWCTL_CKPT_DIR": str(root / "runs")}
-    logs = {}
-    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
-        logs[name] = root / f"samples-{name}"
-        logs[name].mkdir()
-        process = spawn("train", "--run-name", name, *args_for(data), *extra,
-                        env={**env, **with_hooks(FLOWCTL_SAMPLE_LOG=logs[name],
-                                                 FLOWCTL_THREADS_LOG=logs[name])})
-        assert finish(process) == 0, process.stderr_text
-    return {"root": root / "runs", "data": data, "logs": logs}
+    """Uninterrupted runs on 1 and on 2 processes, and their sample logs (built once per
+    session, whichever pytest worker asks first)."""
+    def build(root: Path) -> None:
+        data = vectors_file(root)
+        for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+            log = root / f"samples-{name}"
+            log.mkdir()
+            process = spawn("train", "--run-name", name, *args_for(data), *extra,
+                            env={"FLOWCTL_CKPT_DIR": str(root / "runs"),
+                                 **with_hooks(FLOWCTL_SAMPLE_LOG=log, FLOWCTL_THREADS_LOG=log)})
+            assert finish(process) == 0, process.stderr_text
+
+    root = built_once(tmp_path_factory, "distributed-references", build)
+    return {"root": root / "runs", "data": next(root.glob("vectors-*.pt")),
+            "logs": {name: root / f"samples-{name}" for name in ("one", "two")}}
 
 
 def steps_of(log_dir: Path) -> list[list[int]]:
@@ -157,36 +162,66 @@ def agent_of(launcher_pid: int) -> int:
 
 def stop_when(process, run: Path, sig: int, *, after_step: int, to_agent: bool = False) -> None:
     """Send `sig` once the run has a last.pt past `after_step`."""
+    steps = {}  # each new last.pt (inode, mtime) read once, not on every poll
+
     def ready() -> bool:  # last.pt is replaced atomically: it is whole whenever it exists
-        return (run / "last.pt").exists() and load(run / "last.pt")["global_step"] > after_step
+        try:
+            stat = (run / "last.pt").stat()
+        except FileNotFoundError:
+            return False
+        key = (stat.st_ino, stat.st_mtime_ns)
+        if key not in steps:
+            steps[key] = load(run / "last.pt")["global_step"]
+        return steps[key] > after_step
 
     wait_for(ready, process=process, what=f"a checkpoint past step {after_step}", timeout=180)
     os.kill(agent_of(process.pid) if to_agent else process.pid, sig)
 
 
-def test_signals_to_launcher_and_agent_save_once_and_resume_exactly(references, isolated_run_root,
-                                                                    tmp_path):
+@pytest.fixture(scope="module")
+def stopped(references, tmp_path_factory):
+    """The first segment both resume tests below continue: `train --nproc 2` stopped by
+    SIGTERM to flowctl once it has a checkpoint (with its sample and gloo-thread logs; built
+    once per session). Tests continue a copy of it."""
+    def build(root: Path) -> None:
+        for name in ("samples", "threads"):
+            (root / name).mkdir()
+        first = spawn("train", "--run-name", "two", *args_for(references["data"]),
+                      "--requeue-signal", "SIGUSR1", "--save-every", "4", "--nproc", "2",
+                      env={"FLOWCTL_CKPT_DIR": str(root / "runs"),
+                           **with_hooks(FLOWCTL_SAMPLE_LOG=root / "samples",
+                                        FLOWCTL_THREADS_LOG=root / "threads")})
+        stop_when(first, root / "runs" / "two", signal.SIGTERM, after_step=0)
+        code = finish(first)
+        (root / "ended.json").write_text(json.dumps({"code": code, "stderr": first.stderr_text}))
+
+    root = built_once(tmp_path_factory, "distributed-stopped", build)
+    return {**json.loads((root / "ended.json").read_text()), "run": root / "runs" / "two",
+            "samples": root / "samples", "threads": root / "threads"}
+
+
+def continue_stopped(stopped, root: Path) -> tuple[Path, int]:
+    """A copy of the stopped run under `root`, and the step it stopped at."""
+    assert stopped["code"] == 143, stopped["stderr"]
+    run = Path(shutil.copytree(stopped["run"], root / "two"))
+    return run, load(run / "last.pt")["global_step"]
+
+
+def test_signals_to_launcher_and_agent_save_once_and_resume_exactly(references, stopped,
+                                                                    isolated_run_root):
     """SIGTERM to flowctl, then (resumed) SIGUSR1 to torchrun's agent: each stop leaves
     last.pt and `preempted` with the signal's exit code; the run ends bit-identical."""
-    run = isolated_run_root / "two"
-    args = [*args_for(references["data"]), "--requeue-signal", "SIGUSR1", "--save-every", "4"]
-    threads = tmp_path / "threads"
-    threads.mkdir()
-    first = spawn("train", "--run-name", "two", *args, "--nproc", "2",
-                  env=with_hooks(FLOWCTL_THREADS_LOG=threads))
-    stop_when(first, run, signal.SIGTERM, after_step=0)
-    assert finish(first) == 143, first.stderr_text
-    assert "Traceback" not in first.stderr_text
+    run, stopped_at = continue_stopped(stopped, isolated_run_root)
+    assert "Traceback" not in stopped["stderr"]
     # A stop leaves through an exception, whose frames hold the trainer: freed all the same.
-    assert gloo_threads_left(threads) == {"threads-rank0.txt": [], "threads-rank1.txt": []}
-    stopped = load(run / "last.pt")["global_step"]
-    assert run_json(run)["status"] == "preempted" and 0 < stopped < EPOCHS * 9
+    assert gloo_threads_left(stopped["threads"]) == {"threads-rank0.txt": [], "threads-rank1.txt": []}
+    assert run_json(run)["status"] == "preempted" and 0 < stopped_at < EPOCHS * 9
 
     second = spawn("resume", "two", "--requeue-signal", "SIGUSR1", "--nproc", "2")
-    stop_when(second, run, signal.SIGUSR1, after_step=stopped + 4, to_agent=True)
+    stop_when(second, run, signal.SIGUSR1, after_step=stopped_at + 4, to_agent=True)
     assert finish(second) == 138, second.stderr_text
     assert run_json(run)["status"] == "preempted"
-    assert load(run / "last.pt")["global_step"] > stopped
+    assert load(run / "last.pt")["global_step"] > stopped_at
 
     third = spawn("resume", "two", "--nproc", "2")
     assert finish(third) == 0, third.stderr_text
@@ -226,27 +261,22 @@ def test_a_rank_that_dies_without_restarts_fails_the_run_and_says_which(referenc
     assert len(errors) == 1 or errors[0].startswith("error: run two failed: "), errors
 
 
-def test_resume_across_world_sizes_repeats_and_skips_no_sample(references, tmp_path,
+def test_resume_across_world_sizes_repeats_and_skips_no_sample(references, stopped, tmp_path,
                                                               isolated_run_root):
     """2 processes, stopped; 1 process, stopped; 2 processes to the end: the global batches
     are those of one uninterrupted process, in order, each once."""
-    run = isolated_run_root / "r"
-    logs = [tmp_path / f"segment-{i}" for i in range(3)]
-    for folder in logs:
+    run, stopped_at = continue_stopped(stopped, isolated_run_root)
+    logs = [stopped["samples"], tmp_path / "segment-1", tmp_path / "segment-2"]
+    for folder in logs[1:]:
         folder.mkdir()
-    first = spawn("train", "--run-name", "r", *args_for(references["data"]), "--save-every", "4",
-                  "--nproc", "2", env=sample_log(logs[0]))
-    stop_when(first, run, signal.SIGTERM, after_step=0)
-    assert finish(first) == 143, first.stderr_text
-    refused = spawn("resume", "r", "--strict-world-size")
+    refused = spawn("resume", "two", "--strict-world-size")
     assert finish(refused) == 2 and "--strict-world-size" in refused.stderr_text
-    stopped = load(run / "last.pt")["global_step"]
 
-    second = spawn("resume", "r", "--save-every", "4", env=sample_log(logs[1]))
-    stop_when(second, run, signal.SIGTERM, after_step=stopped + 4)
+    second = spawn("resume", "two", "--save-every", "4", env=sample_log(logs[1]))
+    stop_when(second, run, signal.SIGTERM, after_step=stopped_at + 4)
     assert finish(second) == 143, second.stderr_text
     assert "continuing on 1 process(es) a run trained on 2" in second.stderr_text
-    third = spawn("resume", "r", "--nproc", "2", env=sample_log(logs[2]))
+    third = spawn("resume", "two", "--nproc", "2", env=sample_log(logs[2]))
     assert finish(third) == 0, third.stderr_text
 
     assert sum((steps_of(folder) for folder in logs), []) == steps_of(references["logs"]["one"])

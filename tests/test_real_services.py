@@ -65,6 +65,7 @@ def suite(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return run
 
 
+@pytest.mark.slow  # a nested `pytest -n 2` in a subprocess: ~2 s
 def test_a_missing_service_is_a_skip_named_at_the_end_with_its_command(suite):
     result = suite("chromium")
     assert result.ret == 0
@@ -82,6 +83,7 @@ def test_a_missing_service_is_a_skip_named_at_the_end_with_its_command(suite):
     assert "1 passed, 2 skipped" in lines[section + 6]
 
 
+@pytest.mark.slow  # a nested `pytest -n 2` in a subprocess: ~2 s
 def test_with_services_required_a_missing_service_is_an_error(suite):
     result = suite("chromium", require="1")
     assert result.ret == 1
@@ -94,6 +96,7 @@ def test_with_services_required_a_missing_service_is_an_error(suite):
     result.stdout.no_fnmatch_line("*real-service tests skipped*")
 
 
+@pytest.mark.slow  # a nested `pytest -n 2` in a subprocess: ~2 s
 @pytest.mark.parametrize("require", [None, "0", "1"])
 def test_a_present_service_runs_its_tests(suite, require):
     result = suite("chromium", "chromedriver", "sbatch", "scontrol", require=require)
@@ -103,6 +106,7 @@ def test_a_present_service_runs_its_tests(suite, require):
     result.stdout.no_fnmatch_line("*real-service tests skipped*")
 
 
+@pytest.mark.slow  # a nested `pytest -n 2` in a subprocess: ~2 s
 def test_a_bad_require_value_or_service_name_is_one_line(pytester: pytest.Pytester, monkeypatch):
     pytester.makeconftest('pytest_plugins = ["tests.support.real_services"]')
     pytester.makepyfile(test_gpu="""

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from study.flow_matching.utils import cosine_warmup_factor
-from tests.support.helpers import load
+from tests.support.helpers import load, wandb_files
 
 STUDY = ["--flow", "icfm", "--dataset", "1k", "--group", "test", "--batch-size", "64",
          "--lr", "1e-3", "--wandb-project", "flow-matching-study"]
@@ -69,7 +69,10 @@ def test_the_studys_verification_commands_pass_unchanged(study_folder: Path):
 
     verify = run_in(study_folder, *train, "--arch", "verify", *STUDY, "--epochs", "3")
     assert verify.returncode == 0, verify.stderr
-    assert (study_folder / "study/checkpoints/verify-icfm-1k-none/best.pt").is_file()
+    run = study_folder / "study/checkpoints/verify-icfm-1k-none"
+    assert load(run / "best.pt")["config"]["group"] == "test"
+    assert len(wandb_files(run)) == 1  # WANDB_MODE=offline, as the study ran it
+    assert "best val loss" in verify.stdout
 
 
 def test_the_package_imports_from_a_study_folder(study_folder: Path):

@@ -250,6 +250,8 @@ def test_a_stop_signal_stops_children_gracefully_and_the_next_sweep_continues(
         assert f"stopped by {signal.Signals(sig).name}" in (folder / "train.log").read_text()
         stopped_at[folder] = load(folder / "last.pt")["global_step"]
     assert "2 points: 2 preempted" in out
+    if sig == signal.SIGINT:
+        return  # what follows a stop does not depend on its signal: SIGTERM's case checks it
     grid = write_grid(tmp_path, {"seed": [0, 1]},
                       epochs=max(step for step in stopped_at.values()) // 9 + 3)
     code, out, err = finish(start_sweep(grid, "--parallel", "2"))

@@ -8,24 +8,21 @@ from the initial ones. It holds best.pt, last.pt, metrics.csv and run.json.
 It is read-only: a test that writes into its run (`sample` without --out, `plot`) takes a
 copy (`copy_run`), and a test that resumes, prunes or damages a run trains its own.
 
-Under pytest-xdist the workers of one session share one build: the first to get the lock
-trains it under the session's base temp folder, the others wait and read it.
+Under pytest-xdist the workers of one session share one build (tests/support/once.py).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from tests.support.helpers import TINY, cli, vectors_file
+from tests.support.once import built_once
 
 RUN_NAME = "tiny"
 TRAIN_FLAGS = ["--epochs", "4", "--lr", "1e-2", "--ema-decay", "0.9", *TINY]
-DONE = "trained"  # written beside the run once it has finished
 
 
 def build(folder: Path) -> Path:
@@ -51,14 +48,4 @@ def copy_run(run: Path, root: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's finished tiny run (see the module docstring). Read it; never write to it."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the folder every worker of this session has its base temp in
-    folder = base / "shared-trained-run"
-    with FileLock(f"{folder}.lock"):
-        if not (folder / DONE).exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
-            folder.mkdir()
-            build(folder)
-            (folder / DONE).touch()
-    return folder / "checkpoints" / RUN_NAME
+    return built_once(tmp_path_factory, "shared-trained-run", build) / "checkpoints" / RUN_NAME
