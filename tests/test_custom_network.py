@@ -27,6 +27,7 @@ from tests.support.helpers import (
     vectors_file,
     wait_for,
 )
+from tests.support.trained_run import copy_run
 
 EXAMPLE = REPO_ROOT / "examples" / "custom_network"
 UNET = ["--network", "flow_nets.unet:UNet1d", "--network-args", '{"channels": 4, "levels": 1}',
@@ -149,7 +150,7 @@ def test_hostile_targets_exit_2_and_call_nothing(tmp_path, user_folder, isolated
 
 @pytest.mark.slow  # real processes, 5-10 s: the default suite runs it, test-fast does not
 def test_list_inspect_and_the_dashboard_never_import_a_runs_target(
-        tmp_path, user_folder, isolated_run_root):
+        tmp_path, user_folder, isolated_run_root, trained_run):
     """A run whose checkpoint and run.json name a module that writes a marker when
     imported: the commands that list or inspect runs must not import it."""
     package = tmp_path / "evil"
@@ -157,23 +158,21 @@ def test_list_inspect_and_the_dashboard_never_import_a_runs_target(
     marker = tmp_path / "imported"
     (package / "evilnet.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     env = user_env(isolated_run_root, package)
-    flowctl(user_folder, env, "train", "--run-name", "r", "--dataset", vectors_file(tmp_path),
-            "--epochs", "1", *TINY)
-    run = isolated_run_root / "r"
+    run = copy_run(trained_run, isolated_run_root)  # the session's finished run, as "tiny"
     for name in ("best.pt", "last.pt"):
         _retarget(run / name, "evilnet:Net")
     status = run_json(run)
     status["config"]["network"] = "evilnet:Net"
     (run / "run.json").write_text(json.dumps(status))
 
-    assert "r" in flowctl(user_folder, env, "list-runs").stdout
-    assert "evilnet:Net" in flowctl(user_folder, env, "inspect-ckpt", "r").stdout
+    assert "tiny" in flowctl(user_folder, env, "list-runs").stdout
+    assert "evilnet:Net" in flowctl(user_folder, env, "inspect-ckpt", "tiny").stdout
     flowctl(user_folder, env, "list-runs", "--json")
     with serve_root(isolated_run_root) as served:
-        assert get_json(f"{served}/api/runs/r")["run"]["run_name"] == "r"
+        assert get_json(f"{served}/api/runs/tiny")["run"]["run_name"] == "tiny"
     assert not marker.exists()
     # A command that builds the model does import it, and refuses what it finds.
-    refused = flowctl(user_folder, env, "sample", "r", "--n", "5", check=2)
+    refused = flowctl(user_folder, env, "sample", "tiny", "--n", "5", check=2)
     assert marker.exists() and "no 'Net'" in refused.stderr
 
 
