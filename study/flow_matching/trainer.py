@@ -4,7 +4,9 @@
 `_end_epoch()` for validation, evaluation, best and patience, the checkpoint policy after
 every step) and finishes. The loss stays on the device between log rows. Every random draw
 comes from a generator whose state is in `state_dict()` (one literal), and the LR is a function
-of the step: a resumed run ends bit-identical (on CPU) to one that never stopped.
+of the step: a resumed run ends bit-identical (on CPU) to one that never stopped. Beside the
+loop (`train` to `_end_epoch`, ~130 lines) live the state it owns and the run's report (~330
+lines in all), so that no other module reads the trainer's attributes.
 """
 
 from __future__ import annotations
