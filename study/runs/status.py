@@ -7,7 +7,8 @@ folders with os.scandir, and nothing else.
 
 A run whose run.json says `running` may have died without saying so (SIGKILL, OOM, a lost
 node); `display_status` is then `crashed`. A folder whose run.json is missing or unreadable
-is shown as `unknown` with a one-line `reason`, never an exception.
+is shown as `unknown` with a one-line `reason`, never an exception. The schema, its writer
+and its readers stay in this one module (~310 lines) so that they cannot drift apart.
 """
 
 from __future__ import annotations
