@@ -16,6 +16,7 @@ import torch
 
 from tests.support.helpers import (
     REPO_ROOT,
+    CheckpointSteps,
     assert_same_state,
     load,
     metrics_rows,
@@ -162,17 +163,11 @@ def agent_of(launcher_pid: int) -> int:
 
 def stop_when(process, run: Path, sig: int, *, after_step: int, to_agent: bool = False) -> None:
     """Send `sig` once the run has a last.pt past `after_step`."""
-    steps = {}  # each new last.pt (inode, mtime) read once, not on every poll
+    steps = CheckpointSteps()
 
-    def ready() -> bool:  # last.pt is replaced atomically: it is whole whenever it exists
-        try:
-            stat = (run / "last.pt").stat()
-        except FileNotFoundError:
-            return False
-        key = (stat.st_ino, stat.st_mtime_ns)
-        if key not in steps:
-            steps[key] = load(run / "last.pt")["global_step"]
-        return steps[key] > after_step
+    def ready() -> bool:
+        step = steps(run / "last.pt")
+        return step is not None and step > after_step
 
     wait_for(ready, process=process, what=f"a checkpoint past step {after_step}", timeout=180)
     os.kill(agent_of(process.pid) if to_agent else process.pid, sig)

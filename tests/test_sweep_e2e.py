@@ -16,6 +16,7 @@ import yaml
 
 from tests.support.helpers import (
     REPO_ROOT,
+    CheckpointSteps,
     assert_same_state,
     cli,
     load,
@@ -119,24 +120,16 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_point_once_and_exactly(tmp_p
     grid = write_grid(tmp_path, {"flow": ["icfm", "otcfm"], "seed": [0, 1]}, epochs=40)
     names = [f"mlp-{flow}-vectors-none-s{seed}" for flow in ("icfm", "otcfm") for seed in (0, 1)]
     folders = [isolated_run_root / name for name in names]
-    steps: dict[tuple, int] = {}  # each new last.pt (inode, mtime) read once, not every poll
+    steps = CheckpointSteps()
 
-    def step_of(last: Path) -> int | None:
-        try:
-            stat = last.stat()
-        except FileNotFoundError:
-            return None
-        key = (stat.st_ino, stat.st_mtime_ns)
-        if key not in steps:
-            steps[key] = load(last)["global_step"]
-        return steps[key]
+    def midway(state: dict | None, folder: Path) -> bool:
+        step = steps(folder / "last.pt") if state and state["status"] == "running" else None
+        return step is not None and step < 40 * 9
 
     def one_done_one_midway() -> bool:
         states = [run_json(folder) for folder in folders]
         done = any(s and s["status"] == "finished" for s in states)
-        midway = any(s and s["status"] == "running" and (step_of(f / "last.pt") or 40 * 9) < 40 * 9
-                     for s, f in zip(states, folders, strict=True))
-        return done and midway
+        return done and any(midway(s, f) for s, f in zip(states, folders, strict=True))
 
     launcher = start_sweep(grid, "--parallel", "2")
     freeze_when(one_done_one_midway, launcher)

@@ -183,6 +183,25 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class CheckpointSteps:
+    """`steps(path)`: the global_step of the checkpoint at `path`, None while there is none.
+    A run replaces last.pt atomically, so each new file (inode, mtime) is read once: a test
+    polling it every few ms does not torch.load the same file on every poll."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, int], int] = {}
+
+    def __call__(self, path: Path) -> int | None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns)
+        if key not in self.seen:
+            self.seen[key] = load(path)["global_step"]
+        return self.seen[key]
+
+
 def state_differences(reference: dict, resumed: dict) -> list[str]:
     """Where two checkpoints' step, weights, EMA or optimizer state differ (bitwise)."""
     if reference.get("global_step") != resumed.get("global_step"):
