@@ -64,8 +64,10 @@ SwitchType=switch/none
 ReturnToService=2
 JobRequeue=1
 # A requeued job may start again after the credential of its last run expires (default
-# 120 s); 10 s keeps the requeue test short.
-AuthInfo=cred_expire=10
+# 120 s; 5 s is Slurm's least) and then waits for the next backfill pass (default every
+# 30 s) or main scheduling pass (60 s): both every 1 s here. Both keep the requeue test short.
+AuthInfo=cred_expire=5
+SchedulerParameters=sched_interval=1,bf_interval=1
 MinJobAge=600
 KillWait=10
 StateSaveLocation=/var/spool/slurmctld

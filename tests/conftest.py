@@ -15,8 +15,10 @@ import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # `@pytest.mark.real_service(...)`: skipped where the service is missing, an error in CI;
-# `trained_run`: one finished tiny run per test session, for the tests that only read a run.
-pytest_plugins = ["tests.support.real_services", "tests.support.trained_run"]
+# `trained_run`: one finished tiny run per test session, for the tests that only read a run;
+# `zygote`, `flowctl`: real flowctl processes forked from a pre-imported interpreter.
+pytest_plugins = ["tests.support.real_services", "tests.support.trained_run",
+                  "tests.support.zygote_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""`flowctl train key=value ...`: config keys as Hydra users type them, with the flags' checks."""
+"""`flowctl train key=value ...`: config keys as Hydra users type them, with the flags' checks.
+That the words reach torchrun's workers is checked by test_custom_network's two-process run."""
 
 from __future__ import annotations
 
@@ -74,18 +75,6 @@ def test_a_flag_and_a_word_for_different_keys_of_one_mapping_combine():
 
 
 @pytest.mark.slow
-def test_torchrun_workers_get_the_words_too(isolated_run_root):
-    """--nproc re-runs the command in each worker: the words must reach them as flags do."""
-    from tests.support.helpers import spawn
-
-    process = spawn("train", "epochs=1", "ema_decay=0.99", "--dataset", "moons", "--nproc", "2",
-                    "--run-name", "kv", *TINY)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-2000:]
-    config = load(isolated_run_root / "kv" / "best.pt")["config"]
-    assert (config["epochs"], config["ema_decay"]) == (1, 0.99)
-
-
 def test_a_network_flag_and_its_argument_words_combine():
     """--network names the class, network.args.X sets one argument: no clash; the same
     argument from --network-args and a word is one."""

@@ -63,11 +63,12 @@ def user_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_example_network_trains_resumes_exactly_samples_evaluates_and_plots(
-        tmp_path, user_folder, isolated_run_root):
+        tmp_path, user_folder, isolated_run_root, monkeypatch):
     env = user_env(isolated_run_root)
     args = ["--dataset", vectors_file(tmp_path), "--epochs", "6", *TINY, *UNET,
             "--eval-every", "2", "--eval-samples", "100", "--tracker", "tensorboard"]
-    flowctl(user_folder, env, "train", "--run-name", "a", *args)
+    monkeypatch.syspath_prepend(str(EXAMPLE))  # the reference run "a", in-process
+    assert cli("train", "--run-name", "a", *args).exit_code == 0
     process = start(user_folder, env, "train", "--run-name", "b", *args)
     wait_for((isolated_run_root / "b" / "last.pt").exists, process=process, what="b's last.pt")
     process.send_signal(signal.SIGKILL)
@@ -96,8 +97,8 @@ def test_example_network_trains_resumes_exactly_samples_evaluates_and_plots(
     assert all("mean_error" in draw for draw in record["per_draw"])
     flowctl(user_folder, env, "plot", "b")
     assert (run / "loss.png").is_file() and (run / "samples.png").is_file()
-    slurm = flowctl(user_folder, env, "slurm", "submit", _config_file(tmp_path), "--dry-run")
-    assert "flowctl" in slurm.stdout and "train" in slurm.stdout
+    slurm = cli("slurm", "submit", _config_file(tmp_path), "--dry-run")
+    assert slurm.exit_code == 0 and "flowctl" in slurm.stdout and "train" in slurm.stdout
 
     # Without the package on the path: exit 2, one line naming the target and the fix.
     bare = {**env, "PYTHONPATH": str(REPO_ROOT)}
@@ -120,16 +121,22 @@ def test_example_grid_sweeps_a_network_argument_and_trains_on_two_processes(
     grid = user_folder / "grid.yaml"
     grid.write_text((EXAMPLE / "grid.yaml").read_text().replace("epochs: 5", "epochs: 1")
                     .replace("[8, 16]", "[2, 4]"))
-    result = flowctl(user_folder, env, "sweep", "run", grid)
+    result = flowctl(user_folder, env, "sweep", "run", grid, "--wandb-mode", "disabled")
     assert "2 points: 2 finished" in result.stdout, result.stdout
     names = sorted(p.name for p in isolated_run_root.iterdir())
     assert names == ["unet1d-icfm-moons-none-channels2", "unet1d-icfm-moons-none-channels4"]
     assert load(isolated_run_root / names[1] / "best.pt")["config"]["network_args"]["channels"] == 4
     assert "eval/mean_error" in metrics_rows(isolated_run_root / names[0])[0]
-    data = vectors_file(tmp_path)
-    flowctl(user_folder, env, "train", "--run-name", "ddp", "--dataset", data, "--epochs", "2",
-            *TINY, *UNET[:4], "--nproc", "2")
-    assert load(isolated_run_root / "ddp" / "last.pt")["world_size"] == 2
+    # On two processes, with the settings as key=value words (as Hydra users type them):
+    # torchrun re-runs the command in each worker, and the words must reach them as flags do.
+    flowctl(user_folder, env, "train", "network=flow_nets.unet:UNet1d", "network.args.channels=4",
+            "network.args.levels=1", "epochs=2", "ema_decay=0.99", "--run-name", "ddp",
+            "--dataset", vectors_file(tmp_path), *TINY, "--nproc", "2")
+    checkpoint = load(isolated_run_root / "ddp" / "last.pt")
+    config = checkpoint["config"]
+    assert checkpoint["world_size"] == 2 and checkpoint["epoch"] == 1
+    assert (config["network"], config["network_args"], config["ema_decay"]) == (
+        "flow_nets.unet:UNet1d", {"channels": 4, "levels": 1}, 0.99)
 
 
 @pytest.mark.slow  # one real process; the other targets in-process (the same check, faster)

@@ -5,40 +5,27 @@ and only rank 0 writing files."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.support.distributed_runs import EPOCHS, finish, reference_runs, run_args, with_hooks
 from tests.support.helpers import (
-    REPO_ROOT,
     CheckpointSteps,
     assert_same_state,
+    cli,
     load,
     metrics_rows,
-    run_flags,
     run_json,
     spawn,
-    vectors_file,
     wait_for,
 )
-from tests.support.once import built_once
 
 pytestmark = pytest.mark.slow
-HOOKS = REPO_ROOT / "tests" / "support" / "hooks"  # sitecustomize.py: the row ids each rank trains
-EPOCHS = 30  # 9 steps of 64 rows per epoch: 270 steps, ~2 s, time for a signal to land
 RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "run.json"}
-
-
-def with_hooks(**variables: Path) -> dict[str, str]:
-    """The environment that turns on tests/support/hooks' logs (FLOWCTL_SAMPLE_LOG: the rows
-    each rank trains; FLOWCTL_THREADS_LOG: each worker's threads once it left the group)."""
-    path = [str(HOOKS), os.environ.get("PYTHONPATH", ""), str(REPO_ROOT)]
-    return {**{k: str(v) for k, v in variables.items()}, "PYTHONPATH": os.pathsep.join(filter(None, path))}
 
 
 def sample_log(folder: Path) -> dict[str, str]:
@@ -55,16 +42,6 @@ def gloo_threads_left(folder: Path) -> dict[str, list[str]]:
     for rank in (0, 1):
         assert gloo(folder / f"threads-before-rank{rank}.txt"), "no gloo thread seen while in the group"
     return {f"threads-rank{rank}.txt": gloo(folder / f"threads-rank{rank}.txt") for rank in (0, 1)}
-
-
-def args_for(data: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
-    return run_flags(data, "--log-every", "3", *extra, epochs=epochs)
-
-
-def finish(process, timeout: float = 240) -> int:
-    """Wait for `process`; its stderr text is then `process.stderr_text`."""
-    _, process.stderr_text = process.communicate(timeout=timeout)
-    return process.returncode
 
 
 def parent_of(pid: int) -> int:
@@ -102,21 +79,8 @@ def workers_of(launcher_pid: int) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """Uninterrupted runs on 1 and on 2 processes, and their sample logs (built once per
-    session, whichever pytest worker asks first)."""
-    def build(root: Path) -> None:
-        data = vectors_file(root)
-        for name, extra in (("one", []), ("two", ["--nproc", "2"])):
-            log = root / f"samples-{name}"
-            log.mkdir()
-            process = spawn("train", "--run-name", name, *args_for(data), *extra,
-                            env={"FLOWCTL_CKPT_DIR": str(root / "runs"),
-                                 **with_hooks(FLOWCTL_SAMPLE_LOG=log, FLOWCTL_THREADS_LOG=log)})
-            assert finish(process) == 0, process.stderr_text
-
-    root = built_once(tmp_path_factory, "distributed-references", build)
-    return {"root": root / "runs", "data": next(root.glob("vectors-*.pt")),
-            "logs": {name: root / f"samples-{name}" for name in ("one", "two")}}
+    """Uninterrupted runs on 1 and 2 processes and their sample logs (built once per session)."""
+    return reference_runs(tmp_path_factory)
 
 
 def steps_of(log_dir: Path) -> list[list[int]]:
@@ -173,59 +137,56 @@ def stop_when(process, run: Path, sig: int, *, after_step: int, to_agent: bool =
     os.kill(agent_of(process.pid) if to_agent else process.pid, sig)
 
 
-@pytest.fixture(scope="module")
-def stopped(references, tmp_path_factory):
-    """The first segment both resume tests below continue: `train --nproc 2` stopped by
-    SIGTERM to flowctl once it has a checkpoint (with its sample and gloo-thread logs; built
-    once per session). Tests continue a copy of it."""
-    def build(root: Path) -> None:
-        for name in ("samples", "threads"):
-            (root / name).mkdir()
-        first = spawn("train", "--run-name", "two", *args_for(references["data"]),
-                      "--requeue-signal", "SIGUSR1", "--save-every", "4", "--nproc", "2",
-                      env={"FLOWCTL_CKPT_DIR": str(root / "runs"),
-                           **with_hooks(FLOWCTL_SAMPLE_LOG=root / "samples",
-                                        FLOWCTL_THREADS_LOG=root / "threads")})
-        stop_when(first, root / "runs" / "two", signal.SIGTERM, after_step=0)
-        code = finish(first)
-        (root / "ended.json").write_text(json.dumps({"code": code, "stderr": first.stderr_text}))
-
-    root = built_once(tmp_path_factory, "distributed-stopped", build)
-    return {**json.loads((root / "ended.json").read_text()), "run": root / "runs" / "two",
-            "samples": root / "samples", "threads": root / "threads"}
-
-
-def continue_stopped(stopped, root: Path) -> tuple[Path, int]:
-    """A copy of the stopped run under `root`, and the step it stopped at."""
-    assert stopped["code"] == 143, stopped["stderr"]
-    run = Path(shutil.copytree(stopped["run"], root / "two"))
-    return run, load(run / "last.pt")["global_step"]
-
-
-def test_signals_to_launcher_and_agent_save_once_and_resume_exactly(references, stopped,
-                                                                    isolated_run_root):
-    """SIGTERM to flowctl, then (resumed) SIGUSR1 to torchrun's agent: each stop leaves
-    last.pt and `preempted` with the signal's exit code; the run ends bit-identical."""
-    run, stopped_at = continue_stopped(stopped, isolated_run_root)
-    assert "Traceback" not in stopped["stderr"]
+def test_signals_and_world_sizes_resume_without_repeating_or_skipping_a_sample(
+        references, tmp_path, isolated_run_root):
+    """2 processes stopped by SIGTERM to flowctl; 1 process stopped by SIGTERM; 2 processes
+    stopped by SIGUSR1 to torchrun's agent; 2 processes to the end. Each stop leaves last.pt
+    and `preempted` with the signal's exit code; the global batches are those of one
+    uninterrupted process, in order, each once. (That a 2-process resume ends bit-identical
+    is checked below, after a rank dies, and across two nodes in test_multinode.py.)"""
+    logs = [tmp_path / f"segment-{index}" for index in range(4)]
+    for folder in logs:
+        folder.mkdir()
+    run = isolated_run_root / "two"
+    first = spawn("train", "--run-name", "two", *run_args(references["data"]),
+                  "--requeue-signal", "SIGUSR1", "--save-every", "4", "--nproc", "2",
+                  env=with_hooks(FLOWCTL_SAMPLE_LOG=logs[0], FLOWCTL_THREADS_LOG=logs[0]))
+    stop_when(first, run, signal.SIGTERM, after_step=0)
+    assert finish(first) == 143, first.stderr_text
+    assert "Traceback" not in first.stderr_text
     # A stop leaves through an exception, whose frames hold the trainer: freed all the same.
-    assert gloo_threads_left(stopped["threads"]) == {"threads-rank0.txt": [], "threads-rank1.txt": []}
+    assert gloo_threads_left(logs[0]) == {"threads-rank0.txt": [], "threads-rank1.txt": []}
+    stopped_at = load(run / "last.pt")["global_step"]
     assert run_json(run)["status"] == "preempted" and 0 < stopped_at < EPOCHS * 9
 
-    second = spawn("resume", "two", "--requeue-signal", "SIGUSR1", "--nproc", "2")
-    stop_when(second, run, signal.SIGUSR1, after_step=stopped_at + 4, to_agent=True)
-    assert finish(second) == 138, second.stderr_text
+    refused = cli("resume", "two", "--strict-world-size")  # refused before it starts: in-process
+    assert refused.exit_code == 2 and "--strict-world-size" in refused.stderr
+    second = spawn("resume", "two", env=sample_log(logs[1]))
+    stop_when(second, run, signal.SIGTERM, after_step=stopped_at + 4)
+    assert finish(second) == 143, second.stderr_text
+    assert "continuing on 1 process(es) a run trained on 2" in second.stderr_text
+    stopped_at = load(run / "last.pt")["global_step"]
+
+    third = spawn("resume", "two", "--requeue-signal", "SIGUSR1", "--nproc", "2",
+                  env=sample_log(logs[2]))
+    stop_when(third, run, signal.SIGUSR1, after_step=stopped_at + 4, to_agent=True)
+    assert finish(third) == 138, third.stderr_text
     assert run_json(run)["status"] == "preempted"
     assert load(run / "last.pt")["global_step"] > stopped_at
 
-    third = spawn("resume", "two", "--nproc", "2")
-    assert finish(third) == 0, third.stderr_text
-    assert_same_state(load(references["root"] / "two" / "last.pt"), load(run / "last.pt"))
-    assert metrics_rows(run) == metrics_rows(references["root"] / "two")
+    fourth = spawn("resume", "two", "--nproc", "2", env=sample_log(logs[3]))
+    assert finish(fourth) == 0, fourth.stderr_text
+    assert run_json(run)["status"] == "finished"
+    assert sum((steps_of(folder) for folder in logs), []) == steps_of(references["logs"]["one"])
+    final = load(run / "last.pt")
+    assert final["global_step"] == EPOCHS * 9
+    for name, tensor in load(references["root"] / "one" / "last.pt")["model_state_dict"].items():
+        torch.testing.assert_close(final["model_state_dict"][name], tensor, rtol=0, atol=1e-5)
+    assert [r["step"] for r in metrics_rows(run)] == [r["step"] for r in metrics_rows(references["root"] / "two")]
 
 
 def test_a_rank_that_dies_is_restarted_and_the_run_ends_identical(references, isolated_run_root):
-    process = spawn("train", "--run-name", "two", *args_for(references["data"]),
+    process = spawn("train", "--run-name", "two", *run_args(references["data"]),
                     "--save-every", "4", "--nproc", "2", "--max-restarts", "1")
     wait_for((isolated_run_root / "two" / "last.pt").exists, process=process, what="a last.pt",
              timeout=180)
@@ -242,7 +203,7 @@ def test_a_rank_that_dies_without_restarts_fails_the_run_and_says_which(referenc
     """Rank 0 is then stopped by torchrun's agent (SIGTERM: it saves) or fails in a collective
     (gloo: connection closed), whichever comes first; either way flowctl says which rank ended
     the run, not that it was stopped."""
-    process = spawn("train", "--run-name", "two", *args_for(references["data"]),
+    process = spawn("train", "--run-name", "two", *run_args(references["data"]),
                     "--save-every", "4", "--nproc", "2")
     wait_for((isolated_run_root / "two" / "last.pt").exists, process=process, what="a last.pt",
              timeout=180)
@@ -254,27 +215,3 @@ def test_a_rank_that_dies_without_restarts_fails_the_run_and_says_which(referenc
     assert errors[-1] == ("error: rank 1 failed (killed by SIGKILL), which ended the run; "
                           "FLOWCTL_DEBUG=1 shows every rank's output"), process.stderr_text
     assert len(errors) == 1 or errors[0].startswith("error: run two failed: "), errors
-
-
-def test_resume_across_world_sizes_repeats_and_skips_no_sample(references, stopped, tmp_path,
-                                                              isolated_run_root):
-    """2 processes, stopped; 1 process, stopped; 2 processes to the end: the global batches
-    are those of one uninterrupted process, in order, each once."""
-    run, stopped_at = continue_stopped(stopped, isolated_run_root)
-    logs = [stopped["samples"], tmp_path / "segment-1", tmp_path / "segment-2"]
-    for folder in logs[1:]:
-        folder.mkdir()
-    refused = spawn("resume", "two", "--strict-world-size")
-    assert finish(refused) == 2 and "--strict-world-size" in refused.stderr_text
-
-    second = spawn("resume", "two", "--save-every", "4", env=sample_log(logs[1]))
-    stop_when(second, run, signal.SIGTERM, after_step=stopped_at + 4)
-    assert finish(second) == 143, second.stderr_text
-    assert "continuing on 1 process(es) a run trained on 2" in second.stderr_text
-    third = spawn("resume", "two", "--nproc", "2", env=sample_log(logs[2]))
-    assert finish(third) == 0, third.stderr_text
-
-    assert sum((steps_of(folder) for folder in logs), []) == steps_of(references["logs"]["one"])
-    final = load(run / "last.pt")
-    for name, tensor in load(references["root"] / "one" / "last.pt")["model_state_dict"].items():
-        torch.testing.assert_close(final["model_state_dict"][name], tensor, rtol=0, atol=1e-5)

@@ -21,7 +21,6 @@ from tests.support.helpers import (
     metrics_rows,
     run_flags,
     run_json,
-    spawn,
     vectors_file,
     wait_for,
 )
@@ -114,11 +113,11 @@ def test_mlflow_chosen_on_resume_replays_the_whole_history(tmp_path, isolated_ru
 
 @pytest.mark.slow
 def test_sigkilled_run_resumes_into_the_same_mlflow_run_with_increasing_steps(
-        tmp_path, isolated_run_root):
+        tmp_path, isolated_run_root, flowctl):
     # A row per step: the kill is then likely to catch rows not yet written to MLflow,
     # which the resume must replay from metrics.csv.
     args = run_flags(vectors_file(tmp_path), "--log-every", "1", epochs=30)
-    process = spawn("train", "--run-name", "killed", *args, *MLFLOW,
+    process = flowctl("train", "--run-name", "killed", *args, *MLFLOW,
                     env={"MLFLOW_DISABLE_TELEMETRY": "true"})
     run_dir = isolated_run_root / "killed"
     wait_for((run_dir / "last.pt").exists, process=process, what="the first last.pt")
@@ -139,8 +138,8 @@ def test_sigkilled_run_resumes_into_the_same_mlflow_run_with_increasing_steps(
 
 
 @pytest.mark.slow
-def test_sigterm_marks_the_mlflow_run_killed_and_preempted(tmp_path, isolated_run_root):
-    process = spawn("train", "--run-name", "pre", *run_flags(vectors_file(tmp_path), epochs=40),
+def test_sigterm_marks_the_mlflow_run_killed_and_preempted(tmp_path, isolated_run_root, flowctl):
+    process = flowctl("train", "--run-name", "pre", *run_flags(vectors_file(tmp_path), epochs=40),
                     *MLFLOW, env={"MLFLOW_DISABLE_TELEMETRY": "true"})
     run_dir = isolated_run_root / "pre"
     wait_for((run_dir / "last.pt").exists, process=process, what="the first last.pt")

@@ -13,18 +13,10 @@ import uuid
 
 import pytest
 
-from tests.support.helpers import (
-    REPO_ROOT,
-    assert_same_state,
-    load,
-    metrics_rows,
-    run_flags,
-    spawn,
-    vectors_file,
-)
+from tests.support.distributed_runs import EPOCHS, reference_runs, run_args
+from tests.support.helpers import REPO_ROOT, assert_same_state, load, metrics_rows
 
 pytestmark = pytest.mark.slow
-EPOCHS = 16
 
 
 def free_port() -> int:
@@ -46,25 +38,25 @@ def two_nodes(args: list[str], env: dict[str, str]) -> list[subprocess.Completed
     return [subprocess.CompletedProcess(a.args, a.wait(timeout=300), *a.communicate()) for a in agents]
 
 
-def test_two_nodes_train_and_resume_like_one_node(tmp_path):
-    data = vectors_file(tmp_path)
-    def args_for(epochs: int) -> list[str]:
-        return [*run_flags(data, "--log-every", "3", "--scheduler", "constant", epochs=epochs),
-                "--run-name", "run"]
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """test_distributed's uninterrupted runs (built once per session): "two" is the run on one
+    node with `--nproc 2` that two nodes must train to the bit."""
+    return reference_runs(tmp_path_factory)
 
-    args = args_for(EPOCHS)
-    one_node = {"FLOWCTL_CKPT_DIR": str(tmp_path / "one-node")}
-    reference = spawn("train", *args, "--nproc", "2", env=one_node)
-    _, stderr = reference.communicate(timeout=300)
-    assert reference.returncode == 0, stderr[-2000:]
+
+def test_two_nodes_train_and_resume_like_one_node(tmp_path, references):
+    def args_for(epochs: int) -> list[str]:
+        return [*run_args(references["data"], epochs=epochs), "--run-name", "two"]
 
     nodes = {"FLOWCTL_CKPT_DIR": str(tmp_path / "two-nodes")}
-    for agents in (two_nodes(args_for(EPOCHS // 2), nodes), two_nodes([*args, "--resume", "auto"], nodes)):
+    for agents in (two_nodes(args_for(EPOCHS // 2), nodes),
+                   two_nodes([*args_for(EPOCHS), "--resume", "auto"], nodes)):
         failed = [f"agent {i} exit {a.returncode}:\n{a.stderr[-3000:]}"
                   for i, a in enumerate(agents) if a.returncode != 0]
         assert not failed, "\n---\n".join(failed)  # both agents' ends: which one failed first
-    run = tmp_path / "two-nodes" / "run"
+    run, one_node = tmp_path / "two-nodes" / "two", references["root"] / "two"
     resumed = load(run / "last.pt")
     assert resumed["world_size"] == 2 and resumed["global_step"] == EPOCHS * 9
-    assert_same_state(load(tmp_path / "one-node" / "run" / "last.pt"), resumed)
-    assert [r["step"] for r in metrics_rows(run)] == [r["step"] for r in metrics_rows(tmp_path / "one-node" / "run")]
+    assert_same_state(load(one_node / "last.pt"), resumed)
+    assert [r["step"] for r in metrics_rows(run)] == [r["step"] for r in metrics_rows(one_node)]

@@ -15,7 +15,6 @@ from tests.support.helpers import (
     load,
     metrics_rows,
     run_json,
-    spawn,
     vectors_file,
     wait_for,
     wandb_files,
@@ -33,9 +32,9 @@ def listed(*args: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_shows_as_crashed_with_its_live_status_left_behind(tmp_path, isolated_run_root):
+def test_sigkill_shows_as_crashed_with_its_live_status_left_behind(tmp_path, isolated_run_root, flowctl):
     args = ["--dataset", vectors_file(tmp_path), "--epochs", "40", "--patience", "0", *TINY]
-    process = spawn("train", "--run-name", "doomed", *args)
+    process = flowctl("train", "--run-name", "doomed", *args)
     last = isolated_run_root / "doomed" / "last.pt"
     wait_for(last.exists, process=process, what="the first last.pt")
     process.send_signal(signal.SIGKILL)
@@ -49,10 +48,10 @@ def test_sigkill_shows_as_crashed_with_its_live_status_left_behind(tmp_path, iso
 
 @pytest.mark.slow
 def test_wandb_run_continues_across_a_kill_with_the_same_id_and_increasing_steps(
-        tmp_path, isolated_run_root):
+        tmp_path, isolated_run_root, flowctl):
     args = ["--dataset", vectors_file(tmp_path), "--epochs", "30", "--patience", "0",
             "--log-every", "2", *OFFLINE]
-    process = spawn("train", "--run-name", "wb", *args)
+    process = flowctl("train", "--run-name", "wb", *args)
     run = isolated_run_root / "wb"
     wait_for((run / "last.pt").exists, process=process, what="the first last.pt")
     process.send_signal(signal.SIGKILL)
@@ -80,9 +79,9 @@ def test_wandb_run_continues_across_a_kill_with_the_same_id_and_increasing_steps
 
 
 @pytest.mark.slow
-def test_sigterm_tags_the_wandb_run_preempted_not_failed(tmp_path, isolated_run_root):
+def test_sigterm_tags_the_wandb_run_preempted_not_failed(tmp_path, isolated_run_root, flowctl):
     args = ["--dataset", vectors_file(tmp_path), "--epochs", "40", "--patience", "0", *OFFLINE]
-    process = spawn("train", "--run-name", "pre", *args)
+    process = flowctl("train", "--run-name", "pre", *args)
     run = isolated_run_root / "pre"
     wait_for((run / "last.pt").exists, process=process, what="the first last.pt")
     process.send_signal(signal.SIGTERM)

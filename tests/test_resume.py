@@ -1,6 +1,7 @@
 """Exact resume: a run stopped by a real signal and resumed ends bit-identical (CPU) to a
-run that never stopped. Run B is a real `flowctl train` subprocess; run A, the reference,
-runs in-process with the same flags."""
+run that never stopped. Run B is a real `flowctl train` process (a fresh interpreter for
+SIGTERM, forked from the zygote for the others: tests/support/zygote_fixtures.py); run A,
+the reference, runs in-process with the same flags."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def reference(name: str, args: list[str]) -> None:
     assert result.exit_code == 0, result.stderr
 
 
-def interrupt(run_dir, args: list[str], name: str, sig: int, *, when=None):
-    """Start run `name` as a subprocess, send `sig` once `when()` holds (default: the first
-    last.pt exists), wait for it to exit; returns (exit code, the checkpoint it left)."""
-    process = spawn("train", "--run-name", name, *args)
+def interrupt(start, run_dir, args: list[str], name: str, sig: int, *, when=None):
+    """Start run `name` as a real process with `start` (`spawn`: a fresh interpreter; the
+    `flowctl` fixture: forked from the zygote), send `sig` once `when()` holds (default: the
+    first last.pt exists), wait for it to exit; returns (exit code, the checkpoint it left)."""
+    process = start("train", "--run-name", name, *args)
     last = run_dir / "last.pt"
     wait_for(when or last.exists, process=process, what="the first last.pt")
     process.send_signal(sig)
@@ -50,10 +52,10 @@ def resume_and_compare(root, name: str, reference_name: str = "a") -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flow", ["icfm", "otcfm"])
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path, isolated_run_root, flow):
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, isolated_run_root, flowctl, flow):
     args = run_flags(vectors_file(tmp_path), "--flow", flow)
     reference("a", args)
-    code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGKILL)
+    code, stopped_at = interrupt(flowctl, isolated_run_root / "b", args, "b", signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert stopped_at["global_step"] < load(isolated_run_root / "a" / "last.pt")["global_step"]
     assert run_json(isolated_run_root / "b")["status"] == "running"  # died without a word
@@ -64,7 +66,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, isolated_run_root, f
 def test_sigterm_saves_mid_epoch_marks_preempted_and_resumes_exactly(tmp_path, isolated_run_root):
     args = run_flags(vectors_file(tmp_path))
     reference("a", args)
-    code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGTERM)
+    code, stopped_at = interrupt(spawn, isolated_run_root / "b", args, "b", signal.SIGTERM)
     assert code == 143
     status = run_json(isolated_run_root / "b")
     assert status["status"] == "preempted" and status["global_step"] == stopped_at["global_step"]
@@ -72,19 +74,19 @@ def test_sigterm_saves_mid_epoch_marks_preempted_and_resumes_exactly(tmp_path, i
 
 
 @pytest.mark.slow
-def test_save_every_lands_mid_epoch_and_still_resumes_bitwise(tmp_path, isolated_run_root):
+def test_save_every_lands_mid_epoch_and_still_resumes_bitwise(tmp_path, isolated_run_root, flowctl):
     # 3200 rows -> 45 steps per epoch; last.pt every 7 steps, so most saves are mid-epoch.
     args = run_flags(vectors_file(tmp_path, rows=3200), "--save-every", "7")
     args[args.index("--epochs") + 1] = "8"
     reference("a", args)
-    code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGKILL)
+    code, stopped_at = interrupt(flowctl, isolated_run_root / "b", args, "b", signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert stopped_at["batch_in_epoch"] > 0, "expected a mid-epoch checkpoint"
     resume_and_compare(isolated_run_root, "b")
 
 
 @pytest.mark.slow
-def test_two_stage_schedule_resumed_inside_the_second_stage(tmp_path, isolated_run_root):
+def test_two_stage_schedule_resumed_inside_the_second_stage(tmp_path, isolated_run_root, flowctl):
     config = tmp_path / "stages.yaml"
     config.write_text(yaml.safe_dump({"stages": [
         {"name": "warm", "epochs": 2, "flow": "icfm"},
@@ -92,7 +94,7 @@ def test_two_stage_schedule_resumed_inside_the_second_stage(tmp_path, isolated_r
     args = run_flags(vectors_file(tmp_path), "--config", str(config), "--log-every", "4")
     reference("a", args)
     last = isolated_run_root / "b" / "last.pt"
-    code, stopped_at = interrupt(isolated_run_root / "b", args, "b", signal.SIGTERM,
+    code, stopped_at = interrupt(flowctl, isolated_run_root / "b", args, "b", signal.SIGTERM,
                                  when=lambda: last.exists() and load(last)["epoch"] >= 3)
     assert code == 143
     assert stopped_at["stage"]["stage_name"] == "fine" and stopped_at["stage"]["current_stage"] == 1

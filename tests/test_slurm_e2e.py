@@ -56,7 +56,7 @@ def test_requeue_signal_requeues_the_job_which_finishes_like_an_uninterrupted_ru
         subprocess.run(["scancel", "--signal=USR2", "--batch", job], check=True, timeout=20)
         wait_until(lambda: job_fields(job).get("Restarts") == "1", "the requeue", job)
         # Slurm starts a requeued job once its last credential expired (AuthInfo cred_expire:
-        # 120 s by default, 10 s in .ci/start_slurm.sh).
+        # 120 s by default, 5 s in .ci/start_slurm.sh, which also runs backfill every second).
         wait_until(lambda: job_fields(job).get("JobState") == "COMPLETED", "the job's end", job)
     finally:
         if job_fields(job).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"):

@@ -1,11 +1,13 @@
-"""Fixtures for the fault-injection tests: real flowctl processes, started fast.
+"""The pytest fixtures for real flowctl processes started fast (a plugin: tests/conftest.py).
 
 `flowctl` children are forked from a zygote (tests/support/zygote.py): one interpreter per
 pytest worker that has imported torch, POT and the CLI once. Each child is a real process
 with its own pid, process group, signals, stdio files and environment, so SIGKILL, SIGTERM
 and SIGINT reach it exactly as they reach a freshly started `flowctl`, but a start costs
-milliseconds instead of seconds. tests/test_resume.py and test_registry.py cover the same
-paths with fresh interpreters (tests.support.helpers.spawn).
+milliseconds instead of seconds. Used by tests/faults and by the signal tests of
+test_resume, test_registry and test_mlflow; fresh interpreters meet the same signals in
+test_resume's SIGTERM test, test_custom_network, test_sweep_e2e, test_distributed and the
+Slurm tests (tests.support.helpers.spawn).
 """
 
 from __future__ import annotations
