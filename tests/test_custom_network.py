@@ -216,7 +216,7 @@ for name, model in (("api-unet", UNet1d(2, channels=4, levels=1)), ("api-script"
 
 @pytest.mark.slow  # real processes, 5-10 s: the default suite runs it, test-fast does not
 def test_python_api_runs_are_sampled_by_the_cli_or_get_the_way_forward(
-        tmp_path, user_folder, isolated_run_root):
+        tmp_path, user_folder, isolated_run_root, monkeypatch):
     env = user_env(isolated_run_root)
     script = user_folder / "train_mine.py"
     script.write_text(SCRIPT.format(example=str(EXAMPLE)))
@@ -248,9 +248,9 @@ def test_python_api_runs_are_sampled_by_the_cli_or_get_the_way_forward(
     w2, names = api.stdout.strip().splitlines()[-2:]
     listed = json.loads(flowctl(user_folder, env, "list-runs", "--json").stdout)
     assert names.split() == [row["run_name"] for row in listed]
-    cli_eval = flowctl(user_folder, env, "eval", "api-unet", "--n", "50", "--steps", "2",
-                       "--draws", "2", "--json")
-    assert float(w2) == json.loads(cli_eval.stdout)["w2"]
+    monkeypatch.syspath_prepend(str(EXAMPLE))  # the CLI's eval in-process: the same number
+    cli_eval = cli("eval", "api-unet", "--n", "50", "--steps", "2", "--draws", "2", "--json")
+    assert cli_eval.exit_code == 0 and float(w2) == json.loads(cli_eval.stdout)["w2"]
 
 
 @pytest.mark.slow
@@ -304,7 +304,7 @@ def test_stage_losses_and_a_user_metric_reach_every_tracker_across_a_resume(
 
 @pytest.mark.slow
 def test_a_dataset_function_is_recorded_and_called_again_by_resume_and_eval(
-        user_folder, isolated_run_root):
+        user_folder, isolated_run_root, monkeypatch):
     env = user_env(isolated_run_root)
     flags = ["--dataset", "flow_nets.data:smooth_signals", "--dataset-args",
              '{"rows": 640, "dim": 8}', *TINY, *UNET[:4]]
@@ -312,8 +312,12 @@ def test_a_dataset_function_is_recorded_and_called_again_by_resume_and_eval(
     run = isolated_run_root / "sig"
     config = load(run / "last.pt")["config"]
     assert config["dataset_args"] == {"rows": 640, "dim": 8}
-    resumed = flowctl(user_folder, env, "resume", "sig", "--epochs", "3")
-    assert "dataset changed" not in resumed.stderr
+    # Resume and eval in-process (a real process per command is the test above): each calls
+    # the recorded function again, from the package on the path.
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    resumed = cli("resume", "sig", "--epochs", "3")
+    assert resumed.exit_code == 0 and "dataset changed" not in resumed.stderr, resumed.stderr
     assert load(run / "last.pt")["epoch"] == 2
-    flowctl(user_folder, env, "eval", "sig", "--n", "50", "--steps", "2", "--draws", "1")
+    evaluated = cli("eval", "sig", "--n", "50", "--steps", "2", "--draws", "1")
+    assert evaluated.exit_code == 0, evaluated.stderr
     assert "test split of flow_nets.data:smooth_signals" in json.loads((run / "eval.json").read_text())["data"]
