@@ -112,3 +112,23 @@ def test_cli_failure_exits_1_and_tags_the_wandb_run(tmp_path, isolated_run_root)
     (path,) = wandb_files(isolated_run_root / "cant-save")
     assert "failed" in run_tags(path)
     assert records_of(path, "exit")[-1].exit.exit_code == 1
+
+
+def test_a_resume_goes_on_in_the_runs_own_wandb_mode_unless_told_otherwise(
+        tmp_path, isolated_run_root, monkeypatch):
+    """A run trained with wandb disabled is not logged offline by a plain `flowctl resume`
+    (nor one trained online sent offline); --wandb-mode or $WANDB_MODE still choose."""
+    flags = ["--dataset", vectors_file(tmp_path), "--patience", "0", *TINY]  # disabled
+    assert cli("train", "--run-name", "quiet", "--epochs", "1", *flags).exit_code == 0
+    run = isolated_run_root / "quiet"
+    assert cli("resume", "quiet", "--epochs", "2").exit_code == 0
+    assert run_json(run)["wandb_mode"] == "disabled" and not wandb_files(run)
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the environment wins over the run's own
+    assert cli("resume", "quiet", "--epochs", "3").exit_code == 0
+    assert run_json(run)["wandb_mode"] == "offline" and len(wandb_files(run)) == 1
+    monkeypatch.delenv("WANDB_MODE")
+    assert cli("resume", "quiet", "--epochs", "4").exit_code == 0  # now offline: it stays so
+    assert run_json(run)["wandb_mode"] == "offline" and len(wandb_files(run)) == 2
+    assert cli("resume", "quiet", "--epochs", "5", "--wandb-mode", "disabled").exit_code == 0
+    assert run_json(run)["wandb_mode"] == "disabled" and len(wandb_files(run)) == 2

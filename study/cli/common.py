@@ -73,7 +73,8 @@ CkptDir = Annotated[str | None, typer.Option(
     "--ckpt-dir", help="Checkpoint root.  [default: $FLOWCTL_CKPT_DIR or study/checkpoints]")]
 WandbProject = Annotated[str, typer.Option("--wandb-project")]
 WandbMode = Annotated[str | None, typer.Option(
-    "--wandb-mode", help="offline | online | disabled ($WANDB_MODE wins).  [default: offline]")]
+    "--wandb-mode", help="offline | online | disabled ($WANDB_MODE wins).  [default: offline; "
+    "a resume: the run's own]")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 Threads = Annotated[int | None, typer.Option(
     "--threads", help="CPU intra-op threads.  [default: $OMP_NUM_THREADS, else 1 for models under "

@@ -262,12 +262,13 @@ def log_eval_to_wandb(folder: str | Path, wandb_run_id: str | None, project: str
                       metrics: dict[str, Any], *, config: dict[str, Any] | None = None) -> bool:
     """Add `eval/*` to the summary of the run's own wandb run (same id, resume="allow").
 
-    Mode: $WANDB_MODE, else offline. Skipped (False) without a run id or when disabled;
-    a wandb failure is one warning (WandbTracker's guard), never an error.
+    Mode: $WANDB_MODE, else the run's own (run.json), else offline. Skipped (False) without
+    a run id or when disabled; a wandb failure is one warning (WandbTracker's guard).
     """
+    from study.runs.status import RunStatusFile
     from study.runs.tracking import WandbTracker, resolve_wandb_mode
 
-    mode = resolve_wandb_mode(None)
+    mode = resolve_wandb_mode(None, RunStatusFile(Path(folder)).load_previous().get("wandb_mode"))
     if not wandb_run_id or mode == "disabled":
         return False
     summary = {f"eval/{key}": value for key, value in metrics.items()

@@ -155,7 +155,6 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     from study.flow_matching.trainer import FlowTrainer
     from study.flow_matching.user_metrics import user_metric
     from study.runs.recorder import RunRecorder
-    from study.runs.tracking import resolve_wandb_mode
     from study.runtime.cores import set_cpu_threads
     from study.runtime.ranks import is_main_process, world_size
     from study.signals import GracefulStop, parse_signal
@@ -186,7 +185,7 @@ def _build_and_train(config: TrainingConfig, options: RunOptions, folder: Path, 
     model = build_network(config, splits.dim, warn=warn, run=config.name)
     set_cpu_threads(device, sum(p.numel() for p in model.parameters()), options.threads)
     recorder = RunRecorder(folder, config.name, wandb_project=options.wandb_project,
-                           wandb_mode=resolve_wandb_mode(options.wandb_mode),
+                           wandb_mode=options.wandb_mode,
                            enabled=is_main_process(), tensorboard=options.tensorboard,
                            trackers=options.trackers, lock=lock, warn=warn)
     trainer = FlowTrainer(

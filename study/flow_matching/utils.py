@@ -32,7 +32,6 @@ from study.runs.checkpoint import (
 )
 from study.runs.paths import BEST_NAME, run_dir
 from study.runs.recorder import RunRecorder
-from study.runs.tracking import resolve_wandb_mode
 
 log = logging.getLogger("flowctl")
 
@@ -58,7 +57,7 @@ def study_trainer_parts(config, train_ds, val_ds, device, wandb_project: str = "
     data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device),
                                 normalize=config.normalize)
     recorder = RunRecorder(run_dir(config.name, ckpt_root), config.name,
-                           wandb_project=wandb_project, wandb_mode=resolve_wandb_mode(wandb_mode))
+                           wandb_project=wandb_project, wandb_mode=wandb_mode)
     resume = None if resume_path is None else read_checkpoint(resume_path)
     return data, recorder, resume, resume_path
 

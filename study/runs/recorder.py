@@ -30,7 +30,7 @@ from study.runs.checkpoint import (
 from study.runs.lock import RunLock, utc_now
 from study.runs.metrics_log import MetricsLog
 from study.runs.status import RunStatusFile
-from study.runs.tracking import Trackers, check_available, choose_trackers
+from study.runs.tracking import Trackers, check_available, choose_trackers, resolve_wandb_mode
 from study.secrets import mask_secrets, mask_text
 
 RUN_JSON_THROTTLE_S = 2.0
@@ -38,9 +38,10 @@ RUN_JSON_THROTTLE_S = 2.0
 
 class RunRecorder:
     """Rank-0 I/O of one run. `trackers`: the `--tracker` choice (None: the defaults of
-    study.runs.tracking.choose_trackers; (): local files only); `tensorboard` adds TensorBoard."""
+    study.runs.tracking.choose_trackers; (): local files only); `tensorboard` adds TensorBoard;
+    `wandb_mode`: --wandb-mode (None: the run's own on a resume, else offline; $WANDB_MODE wins)."""
 
-    def __init__(self, run_dir: Path, run_name: str, *, wandb_project: str, wandb_mode: str,
+    def __init__(self, run_dir: Path, run_name: str, *, wandb_project: str, wandb_mode: str | None,
                  enabled: bool = True, tensorboard: bool = False,
                  trackers: tuple[str, ...] | None = None, lock: RunLock | None = None,
                  warn=print):
@@ -51,7 +52,7 @@ class RunRecorder:
         self.wandb_mode = wandb_mode
         self.requested_trackers = trackers
         self.tensorboard = tensorboard
-        self.trackers = Trackers((), wandb_mode=wandb_mode)  # chosen by open()
+        self.trackers = Trackers((), wandb_mode="disabled")  # chosen by open()
         self.status = RunStatusFile(self.run_dir)
         self.metrics = MetricsLog(self.run_dir)
         self.lock = lock or RunLock(self.run_dir, run_name)
@@ -98,7 +99,8 @@ class RunRecorder:
             self._elapsed_before = float(previous.get("elapsed_s") or 0.0)
         config = mask_secrets(config)
         group = config.get("group", group)  # the masked value, everywhere it is shown
-        self.trackers = Trackers(names, wandb_mode=self.wandb_mode, run_ids={
+        wandb_mode = resolve_wandb_mode(self.wandb_mode, previous.get("wandb_mode"))
+        self.trackers = Trackers(names, wandb_mode=wandb_mode, run_ids={
             "wandb": wandb_run_id, "mlflow": previous.get("mlflow_run_id")})
         self.trackers.start(project=self.wandb_project, group=group, name=self.run_name,
                             config=config, run_dir=self.run_dir, resume_step=resume_step,

@@ -17,9 +17,11 @@ from study.runs.tracker import GuardedTracker
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-def resolve_wandb_mode(flag: str | None) -> str:
-    """$WANDB_MODE wins (the wandb convention), then --wandb-mode, then `offline`."""
-    mode = os.environ.get("WANDB_MODE") or flag or "offline"
+def resolve_wandb_mode(flag: str | None, recorded: str | None = None) -> str:
+    """$WANDB_MODE wins (the wandb convention), then --wandb-mode, then the mode the run
+    recorded in run.json (a resume or an eval goes on as the run started), then `offline`."""
+    recorded = recorded if recorded in WANDB_MODES else None  # run.json is data: no surprises
+    mode = os.environ.get("WANDB_MODE") or flag or recorded or "offline"
     return "disabled" if mode in ("dryrun", "disabled") else mode
 
 
