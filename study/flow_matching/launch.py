@@ -76,18 +76,16 @@ def run_training(config: TrainingConfig, options: RunOptions, *,
     """Lock the run folder, check what is there, build everything, train; returns
     FlowTrainer.train()'s result dict. AlreadyCompleted when the checkpoint needs no work.
 
-    Under torchrun, rank 0 takes the lock and decides (fresh, overwrite, resume, nothing
-    to do, or an error); the other ranks follow its decision and only read."""
+    A single process takes the lock before torch is imported: a second `train` of a live run
+    is refused in a fraction of a second. Under torchrun, rank 0 takes the lock and decides
+    (fresh, overwrite, resume, nothing to do, or an error); the other ranks follow its
+    decision and only read."""
     from study.runs.lock import RunLock
-    from study.runtime import distributed
-    from study.runtime.device import resolve_device
     from study.runtime.ranks import is_main_process, world_size
 
     root = checkpoint_root(options.ckpt_dir)
     if root.exists() and not root.is_dir():
         raise UsageError(f"checkpoint root {root} is a file, not a folder; pass another --ckpt-dir")
-    device = resolve_device(options.device)
-    distributed.init_process_group(device)
     main = is_main_process()
     if not main:
         warn = _silent
@@ -96,26 +94,43 @@ def run_training(config: TrainingConfig, options: RunOptions, *,
     created = not folder.exists()
     lock = RunLock(folder, config.name)
     try:
+        if world_size() == 1:
+            lock.acquire(warn=warn)  # first: a live owner is the one thing to report
+        return _decide_and_train(config, options, folder, lock, resume, warn)
+    finally:
+        lock.release()
+        if created and main:  # bad input before anything was written: no empty run folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _decide_and_train(config: TrainingConfig, options: RunOptions, folder: Path, lock,
+                      resume: ResumePoint | None, warn) -> dict[str, Any]:
+    """Join the process group; rank 0 decides what the folder holds, every rank trains."""
+    from study.runtime import distributed
+    from study.runtime.device import resolve_device
+    from study.runtime.ranks import is_main_process, world_size
+
+    device = resolve_device(options.device)
+    distributed.init_process_group(device)
+    try:
         outcome: BaseException | None = None
-        if main:
+        if is_main_process():
             try:
-                lock.acquire(warn=warn)  # first: a live owner is the one thing to report
+                if not lock.held:
+                    lock.acquire(warn=warn)  # rank 0 of several: the refusal goes to all
                 resume = _prepare_folder(folder, config, options, resume, warn)
             except (UsageError, AlreadyCompleted) as error:
                 outcome = error
         outcome = distributed.broadcast_from_main(outcome)
         if outcome is not None:
             raise outcome
-        if not main and resume is not None:
+        if not is_main_process() and resume is not None:
             resume = check_resume(resume, config, processes=world_size(),
                                   strict_world_size=options.strict_world_size, warn=warn)
         assign_network(config, warn=warn)
         return _build_and_train(config, options, folder, lock, resume, device, warn)
     finally:
-        lock.release()
-        if created and main:  # bad input before anything was written: no empty run folder
-            with contextlib.suppress(OSError):
-                folder.rmdir()
         distributed.shutdown()
 
 

@@ -62,6 +62,14 @@ def test_second_process_on_a_running_run_is_refused_and_the_first_finishes(
         assert "Traceback" not in refused.stderr
         assert (run / "last.pt").exists(), "--overwrite cleared a running run"
 
+    # A fresh interpreter's plain `train` is refused before torch is imported (at once).
+    code = ("import sys\nfrom study.cli.app import app\ntry:\n    app(args=sys.argv[1:])\n"
+            "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)")
+    fresh = subprocess.run([sys.executable, "-c", code, "train", "--run-name", "busy", *map(str, args)],
+                           capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert fresh.stdout.split() == ["2", "False"], fresh.stdout + fresh.stderr
+    assert f"is in use by pid {first.pid}" in fresh.stderr
+
     # Readers need no lock: list-runs and inspect-ckpt while the run holds it.
     assert first.poll() is None, "the first process should still be training"
     listed = {r["run_name"]: r for r in json.loads(cli("list-runs", "--json").stdout)}
