@@ -1,8 +1,8 @@
 """A user's own network and metric through every command, as a user runs them: real
 `flowctl` processes started from a folder outside the repository, with
 examples/custom_network on PYTHONPATH (issue 22's "must hold" list). Reference runs and a few
-repeat commands run in-process with the package on sys.path instead (each command has its
-real process in one of these tests)."""
+repeat commands run in-process with the package on sys.path instead (train, resume, sample,
+eval, plot, sweep and a two-process train each run as a real process here)."""
 
 from __future__ import annotations
 
