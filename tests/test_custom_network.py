@@ -43,7 +43,8 @@ def user_env(root: Path, *extra_paths: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(paths), "FLOWCTL_CKPT_DIR": str(root)}
 
 
-def flowctl(folder: Path, env: dict, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
+def as_user(folder: Path, env: dict, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
+    """`flowctl ARGS` as a fresh process started in `folder` with `env` (the user's shell)."""
     result = subprocess.run([sys.executable, "-m", "study.cli.app", *map(str, args)], cwd=folder,
                             env=env, capture_output=True, text=True, timeout=600)
     if check is not None:
@@ -51,7 +52,7 @@ def flowctl(folder: Path, env: dict, *args: str, check: int | None = 0) -> subpr
     return result
 
 
-def start(folder: Path, env: dict, *args: str) -> subprocess.Popen:
+def start_as_user(folder: Path, env: dict, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "study.cli.app", *map(str, args)], cwd=folder,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -71,13 +72,13 @@ def test_example_network_trains_resumes_exactly_samples_evaluates_and_plots(
             "--eval-every", "2", "--eval-samples", "100", "--tracker", "tensorboard"]
     monkeypatch.syspath_prepend(str(EXAMPLE))  # the reference run "a", in-process
     assert cli("train", "--run-name", "a", *args).exit_code == 0
-    process = start(user_folder, env, "train", "--run-name", "b", *args)
+    process = start_as_user(user_folder, env, "train", "--run-name", "b", *args)
     wait_for((isolated_run_root / "b" / "last.pt").exists, process=process, what="b's last.pt")
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     assert load(isolated_run_root / "b" / "last.pt")["global_step"] < \
         load(isolated_run_root / "a" / "last.pt")["global_step"]
-    flowctl(user_folder, env, "resume", "b")
+    as_user(user_folder, env, "resume", "b")
     assert_same_state(load(isolated_run_root / "a" / "last.pt"), load(isolated_run_root / "b" / "last.pt"))
     assert metrics_rows(isolated_run_root / "b") == metrics_rows(isolated_run_root / "a")
 
@@ -90,21 +91,21 @@ def test_example_network_trains_resumes_exactly_samples_evaluates_and_plots(
     rows = metrics_rows(run)
     assert [r["eval/mean_error"] != "" for r in rows].count(True) == 3  # epochs 2, 4, 6
 
-    flowctl(user_folder, env, "sample", "b", "--n", "50", "--steps", "4", "--out",
+    as_user(user_folder, env, "sample", "b", "--n", "50", "--steps", "4", "--out",
             user_folder / "x.pt")
     assert tuple(load(user_folder / "x.pt").shape) == (50, 2)
-    flowctl(user_folder, env, "eval", "b", "--n", "100", "--steps", "4", "--draws", "2")
+    as_user(user_folder, env, "eval", "b", "--n", "100", "--steps", "4", "--draws", "2")
     record = json.loads((run / "eval.json").read_text())
     assert {"mean_error", "mean_error_std", "std_error"} <= set(record)
     assert all("mean_error" in draw for draw in record["per_draw"])
-    flowctl(user_folder, env, "plot", "b")
+    as_user(user_folder, env, "plot", "b")
     assert (run / "loss.png").is_file() and (run / "samples.png").is_file()
     slurm = cli("slurm", "submit", _config_file(tmp_path), "--dry-run")
     assert slurm.exit_code == 0 and "flowctl" in slurm.stdout and "train" in slurm.stdout
 
     # Without the package on the path: exit 2, one line naming the target and the fix.
     bare = {**env, "PYTHONPATH": str(REPO_ROOT)}
-    missing = flowctl(user_folder, bare, "sample", "b", "--n", "5", check=2)
+    missing = as_user(user_folder, bare, "sample", "b", "--n", "5", check=2)
     assert missing.stderr.count("\n") == 1 and "flow_nets.unet:UNet1d" in missing.stderr
     assert "PYTHONPATH" in missing.stderr
 
@@ -123,7 +124,7 @@ def test_example_grid_sweeps_a_network_argument_and_trains_on_two_processes(
     grid = user_folder / "grid.yaml"
     grid.write_text((EXAMPLE / "grid.yaml").read_text().replace("epochs: 5", "epochs: 1")
                     .replace("[8, 16]", "[2, 4]"))
-    result = flowctl(user_folder, env, "sweep", "run", grid, "--wandb-mode", "disabled")
+    result = as_user(user_folder, env, "sweep", "run", grid, "--wandb-mode", "disabled")
     assert "2 points: 2 finished" in result.stdout, result.stdout
     names = sorted(p.name for p in isolated_run_root.iterdir())
     assert names == ["unet1d-icfm-moons-none-channels2", "unet1d-icfm-moons-none-channels4"]
@@ -131,7 +132,7 @@ def test_example_grid_sweeps_a_network_argument_and_trains_on_two_processes(
     assert "eval/mean_error" in metrics_rows(isolated_run_root / names[0])[0]
     # On two processes, with the settings as key=value words (as Hydra users type them):
     # torchrun re-runs the command in each worker, and the words must reach them as flags do.
-    flowctl(user_folder, env, "train", "network=flow_nets.unet:UNet1d", "network.args.channels=4",
+    as_user(user_folder, env, "train", "network=flow_nets.unet:UNet1d", "network.args.channels=4",
             "network.args.levels=1", "epochs=2", "ema_decay=0.99", "--run-name", "ddp",
             "--dataset", vectors_file(tmp_path), *TINY, "--nproc", "2")
     checkpoint = load(isolated_run_root / "ddp" / "last.pt")
@@ -146,7 +147,7 @@ def test_hostile_targets_exit_2_and_call_nothing(tmp_path, user_folder, isolated
     env = user_env(isolated_run_root)
     marker = tmp_path / "called"
     args = ["--network-args", json.dumps({"command": f"touch {marker}"}), "--epochs", "1", *TINY]
-    result = flowctl(user_folder, env, "train", "--network", "os:system", *args, check=2)
+    result = as_user(user_folder, env, "train", "--network", "os:system", *args, check=2)
     assert result.stderr.count("\n") == 1 and "os:system" in result.stderr, result.stderr
     for target in ("builtins:eval", "no_such_pkg_zz.nets:Net", "collections:OrderedDict"):
         result = cli("train", "--network", target, *args)
@@ -174,14 +175,14 @@ def test_list_inspect_and_the_dashboard_never_import_a_runs_target(
     status["config"]["network"] = "evilnet:Net"
     (run / "run.json").write_text(json.dumps(status))
 
-    assert "tiny" in flowctl(user_folder, env, "list-runs").stdout
-    assert "evilnet:Net" in flowctl(user_folder, env, "inspect-ckpt", "tiny").stdout
-    flowctl(user_folder, env, "list-runs", "--json")
+    assert "tiny" in as_user(user_folder, env, "list-runs").stdout
+    assert "evilnet:Net" in as_user(user_folder, env, "inspect-ckpt", "tiny").stdout
+    as_user(user_folder, env, "list-runs", "--json")
     with serve_root(isolated_run_root) as served:
         assert get_json(f"{served}/api/runs/tiny")["run"]["run_name"] == "tiny"
     assert not marker.exists()
     # A command that builds the model does import it, and refuses what it finds.
-    refused = flowctl(user_folder, env, "sample", "tiny", "--n", "5", check=2)
+    refused = as_user(user_folder, env, "sample", "tiny", "--n", "5", check=2)
     assert marker.exists() and "no 'Net'" in refused.stderr
 
 
@@ -227,8 +228,8 @@ def test_python_api_runs_are_sampled_by_the_cli_or_get_the_way_forward(
     assert result.returncode == 0, result.stderr[-3000:]
     assert load(isolated_run_root / "api-unet" / "best.pt")["config"]["network"] == \
         "flow_nets.unet:UNet1d"
-    flowctl(user_folder, env, "sample", "api-unet", "--n", "20", "--steps", "2")
-    refused = flowctl(user_folder, env, "sample", "api-script", "--n", "20", check=2)
+    as_user(user_folder, env, "sample", "api-unet", "--n", "20", "--steps", "2")
+    refused = as_user(user_folder, env, "sample", "api-script", "--n", "20", check=2)
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert "__main__:ScriptNet" in refused.stderr and "move ScriptNet into a module" in refused.stderr
     assert "study.load_run('api-script', model=ScriptNet(...))" in refused.stderr
@@ -248,7 +249,7 @@ def test_python_api_runs_are_sampled_by_the_cli_or_get_the_way_forward(
                          capture_output=True, text=True, timeout=300)
     assert api.returncode == 0, api.stderr[-3000:]
     w2, names = api.stdout.strip().splitlines()[-2:]
-    listed = json.loads(flowctl(user_folder, env, "list-runs", "--json").stdout)
+    listed = json.loads(as_user(user_folder, env, "list-runs", "--json").stdout)
     assert names.split() == [row["run_name"] for row in listed]
     monkeypatch.syspath_prepend(str(EXAMPLE))  # the CLI's eval in-process: the same number
     cli_eval = cli("eval", "api-unet", "--n", "50", "--steps", "2", "--draws", "2", "--json")
@@ -310,7 +311,7 @@ def test_a_dataset_function_is_recorded_and_called_again_by_resume_and_eval(
     env = user_env(isolated_run_root)
     flags = ["--dataset", "flow_nets.data:smooth_signals", "--dataset-args",
              '{"rows": 640, "dim": 8}', *TINY, *UNET[:4]]
-    flowctl(user_folder, env, "train", "--run-name", "sig", "--epochs", "2", *flags)
+    as_user(user_folder, env, "train", "--run-name", "sig", "--epochs", "2", *flags)
     run = isolated_run_root / "sig"
     config = load(run / "last.pt")["config"]
     assert config["dataset_args"] == {"rows": 640, "dim": 8}

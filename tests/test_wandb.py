@@ -116,8 +116,9 @@ def test_cli_failure_exits_1_and_tags_the_wandb_run(tmp_path, isolated_run_root)
 
 def test_a_resume_goes_on_in_the_runs_own_wandb_mode_unless_told_otherwise(
         tmp_path, isolated_run_root, monkeypatch):
-    """A run trained with wandb disabled is not logged offline by a plain `flowctl resume`
-    (nor one trained online sent offline); --wandb-mode or $WANDB_MODE still choose."""
+    """A run trained with wandb disabled is not logged offline by a plain `flowctl resume`,
+    and one that went offline stays offline; --wandb-mode or $WANDB_MODE still choose. (The
+    same rule keeps an online run online; no network here to show it.)"""
     flags = ["--dataset", vectors_file(tmp_path), "--patience", "0", *TINY]  # disabled
     assert cli("train", "--run-name", "quiet", "--epochs", "1", *flags).exit_code == 0
     run = isolated_run_root / "quiet"

@@ -268,8 +268,10 @@ def log_eval_to_wandb(folder: str | Path, wandb_run_id: str | None, project: str
     from study.runs.status import RunStatusFile
     from study.runs.tracking import WandbTracker, resolve_wandb_mode
 
+    if not wandb_run_id:
+        return False
     mode = resolve_wandb_mode(None, RunStatusFile(Path(folder)).load_previous().get("wandb_mode"))
-    if not wandb_run_id or mode == "disabled":
+    if mode == "disabled":
         return False
     summary = {f"eval/{key}": value for key, value in metrics.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)}
