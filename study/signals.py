@@ -25,6 +25,9 @@ class TrainingStopped(Exception):
 
 
 class GracefulStop:
+    """`with stop:` handles SIGTERM, SIGINT (and `extra_signals`) inside the block; the loop
+    polls `requested`. The previous handlers are put back on leaving it."""
+
     def __init__(self, extra_signals: tuple[int, ...] = ()):
         self.signals = (signal.SIGTERM, signal.SIGINT, *extra_signals)
         self.signum: int | None = None
@@ -51,6 +54,13 @@ class GracefulStop:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+
+    def __enter__(self) -> GracefulStop:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.uninstall()
 
 
 def parse_signal(name: str | None) -> tuple[int, ...]:

@@ -35,6 +35,11 @@ from study.runs.paths import BEST_NAME, LAST_NAME, snapshot_name
 from study.runs.recorder import RunRecorder
 
 
+def all_finite(*tensors: torch.Tensor) -> torch.Tensor:
+    """Whether every element of `tensors` is finite, as a device bool (no host sync)."""
+    return torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all()
+
+
 class Checkpointer:
     """The policy above for one run: `state()` returns the trainer's live state (a plain
     dict), `finite()` whether its weights and pending loss are finite (a device bool)."""

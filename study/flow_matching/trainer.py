@@ -1,12 +1,9 @@
 """FlowTrainer: the training loop, written out, and the state it owns.
 
 `train()` sets up, runs `_loop()` (epochs of `_step()`s, a log row every `log_every` steps,
-`_end_epoch()` for validation, evaluation, best and patience, the checkpoint policy after
-every step) and finishes. The loss stays on the device between log rows. Every random draw
-comes from a generator whose state is in `state_dict()` (one literal), and the LR is a function
-of the step: a resumed run ends bit-identical (on CPU) to one that never stopped. Beside the
-loop (`train` to `_end_epoch`, ~130 lines) live the state it owns and the run's report (~330
-lines in all), so that no other module reads the trainer's attributes.
+`_end_epoch()` for validation, evaluation, best and patience, the checkpoint policy after every
+step) and finishes. Every draw comes from a generator whose state is in `state_dict()` and the
+LR is a function of the step: a resumed run ends bit-identical (on CPU) to an unbroken one.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import torch.nn.functional as F
 from study.data.training_data import TrainingData
 from study.errors import RunFailed
 from study.flow_matching.batches import BatchMaker, FlowBatch
-from study.flow_matching.checkpointing import Checkpointer
+from study.flow_matching.checkpointing import Checkpointer, all_finite
 from study.flow_matching.config import TrainingConfig
 from study.flow_matching.flows import build_flow
 from study.flow_matching.log_window import LogWindow
@@ -51,19 +48,16 @@ class FlowTrainer:
     """Train `model` (forward(x [B, D], t [B]) -> [B, D]) with flow matching, from built
     parts; `resume`: a checkpoint payload already read (`resume_source` names it);
     `pairing_workers`: threads solving the OT plans of the next batches ahead of the step.
-    The original study's `FlowTrainer(model, config, train_ds, val_ds, device, ...)` is
-    recognised by its raw splits: `utils.study_trainer_parts` builds the parts."""
+    The study's `FlowTrainer(model, config, train_ds, val_ds, device, ...)` goes to utils.py."""
 
     def __init__(self, model, config: TrainingConfig, data: TrainingData, recorder: RunRecorder,
                  device, *study_args, resume: dict[str, Any] | None = None, resume_source=None,
                  progress=None, stop: GracefulStop | None = None, pairing_workers: int = 0,
                  warn=print, **study_options):
-        if not isinstance(data, TrainingData):  # the study's (train_ds, val_ds, device, ...)
+        if study_args or study_options or not isinstance(data, TrainingData):  # the study's call
             from study.flow_matching.utils import study_trainer_parts
             data, recorder, resume, resume_source = study_trainer_parts(
                 config, data, recorder, device, *study_args, **study_options)
-        elif study_args or study_options:
-            raise TypeError(f"unexpected arguments {study_args or sorted(study_options)}")
         self.config, self.data, self.recorder, self.warn = config, data, recorder, warn
         record_model_class(model, config)  # so that the CLI can rebuild a Python API run
         self.device = torch.device(device)
@@ -72,13 +66,11 @@ class FlowTrainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         log.info("model on %s (%d parameters)", self.device,
                  sum(p.numel() for p in self.model.parameters()))
-        self.progress = progress or SilentProgress()
-        self.stop = stop or GracefulStop()
+        self.progress, self.stop = progress or SilentProgress(), stop or GracefulStop()
 
         self.batches = BatchMaker(data, batch_size=config.batch_size, seed=config.seed,
-                                  source=config.source, device=self.device,
-                                  rank=ranks.rank(), world_size=ranks.world_size(),
-                                  pairing_workers=pairing_workers)
+                                  source=config.source, device=self.device, rank=ranks.rank(),
+                                  world_size=ranks.world_size(), pairing_workers=pairing_workers)
         self.stop_agreement = distributed.StopAgreement(self.device, every=config.log_every)
         self.stages = plan_stages(config)
         self.steps_per_epoch = self.batches.steps_per_epoch
@@ -94,18 +86,16 @@ class FlowTrainer:
         self.quality = None if not config.eval_every else SampleQuality(
             data.heldout_rows(), data.stats, n=config.eval_samples, seed=config.seed,
             source=config.source, device=self.device, user_metric=user_metric(config))
-        self.checkpoints = Checkpointer(recorder, state=self.state_dict, finite=self._finite,
-                                        save_every=config.save_every,
-                                        keep_snapshots=config.keep_snapshots,
-                                        interval_s=config.checkpoint_interval)
+        self.checkpoints = Checkpointer(
+            recorder, state=self.state_dict,
+            finite=lambda: all_finite(self.window.loss_sum, *self.params),  # weights, pending loss
+            save_every=config.save_every, keep_snapshots=config.keep_snapshots,
+            interval_s=config.checkpoint_interval)
 
-        # Progress counters: `epoch` is the last completed epoch (-1: none yet).
-        self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0
+        self.epoch, self.global_step, self.batch_in_epoch = -1, 0, 0  # epoch: the last completed
         self.selection = Selection(config.select_by, config.patience)
         self.window = LogWindow(self.device)
-        self.last_train_loss: float | None = None
-        self.wandb_run_id: str | None = None
-        self.resumed_from: int | None = None
+        self.last_train_loss = self.wandb_run_id = self.resumed_from = None  # set as the run goes
         if resume is not None:
             self.load_state_dict(resume, source=resume_source)
 
@@ -113,36 +103,31 @@ class FlowTrainer:
     def train(self) -> dict[str, Any]:
         """Set up, loop, finish; the result dict. A stop request raises TrainingStopped once
         last.pt is written; a failure closes the run as failed and propagates."""
-        self.stop.install()  # before wandb starts: a signal during start-up still stops cleanly
-        try:
+        with self.stop:  # from before wandb starts: a signal during start-up still stops cleanly
             self.wandb_run_id = self.recorder.open(
                 config=self.config.to_dict(), group=self.config.group,
                 total_epochs=self.config.epochs, resume_step=self.resumed_from,
                 wandb_run_id=self.wandb_run_id)
-        except BaseException:
-            self.stop.uninstall()
-            raise
-        self.progress.start(total_steps=self.config.epochs * self.steps_per_epoch,
-                            initial_step=self.global_step,
-                            run_name=self.config.name)
-        started = time.perf_counter()
-        try:
-            self.train_model = distributed.wrap_model(self.model, self.device)
-            status = self._loop()
-            self.checkpoints.finish(step=self.global_step)
-            self.recorder.flush()  # the last checkpoint is on disk before we call it done
-        except TrainingStopped as stopped:
-            self.recorder.close("preempted", exit_code=stopped.exit_code,
-                                progress=self._progress_fields())
-            raise
-        except BaseException as error:
-            self.recorder.close("failed", exit_code=1, error=error, progress=self._progress_fields())
-            raise
-        finally:
-            self.stop.uninstall()
-            self.progress.close()
-            self.batches.close()
-            self.train_model = None  # DDP holds the process group: distributed.shutdown frees it
+            self.progress.start(total_steps=self.config.epochs * self.steps_per_epoch,
+                                initial_step=self.global_step, run_name=self.config.name)
+            started = time.perf_counter()
+            try:
+                self.train_model = distributed.wrap_model(self.model, self.device)
+                status = self._loop()
+                self.checkpoints.finish(step=self.global_step)
+                self.recorder.flush()  # the last checkpoint is on disk before we call it done
+            except TrainingStopped as stopped:
+                self.recorder.close("preempted", exit_code=stopped.exit_code,
+                                    progress=self._progress_fields())
+                raise
+            except BaseException as error:
+                self.recorder.close("failed", exit_code=1, error=error,
+                                    progress=self._progress_fields())
+                raise
+            finally:
+                self.progress.close()
+                self.batches.close()
+                self.train_model = None  # DDP holds the process group: shutdown() frees it
         result = self._result(status, time.perf_counter() - started)
         self.recorder.close(status, summary={key: result[key] for key in (
             "final_epoch", "best_val_loss", "checkpoint_path")}, progress=self._progress_fields())
@@ -167,8 +152,7 @@ class FlowTrainer:
 
                 logs = self.global_step % cfg.log_every == 0
                 row = self._train_log_row(epoch, stage) if logs else {}
-                # The signal handler only sets stop.requested: we save here, not there,
-                # and under torchrun every rank stops at the same step.
+                # A signal only sets stop.requested: we save here, and every rank at one step.
                 stopping = self.stop_agreement.should_stop(self.stop.requested, self.global_step)
                 epoch_done = self.batch_in_epoch == self.steps_per_epoch
                 if epoch_done:
@@ -212,8 +196,8 @@ class FlowTrainer:
         loss, grad_norm = self.window.mean_and_reset(self.global_step,
                                                      reduce=distributed.mean_across_ranks)
         self.last_train_loss = loss
-        row = {"train/loss": loss, "train/grad_norm": grad_norm,
-               "train/lr": self.learning_rate(self.global_step - 1), "epoch": epoch,  # its last step's
+        row = {"train/loss": loss, "train/grad_norm": grad_norm,  # lr: the window's last step's
+               "train/lr": self.learning_rate(self.global_step - 1), "epoch": epoch,
                "metrics/stage_id": stage.index}
         if len(self.stages) > 1:  # each stage's loss also under its own key
             row[f"train/loss/{stage.name}"] = loss
@@ -244,37 +228,25 @@ class FlowTrainer:
         stage = stage or stage_for_epoch(self.stages, max(self.epoch, 0))
         return self.validator.loss(self.model, self.ema, stage)
 
-    def _finite(self) -> torch.Tensor:
-        """Whether the weights and the pending window loss are finite (a device bool)."""
-        return torch.stack([torch.isfinite(self.window.loss_sum),
-                            *(torch.isfinite(p).all() for p in self.params)]).all()
-
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, as one plain dict (the checkpoint)."""
         return {
             **checkpoint_metadata(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "world_size": ranks.world_size(),
-            "batch_in_epoch": self.batch_in_epoch,
-            "steps_per_epoch": self.steps_per_epoch,
-            "model_state_dict": self.model.state_dict(),
-            "ema_shadow": self.ema.state_dict(),
+            "epoch": self.epoch, "global_step": self.global_step, "world_size": ranks.world_size(),
+            "batch_in_epoch": self.batch_in_epoch, "steps_per_epoch": self.steps_per_epoch,
+            "stage": stage_state(self.stages, self.epoch, self.global_step, self.steps_per_epoch),
+            "model_state_dict": self.model.state_dict(), "ema_shadow": self.ema.state_dict(),
             "optimizer_state_dict": self.optimizer.state_dict(),
             "optimizer_type": type(self.optimizer).__name__,
             "scheduler_state_dict": self.learning_rate.state_dict(self.global_step),
+            "grad_scaler": self.precision.state_dict(),
             "rng_states": self.batches.state_dict(mid_epoch=self.batch_in_epoch > 0),
             **self.selection.state_dict(),  # best_loss, best_score, epochs_without_improvement
-            "log_window": self.window.state_dict(),
-            "grad_scaler": self.precision.state_dict(),
-            "last_train_loss": self.last_train_loss,
-            "stage": stage_state(self.stages, self.epoch, self.global_step, self.steps_per_epoch),
-            "config": self.config.to_dict(),
-            "normalization_stats": dict(self.data.stats),
+            "log_window": self.window.state_dict(), "last_train_loss": self.last_train_loss,
+            "config": self.config.to_dict(), "normalization_stats": dict(self.data.stats),
             "dataset_checksum": self.data.checksum,
-            "wandb_run_id": self.wandb_run_id,
-            "wandb_project": self.recorder.wandb_project,
+            "wandb_run_id": self.wandb_run_id, "wandb_project": self.recorder.wandb_project,
         }
 
     def load_state_dict(self, payload: dict[str, Any], *, source=None) -> None:
@@ -299,10 +271,10 @@ class FlowTrainer:
             self.batches.load_state_dict(payload["rng_states"])
         self.learning_rate.apply(self.optimizer, self.global_step)
         self.resumed_from = self.global_step
-        stage = stage_state(self.stages, self.epoch, self.global_step, self.steps_per_epoch)
-        log.info("resuming %s at epoch %d of %d, step %d, stage %r (stage step %d)", source,
-                 self.epoch + 2, self.config.epochs, self.global_step, stage["stage_name"],
-                 stage["stage_step"])
+        at = stage_state(self.stages, self.epoch, self.global_step, self.steps_per_epoch)
+        log.info("resuming %s at epoch %d of %d, step %d, stage %r (step %d of it)", source,
+                 self.epoch + 2, self.config.epochs, self.global_step, at["stage_name"],
+                 at["stage_step"])
 
     # -- reporting -----------------------------------------------------------------------
     @property
@@ -319,11 +291,10 @@ class FlowTrainer:
                 "dataset": self.data.describe()}
 
     def _result(self, status: str, elapsed_s: float) -> dict[str, Any]:
+        folder = self.recorder.run_dir
         return {"status": status, "epochs_run": self.epoch + 1, "final_epoch": self.epoch,
                 "best_val_loss": self.best_loss, "global_step": self.global_step,
-                "checkpoint_path": str(self.recorder.run_dir / BEST_NAME),
-                "last_checkpoint_path": str(self.recorder.run_dir / LAST_NAME),
-                "elapsed_s": elapsed_s, "wandb_run_id": self.wandb_run_id,
-                "run_dir": str(self.recorder.run_dir),
-                "scheduler": self.config.scheduler.type, "dataset": self.data.describe(),
-                "lrs": [group["lr"] for group in self.optimizer.param_groups]}
+                "checkpoint_path": str(folder / BEST_NAME), "run_dir": str(folder),
+                "last_checkpoint_path": str(folder / LAST_NAME), "elapsed_s": elapsed_s,
+                "wandb_run_id": self.wandb_run_id, "scheduler": self.config.scheduler.type,
+                "dataset": self.data.describe(), "lrs": [g["lr"] for g in self.optimizer.param_groups]}

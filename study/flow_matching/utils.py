@@ -54,6 +54,9 @@ def study_trainer_parts(config, train_ds, val_ds, device, wandb_project: str = "
     `FlowTrainer(model, config, train_ds, val_ds, device, wandb_project, resume_path)`: raw
     splits (tensors [N, D] or objects with an `x` tensor) normalised here, a run folder under
     `ckpt_root` (default: $FLOWCTL_CKPT_DIR, else study/checkpoints), a checkpoint to resume."""
+    if isinstance(train_ds, TrainingData):
+        raise TypeError("unexpected arguments: FlowTrainer(model, config, data, recorder, device) "
+                        "with built parts takes no wandb_project, resume_path or ckpt_root")
     data = TrainingData.prepare(train_ds, val_ds, device=torch.device(device),
                                 normalize=config.normalize)
     recorder = RunRecorder(run_dir(config.name, ckpt_root), config.name,
