@@ -4,7 +4,10 @@ only read a finished run take `trained_run` (tests/support/trained_run.py)."""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import sys
 from pathlib import Path
 
 # Tests run two pytest workers on two cores: one intra-op thread each avoids
@@ -33,3 +36,27 @@ def isolated_run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("FLOWCTL_CACHE_DIR", str(tmp_path / "flowctl-cache"))  # sha256 cache
     return root
+
+
+# -- a pytest-xdist worker ends as soon as its reports are sent -----------------------------
+# Registered here, before any test imports torch, wandb or MLflow, so that it runs after their
+# exit handlers (atexit is last in, first out). What it skips is the interpreter's teardown of
+# those modules: ~3 s per worker at the end of every run, measured in docs/development.md.
+_worker_session = {"finished": False}
+
+
+def pytest_sessionfinish(session):
+    _worker_session["finished"] = True
+
+
+def _end_worker_without_teardown() -> None:
+    if not _worker_session["finished"]:
+        return  # a worker that did not finish its session ends the usual way
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    atexit.register(_end_worker_without_teardown)
