@@ -1,7 +1,8 @@
 """The requeue path: after a graceful stop on the requeue signal, rank 0 calls `scontrol
 requeue` for its own job (or array task), capped by SLURM_RESTART_COUNT. The Slurm
 environment variables are set by hand and `scontrol` is a stand-in on PATH that records its
-arguments (the real scheduler: test_slurm_e2e.py)."""
+arguments (the real scheduler: test_slurm_e2e.py, where the job is a fresh interpreter; the
+trainer here is a real process forked from the zygote, tests/support/zygote.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from tests.support.helpers import (
     cli,
     load,
     run_json,
-    spawn,
     vectors_file,
     wait_for,
 )
@@ -106,7 +106,8 @@ def test_a_failing_scontrol_exits_143_with_its_message(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_real_trainer_saves_requeues_and_the_requeued_job_continues_exactly(tmp_path,
-                                                                            isolated_run_root):
+                                                                            isolated_run_root,
+                                                                            flowctl):
     data = vectors_file(tmp_path)
     args = ["--dataset", data, "--epochs", "40", "--patience", "0", *TINY]
     reference = cli("train", "--run-name", "a", *args)
@@ -114,7 +115,7 @@ def test_a_real_trainer_saves_requeues_and_the_requeued_job_continues_exactly(tm
     path = f"{scontrol_stand_in(tmp_path)}:/usr/bin:/bin"
     slurm = {"PATH": path, "SLURM_JOB_ID": "5150", "FLOWCTL_MAX_REQUEUES": "2"}
     command = ["train", "--run-name", "b", *args, "--resume", "auto", "--requeue-signal", "SIGUSR2"]
-    job = spawn(*command, env=slurm)
+    job = flowctl(*command, env=slurm)
     wait_for((isolated_run_root / "b" / "last.pt").exists, process=job, what="the first last.pt")
     job.send_signal(signal.SIGUSR2)
     out, err = job.communicate(timeout=120)
@@ -124,7 +125,7 @@ def test_a_real_trainer_saves_requeues_and_the_requeued_job_continues_exactly(tm
     assert run_json(isolated_run_root / "b")["status"] == "preempted"
     stopped_at = load(isolated_run_root / "b" / "last.pt")["global_step"]
 
-    requeued = spawn(*command, env={**slurm, "SLURM_RESTART_COUNT": "1"})  # what Slurm reruns
+    requeued = flowctl(*command, env={**slurm, "SLURM_RESTART_COUNT": "1"})  # what Slurm reruns
     out, err = requeued.communicate(timeout=120)
     assert requeued.returncode == 0, err
     assert f"training b: step {stopped_at}/" in out

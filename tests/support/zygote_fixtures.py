@@ -5,9 +5,9 @@ pytest worker that has imported torch, POT and the CLI once. Each child is a rea
 with its own pid, process group, signals, stdio files and environment, so SIGKILL, SIGTERM
 and SIGINT reach it exactly as they reach a freshly started `flowctl`, but a start costs
 milliseconds instead of seconds. Used by tests/faults and by the signal tests of
-test_resume, test_registry and test_mlflow; fresh interpreters meet the same signals in
-test_resume's SIGTERM test, test_custom_network, test_sweep_e2e, test_distributed and the
-Slurm tests (tests.support.helpers.spawn).
+test_resume, test_registry, test_mlflow and test_slurm_requeue; fresh interpreters meet the
+same signals in test_resume's SIGTERM test, test_custom_network, test_sweep_e2e,
+test_distributed and the real-Slurm tests (tests.support.helpers.spawn).
 """
 
 from __future__ import annotations
