@@ -96,7 +96,7 @@ def run_training(config: TrainingConfig, options: RunOptions, *,
     try:
         if world_size() == 1:
             lock.acquire(warn=warn)  # first: a live owner is the one thing to report
-        return _decide_and_train(config, options, folder, lock, resume, warn)
+        return _decide_and_train(config, options, folder, lock, resume, warn, main=main)
     finally:
         lock.release()
         if created and main:  # bad input before anything was written: no empty run folder
@@ -105,17 +105,18 @@ def run_training(config: TrainingConfig, options: RunOptions, *,
 
 
 def _decide_and_train(config: TrainingConfig, options: RunOptions, folder: Path, lock,
-                      resume: ResumePoint | None, warn) -> dict[str, Any]:
-    """Join the process group; rank 0 decides what the folder holds, every rank trains."""
+                      resume: ResumePoint | None, warn, *, main: bool) -> dict[str, Any]:
+    """Join the process group; rank 0 (`main`) decides what the folder holds, every rank
+    trains."""
     from study.runtime import distributed
     from study.runtime.device import resolve_device
-    from study.runtime.ranks import is_main_process, world_size
+    from study.runtime.ranks import world_size
 
     device = resolve_device(options.device)
     distributed.init_process_group(device)
     try:
         outcome: BaseException | None = None
-        if is_main_process():
+        if main:
             try:
                 if not lock.held:
                     lock.acquire(warn=warn)  # rank 0 of several: the refusal goes to all
@@ -125,7 +126,7 @@ def _decide_and_train(config: TrainingConfig, options: RunOptions, folder: Path,
         outcome = distributed.broadcast_from_main(outcome)
         if outcome is not None:
             raise outcome
-        if not is_main_process() and resume is not None:
+        if not main and resume is not None:
             resume = check_resume(resume, config, processes=world_size(),
                                   strict_world_size=options.strict_world_size, warn=warn)
         assign_network(config, warn=warn)
